@@ -2,6 +2,9 @@
 PYTHON ?= python3
 SCRIPTS := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 export PVQ_CACHE ?= $(HOME)/.cache/pvq
+# The peer (llama.cpp) is built for this CPU but without AMX: its AMX matmul crashes here on Q8_0/Q4 models.
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+PEER_CMAKE_ARGS := -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'
 
 .PHONY: setup demo test models runtime asan bench clean
 
@@ -9,7 +12,10 @@ export PVQ_CACHE ?= $(HOME)/.cache/pvq
 # these machines carry, so that the package's own `torch==2.13.0` requirement is already satisfied.
 setup:
 	$(PYTHON) -m pip install --quiet torch==2.13.0
-	$(PYTHON) -m pip install --quiet -e '.[peer,test]'
+	CMAKE_ARGS="$(PEER_CMAKE_ARGS)" $(PYTHON) -m pip install --quiet -e '.[peer,test]'
+	$(PYTHON) -c "import llama_cpp, sys; sys.exit(b'AMX_INT8 = 1' in llama_cpp.llama_print_system_info())" || \
+	  CMAKE_ARGS="$(PEER_CMAKE_ARGS)" $(PYTHON) -m pip install --quiet --force-reinstall --no-deps --no-cache-dir \
+	    "llama-cpp-python==$$($(PYTHON) -c 'import llama_cpp; print(llama_cpp.__version__)')"
 	$(MAKE) runtime
 
 runtime:
