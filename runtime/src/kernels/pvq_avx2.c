@@ -1,0 +1,150 @@
+/* AVX2 kernels of the PVQ type for D == 8 (codec->fast): eight groups per step, one per 32-bit lane.
+ *
+ * Per step: the eight W-bit fields (one W-byte chunk of the row) are read with scalar loads; the
+ * split k1 of each index into halves of 4 is a count of cumulative thresholds below it; the
+ * remainder splits by one division (a float reciprocal product, exact after one correction since
+ * quotients stay below 2^16); the halves are two gathers from the table of 4-dim points (int8 x 4);
+ * ||y||^2 comes from the bytes with maddubs/madd.  Results equal pvq_ref.c's: dequantize is
+ * bit-identical (same float operations), dot differs only by summation order. */
+#include "pvq_codec.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+#define TARGET __attribute__((target("avx2,fma")))
+
+int pvq_avx2_supported(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+/* t[k] for each lane; t has ntab entries (a multiple of 16), lanes k < ntab. */
+TARGET static inline __m256i lookup(const uint32_t *t, int ntab, __m256i k)
+{
+    __m256i r = _mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)t), k);
+    for (int v = 8; v < ntab; v += 8) {
+        __m256i p = _mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)(t + v)), k);
+        r = _mm256_blendv_epi8(r, p, _mm256_cmpgt_epi32(k, _mm256_set1_epi32(v - 1)));
+    }
+    return r;
+}
+
+/* Decodes the eight groups of one chunk (W bytes at p, readable up to p + W + 8): points as int8
+ * (lo: coordinates 0-3, hi: 4-7, one group per lane) and the per-group weight scale s. */
+TARGET static inline void decode8(const pvq_codec *c, const uint8_t *p, float scale,
+                                  __m256i *lo, __m256i *hi, __m256 *s)
+{
+    const pvq_fast8 *f = c->fast;
+    const int W = c->field_bits, b = c->gain_bits;
+    const uint64_t mask = (UINT64_C(1) << W) - 1;
+    uint32_t idx[8], code[8];
+    for (int j = 0; j < 8; j++) {
+        uint64_t v;
+        memcpy(&v, p + ((j * W) >> 3), 8);
+        v = (v >> ((j * W) & 7)) & mask;
+        idx[j] = (uint32_t)(v >> b);
+        code[j] = (uint32_t)v & ((1u << b) - 1);
+    }
+    __m256i r = _mm256_loadu_si256((const __m256i *)idx);
+    __m256i below = _mm256_setzero_si256();           /* minus the thresholds above the index */
+    for (int j = 1; j <= c->K; j++)
+        below = _mm256_add_epi32(below, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)f->cum[j]), r));
+    __m256i k1 = _mm256_add_epi32(_mm256_set1_epi32(c->K), below);
+
+    r = _mm256_sub_epi32(r, lookup(f->cum, f->ntab, k1));
+    __m256i n2 = lookup(f->n2, f->ntab, k1);
+    __m256 inv = _mm256_castsi256_ps(lookup((const uint32_t *)f->inv_n2, f->ntab, k1));
+    __m256i q = _mm256_cvttps_epi32(_mm256_mul_ps(_mm256_cvtepi32_ps(r), inv));
+    __m256i rem = _mm256_sub_epi32(r, _mm256_mullo_epi32(q, n2));
+    __m256i neg = _mm256_cmpgt_epi32(_mm256_setzero_si256(), rem);
+    q = _mm256_add_epi32(q, neg);
+    rem = _mm256_add_epi32(rem, _mm256_and_si256(neg, n2));
+    __m256i over = _mm256_cmpgt_epi32(rem, _mm256_sub_epi32(n2, _mm256_set1_epi32(1)));
+    q = _mm256_sub_epi32(q, over);
+    rem = _mm256_sub_epi32(rem, _mm256_and_si256(over, n2));
+
+    const int *lut = (const int *)f->lut4;
+    *lo = _mm256_i32gather_epi32(lut, _mm256_add_epi32(lookup(f->base_lo, f->ntab, k1), q), 4);
+    *hi = _mm256_i32gather_epi32(lut, _mm256_add_epi32(lookup(f->base_hi, f->ntab, k1), rem), 4);
+
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i alo = _mm256_abs_epi8(*lo), ahi = _mm256_abs_epi8(*hi);     /* |y| <= 127 */
+    __m256i sq = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(alo, alo), ones),
+                                  _mm256_madd_epi16(_mm256_maddubs_epi16(ahi, ahi), ones));
+    __m256 level = _mm256_i32gather_ps(c->levels, _mm256_loadu_si256((const __m256i *)code), 4);
+    __m256 gain = _mm256_mul_ps(_mm256_set1_ps(scale), level);
+    *s = _mm256_div_ps(gain, _mm256_sqrt_ps(_mm256_cvtepi32_ps(sq)));
+}
+
+/* The eight groups' points in row order: four registers of two groups (16 int8) each. */
+TARGET static inline void interleave(__m256i lo, __m256i hi, __m128i out[4])
+{
+    __m256i a = _mm256_unpacklo_epi32(lo, hi), b = _mm256_unpackhi_epi32(lo, hi);
+    out[0] = _mm256_castsi256_si128(a);          /* groups 0, 1 */
+    out[1] = _mm256_castsi256_si128(b);          /* groups 2, 3 */
+    out[2] = _mm256_extracti128_si256(a, 1);     /* groups 4, 5 */
+    out[3] = _mm256_extracti128_si256(b, 1);     /* groups 6, 7 */
+}
+
+TARGET static inline __m256 group_weights(__m128i pair, int second, __m256 s, int g)
+{
+    __m128i bytes = second ? _mm_unpackhi_epi64(pair, pair) : pair;
+    __m256 y = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+    return _mm256_mul_ps(y, _mm256_permutevar8x32_ps(s, _mm256_set1_epi32(g)));
+}
+
+/* The chunk at group g0 of a row of G groups, copied to a padded buffer when it is the row's last
+ * (the scalar field loads read up to 8 bytes past a field's first byte). */
+static inline const uint8_t *chunk(const uint8_t *row, int64_t g0, int64_t G, int W, uint8_t *buf)
+{
+    const uint8_t *p = row + g0 / 8 * W;
+    if (g0 + 8 < G) return p;
+    memcpy(buf, p, W);
+    return buf;
+}
+
+TARGET void pvq_dequantize_row_avx2(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
+                                    float *out)
+{
+    const int64_t G = n / 8;
+    uint8_t buf[72] = {0};
+    int64_t g0 = 0;
+    for (; g0 + 8 <= G; g0 += 8) {
+        __m256i lo, hi;
+        __m256 s;
+        __m128i pairs[4];
+        decode8(c, chunk(row, g0, G, c->field_bits, buf), scale, &lo, &hi, &s);
+        interleave(lo, hi, pairs);
+        for (int g = 0; g < 8; g++)
+            _mm256_storeu_ps(out + (g0 + g) * 8, group_weights(pairs[g / 2], g & 1, s, g));
+    }
+    pvq_dequantize_groups_ref(c, row, g0, G, scale, out);
+}
+
+TARGET float pvq_dot_row_avx2(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
+                              const float *x)
+{
+    const int64_t G = n / 8;
+    uint8_t buf[72] = {0};
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t g0 = 0;
+    for (; g0 + 8 <= G; g0 += 8) {
+        __m256i lo, hi;
+        __m256 s;
+        __m128i pairs[4];
+        decode8(c, chunk(row, g0, G, c->field_bits, buf), scale, &lo, &hi, &s);
+        interleave(lo, hi, pairs);
+        const float *xg = x + g0 * 8;
+        for (int g = 0; g < 8; g += 2) {
+            acc0 = _mm256_fmadd_ps(group_weights(pairs[g / 2], 0, s, g), _mm256_loadu_ps(xg + g * 8), acc0);
+            acc1 = _mm256_fmadd_ps(group_weights(pairs[g / 2], 1, s, g + 1),
+                                   _mm256_loadu_ps(xg + g * 8 + 8), acc1);
+        }
+    }
+    __m256 acc = _mm256_add_ps(acc0, acc1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h) + pvq_dot_groups_ref(c, row, g0, G, scale, x);
+}

@@ -1,0 +1,251 @@
+/* PVQ layouts: type ids, exact count tables, the D == 8 fast-path tables, validation. */
+#include "pvq_codec.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+static int bit_length(uint64_t v)
+{
+    int n = 0;
+    while (v) { n++; v >>= 1; }
+    return n;
+}
+
+int pvq_type_params(uint32_t type_id, int *D, int *K, int *gain_bits, char *err, size_t errlen)
+{
+    if ((type_id & 0xF0000000u) != PVQ_TYPE_BASE)
+        return fail(err, errlen, "type id %#x is not a PVQ type", type_id);
+    *D = (int)((type_id >> 20) & 0xFF);
+    *gain_bits = (int)((type_id >> 16) & 0xF);
+    *K = (int)(type_id & 0xFFFF);
+    if (*D < 2 || *D > PVQ_MAX_D)
+        return fail(err, errlen, "PVQ type %#x: D=%d out of range [2, %d]", type_id, *D, PVQ_MAX_D);
+    if (*K < 1)
+        return fail(err, errlen, "PVQ type %#x: K=%d out of range [1, %d]", type_id, *K, PVQ_MAX_K);
+    if (*gain_bits < 1 || *gain_bits > PVQ_MAX_GAIN_BITS)
+        return fail(err, errlen, "PVQ type %#x: gain bits %d out of range [1, %d]", type_id,
+                    *gain_bits, PVQ_MAX_GAIN_BITS);
+    return 0;
+}
+
+/* N(d, k) for d <= D, k <= K by N(d,k) = N(d-1,k) + N(d,k-1) + N(d-1,k-1); fails when N(D,K)
+ * needs more than `max_bits` bits (every entry is <= N(D,K), so nothing else can overflow). */
+static uint64_t *count_table(int D, int K, int max_bits)
+{
+    uint64_t *t = calloc((size_t)(D + 1) * (size_t)(K + 1), sizeof *t);
+    if (!t) return NULL;
+    const uint64_t cap = UINT64_C(1) << max_bits;
+    for (int d = 0; d <= D; d++) {
+        for (int k = 0; k <= K; k++) {
+            uint64_t v;
+            if (k == 0) v = 1;
+            else if (d == 0) v = 0;
+            else {
+                v = t[(d - 1) * (K + 1) + k] + t[d * (K + 1) + k - 1] + t[(d - 1) * (K + 1) + k - 1];
+                if (v > cap) { free(t); return NULL; }
+            }
+            t[d * (K + 1) + k] = v;
+        }
+    }
+    return t;
+}
+
+static uint64_t N(const pvq_codec *c, int d, int k) { return c->count[d * (c->K + 1) + k]; }
+
+/* Point of P(d, k) with index r (the halves enumeration), iterative over the split tree:
+ * a stack of (dimension, pulses, first coordinate, index). */
+static void decode_sub(const pvq_codec *c, uint64_t r, int d, int k, int32_t *y)
+{
+    struct { int d, k, col; uint64_t r; } st[2 * PVQ_MAX_D];
+    int top = 0;
+    st[top].d = d; st[top].k = k; st[top].col = 0; st[top].r = r; top++;
+    while (top) {
+        top--;
+        d = st[top].d; k = st[top].k; r = st[top].r;
+        int col = st[top].col;
+        if (d == 1) { y[col] = r == 0 ? k : -k; continue; }
+        int d1 = d / 2, d2 = d - d1, k1 = 0;
+        for (;; k1++) {
+            uint64_t block = N(c, d1, k1) * N(c, d2, k - k1);
+            if (r < block) break;
+            r -= block;
+        }
+        uint64_t n2 = N(c, d2, k - k1);
+        st[top].d = d1; st[top].k = k1; st[top].col = col; st[top].r = r / n2; top++;
+        st[top].d = d2; st[top].k = k - k1; st[top].col = col + d1; st[top].r = r % n2; top++;
+    }
+}
+
+void pvq_decode_point(const pvq_codec *c, uint64_t index, int32_t *y)
+{
+    decode_sub(c, index, c->D, c->K, y);
+}
+
+static void free_fast(pvq_fast8 *f)
+{
+    if (!f) return;
+    free(f->cum); free(f->n2); free(f->inv_n2); free(f->base_lo); free(f->base_hi); free(f->lut4);
+    free(f);
+}
+
+/* Fast path for D == 8: halves of 4, indices below 2^31 (signed 32-bit compares), |y_i| <= 127. */
+static pvq_fast8 *build_fast8(const pvq_codec *c)
+{
+    if (c->D != 8 || c->index_bits > 31 || c->K > 127) return NULL;
+    int K = c->K;
+    pvq_fast8 *f = calloc(1, sizeof *f);
+    if (!f) return NULL;
+    f->ntab = 16;                 /* a power of two above K + 1: the binary search needs a sentinel */
+    while (f->ntab < K + 2) f->ntab *= 2;
+    f->cum = malloc(f->ntab * sizeof(uint32_t));
+    f->n2 = calloc(f->ntab, sizeof(uint32_t));
+    f->inv_n2 = calloc(f->ntab, sizeof(float));
+    f->base_lo = calloc(f->ntab, sizeof(uint32_t));
+    f->base_hi = calloc(f->ntab, sizeof(uint32_t));
+    uint32_t *base4 = malloc((K + 2) * sizeof(uint32_t));
+    if (!f->cum || !f->n2 || !f->inv_n2 || !f->base_lo || !f->base_hi || !base4) goto fail;
+    base4[0] = 0;
+    for (int k = 0; k <= K; k++) base4[k + 1] = base4[k] + (uint32_t)N(c, 4, k);
+    f->lut4_len = base4[K + 1];
+    f->lut4 = malloc(f->lut4_len * sizeof(uint32_t));
+    if (!f->lut4) goto fail;
+    for (int k = 0; k <= K; k++) {
+        for (uint32_t i = 0; i < (uint32_t)N(c, 4, k); i++) {
+            int32_t y[4];
+            decode_sub(c, i, 4, k, y);
+            f->lut4[base4[k] + i] = (uint32_t)(uint8_t)y[0] | (uint32_t)(uint8_t)y[1] << 8 |
+                                    (uint32_t)(uint8_t)y[2] << 16 | (uint32_t)(uint8_t)y[3] << 24;
+        }
+    }
+    uint64_t acc = 0;
+    for (int j = 0; j < f->ntab; j++) {
+        if (j <= K) {
+            f->cum[j] = (uint32_t)acc;
+            f->n2[j] = (uint32_t)N(c, 4, K - j);
+            f->inv_n2[j] = 1.0f / (float)f->n2[j];
+            f->base_lo[j] = base4[j];
+            f->base_hi[j] = base4[K - j];
+            acc += N(c, 4, j) * N(c, 4, K - j);
+        } else {
+            f->cum[j] = 0x7FFFFFFFu;      /* above every index (indices < 2^31) */
+        }
+    }
+    for (int j = 0; j < 8; j++) {
+        int byte = j * c->field_bits / 8;
+        f->field_shift[j] = (uint64_t)(j * c->field_bits % 8);
+        for (int t = 0; t < 8; t++) f->field_perm[8 * j + t] = (uint8_t)(byte + t < 64 ? byte + t : 63);
+    }
+    free(base4);
+    return f;
+fail:
+    free(base4);
+    free_fast(f);
+    return NULL;
+}
+
+int pvq_codec_init(pvq_codec *c, uint32_t type_id, const float *levels, size_t n_levels,
+                   char *err, size_t errlen)
+{
+    memset(c, 0, sizeof *c);
+    int D, K, b;
+    if (pvq_type_params(type_id, &D, &K, &b, err, errlen)) return -1;
+    if (n_levels != (size_t)1 << b)
+        return fail(err, errlen, "PVQ: %zu gain levels for %d gain bits (need %d)", n_levels, b, 1 << b);
+    for (size_t i = 0; i < n_levels; i++) {
+        if (!isfinite(levels[i]) || levels[i] < 0 || (i && !(levels[i] > levels[i - 1])))
+            return fail(err, errlen, "PVQ: gain level %zu (%g) is not finite, non-negative and increasing",
+                        i, (double)levels[i]);
+    }
+    c->count = count_table(D, K, PVQ_MAX_FIELD_BITS - b);
+    if (!c->count)
+        return fail(err, errlen, "PVQ D=%d K=%d b=%d: index field wider than %d bits (or out of memory)",
+                    D, K, b, PVQ_MAX_FIELD_BITS);
+    c->D = D; c->K = K; c->gain_bits = b;
+    c->n_points = N(c, D, K);
+    c->index_bits = bit_length(c->n_points - 1);
+    c->field_bits = c->index_bits + b;
+    if (c->field_bits > PVQ_MAX_FIELD_BITS) {
+        pvq_codec_free(c);
+        return fail(err, errlen, "PVQ D=%d K=%d b=%d: field of %d bits exceeds %d", D, K, b,
+                    c->field_bits, PVQ_MAX_FIELD_BITS);
+    }
+    int g = 8, w = c->field_bits;
+    while (w % 2 == 0 && g > 1) { w /= 2; g /= 2; }
+    c->block_groups = g;
+    memcpy(c->levels, levels, n_levels * sizeof(float));
+    c->fast = build_fast8(c);
+    return 0;
+}
+
+void pvq_codec_free(pvq_codec *c)
+{
+    free(c->count);
+    free_fast(c->fast);
+    memset(c, 0, sizeof *c);
+}
+
+size_t pvq_row_bytes(const pvq_codec *c, int64_t n)
+{
+    int64_t block = (int64_t)c->block_groups * c->D;
+    if (n <= 0 || n % block) return 0;
+    return (size_t)(n / block) * (size_t)(c->block_groups * c->field_bits / 8);
+}
+
+int64_t pvq_validate_row(const pvq_codec *c, const uint8_t *row, int64_t n)
+{
+    int64_t G = n / c->D;
+    for (int64_t g = 0; g < G; g++)
+        if ((pvq_read_field(row, g, c->field_bits) >> c->gain_bits) >= c->n_points) return g;
+    return -1;
+}
+
+int pvq_validate_tensor(const pvq_codec *c, const uint8_t *data, size_t nbytes, int64_t n,
+                        int64_t rows, const uint16_t *scales_f16, char *err, size_t errlen)
+{
+    size_t rb = pvq_row_bytes(c, n);
+    if (rb == 0)
+        return fail(err, errlen, "PVQ D=%d K=%d b=%d: row length %lld is not a multiple of %d",
+                    c->D, c->K, c->gain_bits, (long long)n, c->block_groups * c->D);
+    if (rows < 0 || (uint64_t)rows > SIZE_MAX / rb || rb * (size_t)rows != nbytes)
+        return fail(err, errlen, "PVQ tensor: %zu bytes, expected %lld rows of %zu bytes", nbytes,
+                    (long long)rows, rb);
+    for (int64_t r = 0; r < rows; r++) {
+        if (scales_f16 && (scales_f16[r] & 0x7C00) == 0x7C00)
+            return fail(err, errlen, "PVQ tensor: row %lld has a non-finite scale", (long long)r);
+        int64_t g = pvq_validate_row(c, data + (size_t)r * rb, n);
+        if (g >= 0)
+            return fail(err, errlen, "PVQ tensor: row %lld group %lld: shape index %llu >= N(%d,%d) = %llu",
+                        (long long)r, (long long)g,
+                        (unsigned long long)(pvq_read_field(data + (size_t)r * rb, g, c->field_bits) >> c->gain_bits),
+                        c->D, c->K, (unsigned long long)c->n_points);
+    }
+    return 0;
+}
+
+void pvq_select_kernels(const pvq_codec *c, pvq_dequantize_fn *dequantize, pvq_dot_fn *dot)
+{
+    *dequantize = pvq_dequantize_row_ref;
+    *dot = pvq_dot_row_ref;
+    if (!c->fast) return;
+    if (pvq_avx512_supported()) {
+        *dequantize = pvq_dequantize_row_avx512;
+        *dot = pvq_dot_row_avx512;
+    } else if (pvq_avx2_supported()) {
+        *dequantize = pvq_dequantize_row_avx2;
+        *dot = pvq_dot_row_avx2;
+    }
+}

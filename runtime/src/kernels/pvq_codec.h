@@ -1,0 +1,107 @@
+/* The PVQ tensor type: layout parameters, count tables, validation and row kernels.
+ *
+ * A PVQ row of n weights is G = n / D fields of W = B + b bits (B = bit length of N(D,K) - 1),
+ * packed LSB-first; field g holds (shape index << b) | gain code.  Weight i of group g decodes to
+ *     gain = scale_row * level[code]                     (float32 multiply)
+ *     s    = gain / sqrtf((float) sum_j y_j^2)          (float32 sqrt, divide)
+ *     w_i  = (float) y_i * s                            (float32 multiply)
+ * with y the pyramid point of the index (docs/format.md, "PVQ tensor type").  These functions are pure:
+ * packed bytes + a codec in, floats out; the runtime wires them into its type traits. */
+#ifndef PVQ_CODEC_H
+#define PVQ_CODEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define PVQ_TYPE_BASE       0x50000000u
+#define PVQ_MAX_D           64
+#define PVQ_MAX_K           65535
+#define PVQ_MAX_GAIN_BITS   8
+#define PVQ_MAX_FIELD_BITS  56
+
+/* Tables of the D == 8 fast path: the split of a group into halves of 4, and every point of
+ * P(4, k), k <= K, as four int8 in one uint32 (byte j = coordinate j). */
+typedef struct pvq_fast8 {
+    int ntab;                 /* table entries: the power of two >= max(16, K + 2) */
+    uint32_t *cum;            /* cum[k1]  = sum_{j < k1} N(4,j) N(4,K-j);  cum[j > K] = 2^31 - 1 */
+    uint32_t *n2;             /* n2[k1]   = N(4, K - k1) */
+    float *inv_n2;            /* 1 / n2[k1] */
+    uint32_t *base_lo;        /* base_lo[k1] = offset of P(4, k1) in lut4 */
+    uint32_t *base_hi;        /* base_hi[k1] = offset of P(4, K - k1) in lut4 */
+    uint32_t *lut4;
+    size_t lut4_len;
+    uint8_t field_perm[64];   /* AVX-512: byte j*8+t of a chunk's qword j is chunk byte (j*W/8 + t) */
+    uint64_t field_shift[8];  /* ... then shifted right by (j*W) % 8 */
+} pvq_fast8;
+
+typedef struct pvq_codec {
+    int D, K, gain_bits;
+    int index_bits, field_bits;
+    int block_groups;         /* groups per block: the fewest whose fields fill whole bytes */
+    uint64_t n_points;        /* N(D, K) */
+    uint64_t *count;          /* count[d * (K + 1) + k] = N(d, k) for d <= D, k <= K */
+    float levels[1 << PVQ_MAX_GAIN_BITS];
+    pvq_fast8 *fast;          /* NULL unless D == 8 and the index fits 31 bits */
+} pvq_codec;
+
+/* Layout parameters of a PVQ type id (id = 0x50000000 | D << 20 | b << 16 | K).
+ * Returns 0, or -1 with a message in err when the id is not PVQ or any parameter is out of range. */
+int pvq_type_params(uint32_t type_id, int *D, int *K, int *gain_bits, char *err, size_t errlen);
+
+/* Builds the tables of one layout.  levels: n_levels float32 gain levels, n_levels must be 2^b, each
+ * finite, >= 0, strictly increasing.  Returns 0, or -1 with a message (nothing to free then). */
+int pvq_codec_init(pvq_codec *c, uint32_t type_id, const float *levels, size_t n_levels,
+                   char *err, size_t errlen);
+void pvq_codec_free(pvq_codec *c);
+
+/* Bytes of a row of n weights, or 0 when n is not a positive multiple of the block. */
+size_t pvq_row_bytes(const pvq_codec *c, int64_t n);
+
+/* Checks every field of a row: shape index < N(D, K) (every gain code is valid by construction).
+ * Returns -1 when the row is valid, else the first bad group. */
+int64_t pvq_validate_row(const pvq_codec *c, const uint8_t *row, int64_t n);
+
+/* Checks a whole tensor before use: its byte size, every row, every fp16 row scale (finite).
+ * Returns 0, or -1 with a message naming the row and group. */
+int pvq_validate_tensor(const pvq_codec *c, const uint8_t *data, size_t nbytes, int64_t n,
+                        int64_t rows, const uint16_t *scales_f16, char *err, size_t errlen);
+
+/* Pyramid point of one shape index (index < N(D,K)); the scalar reference of the enumeration. */
+void pvq_decode_point(const pvq_codec *c, uint64_t index, int32_t *y);
+
+/* Scalar reference kernels.  row: pvq_row_bytes(c, n) bytes; scale: the row's fp16 scale as float. */
+void pvq_dequantize_row_ref(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, float *out);
+float pvq_dot_row_ref(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, const float *x);
+
+/* The reference on groups [g0, g1) of a row (out and x point at the row's start): the optimized
+ * kernels finish rows whose group count is not a multiple of their step with these. */
+void pvq_dequantize_groups_ref(const pvq_codec *c, const uint8_t *row, int64_t g0, int64_t g1,
+                               float scale, float *out);
+float pvq_dot_groups_ref(const pvq_codec *c, const uint8_t *row, int64_t g0, int64_t g1, float scale,
+                         const float *x);
+
+/* AVX2 kernels (pvq_avx2.c) and AVX-512 VBMI kernels (pvq_avx512.c) for codecs with a fast path
+ * (c->fast != NULL); same results as the reference: dequantize bit-identical, dot up to rounding. */
+int pvq_avx2_supported(void);
+void pvq_dequantize_row_avx2(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, float *out);
+float pvq_dot_row_avx2(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, const float *x);
+int pvq_avx512_supported(void);
+void pvq_dequantize_row_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, float *out);
+float pvq_dot_row_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, const float *x);
+
+/* The best kernels for this CPU and codec (reference when no fast path applies). */
+typedef void (*pvq_dequantize_fn)(const pvq_codec *, const uint8_t *, float, int64_t, float *);
+typedef float (*pvq_dot_fn)(const pvq_codec *, const uint8_t *, float, int64_t, const float *);
+void pvq_select_kernels(const pvq_codec *c, pvq_dequantize_fn *dequantize, pvq_dot_fn *dot);
+
+/* Field g of a row (W bits at bit g * W); reads only bytes of the row. */
+static inline uint64_t pvq_read_field(const uint8_t *row, int64_t g, int W)
+{
+    uint64_t bit = (uint64_t)g * (uint64_t)W, v = 0;
+    const uint8_t *p = row + (bit >> 3);
+    int shift = (int)(bit & 7), nbytes = (shift + W + 7) >> 3;
+    for (int i = 0; i < nbytes; i++) v |= (uint64_t)p[i] << (8 * i);
+    return (v >> shift) & ((UINT64_C(1) << W) - 1);
+}
+
+#endif

@@ -1,0 +1,48 @@
+/* Scalar reference kernels of the PVQ type: the definition the optimized kernels are tested against. */
+#include "pvq_codec.h"
+
+#include <math.h>
+
+/* One group: its point y and its weight scale s = scale * level / ||y||, rounded as the format says. */
+static float group(const pvq_codec *c, const uint8_t *row, int64_t g, float scale, int32_t *y)
+{
+    uint64_t f = pvq_read_field(row, g, c->field_bits);
+    pvq_decode_point(c, f >> c->gain_bits, y);
+    int64_t q = 0;
+    for (int i = 0; i < c->D; i++) q += (int64_t)y[i] * y[i];
+    float gain = scale * c->levels[f & ((1u << c->gain_bits) - 1)];
+    return gain / sqrtf((float)q);
+}
+
+void pvq_dequantize_groups_ref(const pvq_codec *c, const uint8_t *row, int64_t g0, int64_t g1,
+                               float scale, float *out)
+{
+    int32_t y[PVQ_MAX_D];
+    for (int64_t g = g0; g < g1; g++) {
+        float s = group(c, row, g, scale, y);
+        for (int i = 0; i < c->D; i++) out[g * c->D + i] = (float)y[i] * s;
+    }
+}
+
+float pvq_dot_groups_ref(const pvq_codec *c, const uint8_t *row, int64_t g0, int64_t g1, float scale,
+                         const float *x)
+{
+    int32_t y[PVQ_MAX_D];
+    float acc = 0.0f;
+    for (int64_t g = g0; g < g1; g++) {
+        float s = group(c, row, g, scale, y), t = 0.0f;
+        for (int i = 0; i < c->D; i++) t += (float)y[i] * x[g * c->D + i];
+        acc += s * t;
+    }
+    return acc;
+}
+
+void pvq_dequantize_row_ref(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, float *out)
+{
+    pvq_dequantize_groups_ref(c, row, 0, n / c->D, scale, out);
+}
+
+float pvq_dot_row_ref(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, const float *x)
+{
+    return pvq_dot_groups_ref(c, row, 0, n / c->D, scale, x);
+}
