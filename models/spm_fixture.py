@@ -57,6 +57,9 @@ def random_weights(config: dict, n_vocab: int, seed: int = 0) -> dict[str, np.nd
          "model.norm.weight": np.ones(d, np.float32)}
     for i in range(config["num_hidden_layers"]):
         p = f"model.layers.{i}."
+        if config["architectures"] == ["Qwen2ForCausalLM"]:
+            w |= {p + "self_attn.q_proj.bias": 0.1 * mat(1, d)[0], p + "self_attn.k_proj.bias": 0.1 * mat(1, kv)[0],
+                  p + "self_attn.v_proj.bias": 0.1 * mat(1, kv)[0]}
         w |= {p + "input_layernorm.weight": (1 + 0.1 * rng.standard_normal(d)).astype(np.float32),
               p + "post_attention_layernorm.weight": (1 + 0.1 * rng.standard_normal(d)).astype(np.float32),
               p + "self_attn.q_proj.weight": mat(d, d), p + "self_attn.k_proj.weight": mat(kv, d),
