@@ -179,7 +179,8 @@ def _decode_rec(r: torch.Tensor, k: torch.Tensor, d: int, col: int, out: torch.T
 
 # ---------------------------------------------------------------- encoder: nearest pyramid point
 
-def nearest_point(w: torch.Tensor, K: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+def nearest_point(w: torch.Tensor, K: int, weights: torch.Tensor | None = None,
+                  refine: int = 2) -> torch.Tensor:
     """Greedy nearest pyramid point to each row of w (float (G, D)) -> int64 (G, D), L1 norm K.
 
     Unweighted: maximise the cosine between w and y.  With `weights`, maximise the weighted
@@ -189,6 +190,8 @@ def nearest_point(w: torch.Tensor, K: int, weights: torch.Tensor | None = None) 
       weights (G, D, D) -> H = weights[g]              (a per-group quadratic form, positive definite)
     Start: project |w| onto the L1 sphere of radius K and round down (sum <= K), then add the
     missing pulses one at a time where they raise the objective most (Fischer / Opus search).
+    Then up to `refine` passes move single pulses (one coordinate to another) where that raises
+    the objective, which repairs most of the greedy's misses (weighted objectives especially).
     """
     G, D = w.shape
     w = w.to(torch.float32)
@@ -234,6 +237,26 @@ def nearest_point(w: torch.Tensor, K: int, weights: torch.Tensor | None = None) 
         else:
             hy[rows, best] += step * hdiag[rows, best]
         missing = missing - active.to(torch.int64)
+    full = weights is not None and weights.dim() == 3
+    eye = torch.eye(D, dtype=a.dtype, device=a.device)
+    for _ in range(refine):
+        # Move one pulse from i (y_i >= 1) to j: num + hw_j - hw_i,
+        # den - 2 hy_i + H_ii + 2 hy_j + H_jj - 2 H_ij.
+        n2 = num[:, None, None] - hw[:, :, None] + hw[:, None, :]
+        hij = Hs if full else hdiag[:, :, None] * eye
+        d2 = (den[:, None, None] + (hdiag - 2 * hy)[:, :, None] + (hdiag + 2 * hy)[:, None, :] - 2 * hij)
+        score = torch.where((y > 0)[:, :, None], n2 * n2 / d2.clamp_min(1e-30), torch.zeros_like(n2))
+        best = score.view(G, D * D).argmax(1)
+        gain = score.view(G, D * D)[rows, best] > (num * num / den.clamp_min(1e-30)) * (1 + 1e-6)
+        if not bool(gain.any()):
+            break
+        i, j = best // D, best % D
+        step = gain.to(a)
+        y[rows, i] -= step
+        y[rows, j] += step
+        num = num + step * (hw[rows, j] - hw[rows, i])
+        den = den + step * ((hdiag - 2 * hy)[rows, i] + (hdiag + 2 * hy)[rows, j] - 2 * hij[rows, i, j])
+        hy = hy + step[:, None] * (Hs[rows, :, j] - Hs[rows, :, i]) if full else hdiag * y
     return (y * sign).to(torch.int64)
 
 
@@ -244,8 +267,10 @@ def decode_groups(y: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
     w_i = float(y_i) * s, each a single IEEE float32 operation.
     """
     yf = y.to(torch.float32)
-    q = (y * y).sum(1).to(torch.float32)
-    s = gain.to(torch.float32) / torch.sqrt(q)
+    # sqrtf(q) correctly rounded: torch's float32 sqrt on CPU can be 1 ulp off, a float64 sqrt
+    # rounded to float32 is exact (q is an integer, exact in both formats).
+    root = torch.sqrt((y * y).sum(1).to(torch.float64)).to(torch.float32)
+    s = gain.to(torch.float32) / root
     return yf * s[:, None]
 
 
@@ -291,7 +316,7 @@ def _best_gain(w, y, weights):
 
 
 def quantize_matrix(W: torch.Tensor, D: int, K: int, gain_bits: int,
-                    weights: torch.Tensor | None = None, chunk_groups: int = 1 << 20) -> Quantized:
+                    weights: torch.Tensor | None = None, chunk_groups: int = 1 << 18) -> Quantized:
     """PVQ-code a matrix W (R, n) with groups of D along rows, Beta/Lloyd-Max gains and fp16 row scales.
 
     weights (optional, broadcastable to (R, n/D, D) or (R, n/D, D, D)) weight the error as in

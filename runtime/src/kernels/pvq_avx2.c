@@ -12,6 +12,7 @@
 #include <string.h>
 
 #define TARGET __attribute__((target("avx2,fma")))
+#define INLINE static inline __attribute__((always_inline))
 
 int pvq_avx2_supported(void)
 {
@@ -20,7 +21,7 @@ int pvq_avx2_supported(void)
 }
 
 /* t[k] for each lane; t has ntab entries (a multiple of 16), lanes k < ntab. */
-TARGET static inline __m256i lookup(const uint32_t *t, int ntab, __m256i k)
+TARGET INLINE __m256i lookup(const uint32_t *t, int ntab, __m256i k)
 {
     __m256i r = _mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)t), k);
     for (int v = 8; v < ntab; v += 8) {
@@ -32,7 +33,7 @@ TARGET static inline __m256i lookup(const uint32_t *t, int ntab, __m256i k)
 
 /* Decodes the eight groups of one chunk (W bytes at p, readable up to p + W + 8): points as int8
  * (lo: coordinates 0-3, hi: 4-7, one group per lane) and the per-group weight scale s. */
-TARGET static inline void decode8(const pvq_codec *c, const uint8_t *p, float scale,
+TARGET INLINE void decode8(const pvq_codec *c, const uint8_t *p, float scale,
                                   __m256i *lo, __m256i *hi, __m256 *s)
 {
     const pvq_fast8 *f = c->fast;
@@ -78,7 +79,7 @@ TARGET static inline void decode8(const pvq_codec *c, const uint8_t *p, float sc
 }
 
 /* The eight groups' points in row order: four registers of two groups (16 int8) each. */
-TARGET static inline void interleave(__m256i lo, __m256i hi, __m128i out[4])
+TARGET INLINE void interleave(__m256i lo, __m256i hi, __m128i out[4])
 {
     __m256i a = _mm256_unpacklo_epi32(lo, hi), b = _mm256_unpackhi_epi32(lo, hi);
     out[0] = _mm256_castsi256_si128(a);          /* groups 0, 1 */
@@ -87,7 +88,7 @@ TARGET static inline void interleave(__m256i lo, __m256i hi, __m128i out[4])
     out[3] = _mm256_extracti128_si256(b, 1);     /* groups 6, 7 */
 }
 
-TARGET static inline __m256 group_weights(__m128i pair, int second, __m256 s, int g)
+TARGET INLINE __m256 group_weights(__m128i pair, int second, __m256 s, int g)
 {
     __m128i bytes = second ? _mm_unpackhi_epi64(pair, pair) : pair;
     __m256 y = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
@@ -107,6 +108,10 @@ static inline const uint8_t *chunk(const uint8_t *row, int64_t g0, int64_t G, in
 TARGET void pvq_dequantize_row_avx2(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
                                     float *out)
 {
+    if (!c->fast) {
+        pvq_dequantize_row_ref(c, row, scale, n, out);
+        return;
+    }
     const int64_t G = n / 8;
     uint8_t buf[72] = {0};
     int64_t g0 = 0;
@@ -125,6 +130,7 @@ TARGET void pvq_dequantize_row_avx2(const pvq_codec *c, const uint8_t *row, floa
 TARGET float pvq_dot_row_avx2(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
                               const float *x)
 {
+    if (!c->fast) return pvq_dot_row_ref(c, row, scale, n, x);
     const int64_t G = n / 8;
     uint8_t buf[72] = {0};
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();

@@ -1,17 +1,22 @@
 /* AVX-512 (F, BW, VL, VBMI, VNNI) kernels of the PVQ type for D == 8 (codec->fast): sixteen groups
  * per step, one per 32-bit lane, no scalar work.
  *
- * Per 8-group chunk (W bytes): one masked load, one vpermb placing each field's bytes in a qword,
- * one variable shift and a mask extract the eight fields.  The split k1 is a binary search in the
- * cumulative table held in registers (vpermi2d), every per-k1 constant is a register permute, the
- * division is a float reciprocal product with one correction, the halves are two gathers from the
- * 4-dim point table, ||y||^2 is two vpdpbusd.  Results equal pvq_ref.c's: dequantize bit-identical,
- * dot up to summation order. */
+ * Fields: one masked load and one vpermb place each field's bytes in its lane (a dword when every
+ * field fits one after its bit offset, else a qword per field, eight per chunk), then a variable
+ * shift and a mask.  The split k1 is a binary search in the cumulative table held in registers
+ * (vpermd / vpermi2d), every per-k1 constant is a register permute, the division is a float
+ * reciprocal product with one correction (quotients < 2^16), the halves are two gathers from the
+ * 4-dim point table (int8 x 4), ||y||^2 is two vpdpbusd.
+ * Outputs: floats (dequantize: bit-identical to pvq_ref.c), a float dot (up to summation order), or
+ * an integer dot with Q8 activations (pvq_quantize_x_q8), where the point bytes meet the activation
+ * bytes in vpdpbusd without ever becoming floats. */
 #include "pvq_codec.h"
 
 #include <immintrin.h>
+#include <string.h>
 
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,fma")))
+#define INLINE static inline __attribute__((always_inline))
 
 int pvq_avx512_supported(void)
 {
@@ -21,30 +26,32 @@ int pvq_avx512_supported(void)
            __builtin_cpu_supports("avx512vnni");
 }
 
-/* A table of up to ntab (power of two) 32-bit entries, kept in registers when it has <= 32. */
-typedef struct { __m512i a, b; const uint32_t *t; int ntab; } table;
+/* A table of ntab (power of two) 32-bit entries, in registers when it has <= 32. */
+typedef struct { __m512i a, b; const void *t; } table;
 
-TARGET static inline table table_load(const void *t, int ntab)
+TARGET INLINE table table_load(const void *t, int ntab)
 {
     table r = { _mm512_loadu_si512(t), ntab > 16 ? _mm512_loadu_si512((const uint32_t *)t + 16)
-                                                 : _mm512_setzero_si512(), t, ntab };
+                                                 : _mm512_setzero_si512(), t };
     return r;
 }
 
-TARGET static inline __m512i lookup(const table *t, __m512i k)
+/* t[k]; ntab is a constant after inlining in every caller, so one path remains. */
+TARGET INLINE __m512i lookup(const table *t, __m512i k, int ntab)
 {
-    if (t->ntab <= 16) return _mm512_permutexvar_epi32(k, t->a);
-    if (t->ntab <= 32) return _mm512_permutex2var_epi32(t->a, k, t->b);
+    if (ntab <= 16) return _mm512_permutexvar_epi32(k, t->a);
+    if (ntab <= 32) return _mm512_permutex2var_epi32(t->a, k, t->b);
     return _mm512_i32gather_epi32(k, t->t, 4);
 }
 
 typedef struct {
     table cum, n2, inv, lo, hi, levels;
-    __m512i perm, shift, field_mask, code_mask;
-    int W, b, steps;
+    __m512i perm, shift, field_mask, perm32, shift32, field_mask32, code_mask;
+    const int *lut;
+    int W, b;
 } kernel;
 
-TARGET static inline void kernel_init(kernel *k, const pvq_codec *c)
+TARGET INLINE void kernel_init(kernel *k, const pvq_codec *c)
 {
     const pvq_fast8 *f = c->fast;
     k->cum = table_load(f->cum, f->ntab);
@@ -55,42 +62,60 @@ TARGET static inline void kernel_init(kernel *k, const pvq_codec *c)
     k->levels = table_load(c->levels, 1 << c->gain_bits < 16 ? 16 : 1 << c->gain_bits);
     k->perm = _mm512_loadu_si512(f->field_perm);
     k->shift = _mm512_loadu_si512(f->field_shift);
+    k->field_mask = _mm512_set1_epi64((long long)((UINT64_C(1) << c->field_bits) - 1));
+    k->perm32 = _mm512_loadu_si512(f->field_perm32);
+    k->shift32 = _mm512_loadu_si512(f->field_shift32);
+    k->field_mask32 = _mm512_set1_epi32((int)((UINT64_C(1) << (c->field_bits & 31)) - 1 +
+                                              (c->field_bits == 32 ? UINT64_C(0xFFFFFFFF) : 0)));
+    k->code_mask = _mm512_set1_epi32((1 << c->gain_bits) - 1);
+    k->lut = (const int *)f->lut4;
     k->W = c->field_bits;
     k->b = c->gain_bits;
-    k->field_mask = _mm512_set1_epi64((long long)((UINT64_C(1) << c->field_bits) - 1));
-    k->code_mask = _mm512_set1_epi32((1 << c->gain_bits) - 1);
-    k->steps = f->ntab;
 }
 
 /* The eight fields of the chunk at p (exactly W bytes read) as 64-bit lanes. */
-TARGET static inline __m512i fields8(const kernel *k, const uint8_t *p)
+TARGET INLINE __m512i fields8(const kernel *k, const uint8_t *p)
 {
     __m512i bytes = _mm512_maskz_loadu_epi8(_cvtu64_mask64((UINT64_C(1) << k->W) - 1), p);
     __m512i v = _mm512_permutexvar_epi8(k->perm, bytes);
     return _mm512_and_si512(_mm512_srlv_epi64(v, k->shift), k->field_mask);
 }
 
-/* Sixteen groups (chunks at p and p + W): halves lo/hi as int8 x 4 per lane, weight scales s. */
-TARGET static inline void decode16(const kernel *k, const pvq_codec *c, const uint8_t *p, float scale,
-                                   __m512i *lo, __m512i *hi, __m512 *s)
+/* Index and gain code of the sixteen groups at p (2 W bytes). */
+TARGET INLINE void fields16(const kernel *k, const uint8_t *p, int narrow, __m512i *idx, __m512i *code)
 {
+    if (narrow) {
+        __m512i bytes = _mm512_maskz_loadu_epi8(_cvtu64_mask64(~UINT64_C(0) >> (64 - 2 * k->W)), p);
+        __m512i f = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi8(k->perm32, bytes), k->shift32),
+                                     k->field_mask32);
+        *idx = _mm512_srli_epi32(f, k->b);
+        *code = _mm512_and_si512(f, k->code_mask);
+        return;
+    }
     __m512i f0 = fields8(k, p), f1 = fields8(k, p + k->W);
-    __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_srli_epi64(f0, k->b))),
-                                     _mm512_cvtepi64_epi32(_mm512_srli_epi64(f1, k->b)), 1);
-    __m512i code = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(f0)),
-                                      _mm512_cvtepi64_epi32(f1), 1);
-    code = _mm512_and_si512(code, k->code_mask);
+    *idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_srli_epi64(f0, k->b))),
+                              _mm512_cvtepi64_epi32(_mm512_srli_epi64(f1, k->b)), 1);
+    *code = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(f0)),
+                                                _mm512_cvtepi64_epi32(f1), 1), k->code_mask);
+}
 
-    /* k1 = largest j with cum[j] <= idx (cum[0] = 0, entries past K are above every index). */
+/* Sixteen groups at p: halves lo/hi (int8 x 4 per lane), their absolute values, weight scales s. */
+TARGET INLINE void decode16(const kernel *k, const uint8_t *p, float scale, int ntab, int nlev, int narrow,
+                            __m512i *lo, __m512i *hi, __m512i *alo, __m512i *ahi, __m512 *s)
+{
+    __m512i idx, code;
+    fields16(k, p, narrow, &idx, &code);
+    /* k1 = largest j with cum[j] <= idx (cum[0] = 0; entries past K exceed every index). */
     __m512i k1 = _mm512_setzero_si512();
-    for (int step = k->steps / 2; step; step /= 2) {
+#pragma GCC unroll 8
+    for (int step = ntab / 2; step; step /= 2) {
         __m512i cand = _mm512_add_epi32(k1, _mm512_set1_epi32(step));
-        __mmask16 ok = _mm512_cmple_epi32_mask(lookup(&k->cum, cand), idx);
+        __mmask16 ok = _mm512_cmple_epi32_mask(lookup(&k->cum, cand, ntab), idx);
         k1 = _mm512_mask_mov_epi32(k1, ok, cand);
     }
-    __m512i r = _mm512_sub_epi32(idx, lookup(&k->cum, k1));
-    __m512i n2 = lookup(&k->n2, k1);
-    __m512 inv = _mm512_castsi512_ps(lookup(&k->inv, k1));
+    __m512i r = _mm512_sub_epi32(idx, lookup(&k->cum, k1, ntab));
+    __m512i n2 = lookup(&k->n2, k1, ntab);
+    __m512 inv = _mm512_castsi512_ps(lookup(&k->inv, k1, ntab));
     __m512i q = _mm512_cvttps_epi32(_mm512_mul_ps(_mm512_cvtepi32_ps(r), inv));
     __m512i rem = _mm512_sub_epi32(r, _mm512_mullo_epi32(q, n2));
     __mmask16 neg = _mm512_cmplt_epi32_mask(rem, _mm512_setzero_si512());
@@ -100,22 +125,20 @@ TARGET static inline void decode16(const kernel *k, const pvq_codec *c, const ui
     q = _mm512_mask_add_epi32(q, over, q, _mm512_set1_epi32(1));
     rem = _mm512_mask_sub_epi32(rem, over, rem, n2);
 
-    const int *lut = (const int *)c->fast->lut4;
-    *lo = _mm512_i32gather_epi32(_mm512_add_epi32(lookup(&k->lo, k1), q), lut, 4);
-    *hi = _mm512_i32gather_epi32(_mm512_add_epi32(lookup(&k->hi, k1), rem), lut, 4);
-
-    __m512i alo = _mm512_abs_epi8(*lo), ahi = _mm512_abs_epi8(*hi);     /* |y| <= 127 */
-    __m512i sq = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), alo, alo), ahi, ahi);
-    __m512 level = _mm512_castsi512_ps(lookup(&k->levels, code));
-    __m512 gain = _mm512_mul_ps(_mm512_set1_ps(scale), level);
+    *lo = _mm512_i32gather_epi32(_mm512_add_epi32(lookup(&k->lo, k1, ntab), q), k->lut, 4);
+    *hi = _mm512_i32gather_epi32(_mm512_add_epi32(lookup(&k->hi, k1, ntab), rem), k->lut, 4);
+    *alo = _mm512_abs_epi8(*lo);                                  /* |y| <= 127 */
+    *ahi = _mm512_abs_epi8(*hi);
+    __m512i sq = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), *alo, *alo), *ahi, *ahi);
+    __m512 gain = _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_castsi512_ps(lookup(&k->levels, code, nlev)));
     *s = _mm512_div_ps(gain, _mm512_sqrt_ps(_mm512_cvtepi32_ps(sq)));
 }
 
-/* Weights of groups 2t, 2t+1 of the step (t = 0..7) as sixteen floats in row order. */
-TARGET static inline __m512 pair_weights(__m512i a, __m512i b, __m512 s, int t)
+/* Weights of groups 2t, 2t+1 of a step (t < 8) as sixteen floats in row order. */
+TARGET INLINE __m512 pair_weights(__m512i lo, __m512i hi, __m512 s, int t)
 {
     /* unpacklo: 128-bit lane l holds groups 4l, 4l+1; unpackhi: 4l+2, 4l+3 (int8 x 8 each). */
-    __m512i u = (t & 1) ? _mm512_unpackhi_epi32(a, b) : _mm512_unpacklo_epi32(a, b);
+    __m512i u = (t & 1) ? _mm512_unpackhi_epi32(lo, hi) : _mm512_unpacklo_epi32(lo, hi);
     __m128i bytes;
     switch (t >> 1) {
     case 0: bytes = _mm512_castsi512_si128(u); break;
@@ -130,40 +153,110 @@ TARGET static inline __m512 pair_weights(__m512i a, __m512i b, __m512 s, int t)
     return _mm512_mul_ps(y, _mm512_permutexvar_ps(sel, s));
 }
 
-TARGET void pvq_dequantize_row_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
-                                      float *out)
+/* x with the sign of y applied (x where y >= 0, -x where y < 0); x in [-127, 127]. */
+TARGET INLINE __m512i sign_of(__m512i x, __m512i y)
 {
-    kernel k;
-    kernel_init(&k, c);
-    const int64_t G = n / 8;
-    int64_t g0 = 0;
-    for (; g0 + 16 <= G; g0 += 16) {
-        __m512i lo, hi;
-        __m512 s;
-        decode16(&k, c, row + g0 / 8 * k.W, scale, &lo, &hi, &s);
-        for (int t = 0; t < 8; t++)
-            _mm512_storeu_ps(out + (g0 + 2 * t) * 8, pair_weights(lo, hi, s, t));
-    }
-    pvq_dequantize_groups_ref(c, row, g0, G, scale, out);
+    return _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(y), _mm512_setzero_si512(), x);
 }
 
-TARGET float pvq_dot_row_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
-                                const float *x)
+enum op { DEQUANTIZE, DOT, DOT_Q8 };
+
+/* One row; ntab, nlev, narrow and op are constants after inlining.  The last step of a row whose
+ * group count is not a multiple of 16 decodes a zero-padded copy and masks what it writes or reads. */
+TARGET INLINE float row_kernel(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
+                               const float *x, const int8_t *xq, const float *xs, float *out,
+                               int ntab, int nlev, int narrow, enum op op)
 {
     kernel k;
     kernel_init(&k, c);
     const int64_t G = n / 8;
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    int64_t g0 = 0;
-    for (; g0 + 16 <= G; g0 += 16) {
-        __m512i lo, hi;
+    uint8_t pad[128];
+    for (int64_t g0 = 0; g0 < G; g0 += 16) {
+        const int64_t ng = G - g0 < 16 ? G - g0 : 16;
+        const uint8_t *p = row + g0 / 8 * k.W;
+        if (ng < 16) {
+            memset(pad, 0, sizeof pad);
+            memcpy(pad, p, (size_t)(ng * k.W + 7) / 8);
+            p = pad;
+        }
+        const __mmask16 live = (__mmask16)((1u << ng) - 1);
+        __m512i lo, hi, alo, ahi;
         __m512 s;
-        decode16(&k, c, row + g0 / 8 * k.W, scale, &lo, &hi, &s);
-        const float *xg = x + g0 * 8;
-        for (int t = 0; t < 8; t += 2) {
-            acc0 = _mm512_fmadd_ps(pair_weights(lo, hi, s, t), _mm512_loadu_ps(xg + t * 16), acc0);
-            acc1 = _mm512_fmadd_ps(pair_weights(lo, hi, s, t + 1), _mm512_loadu_ps(xg + t * 16 + 16), acc1);
+        decode16(&k, p, scale, ntab, nlev, narrow, &lo, &hi, &alo, &ahi, &s);
+        s = _mm512_maskz_mov_ps(live, s);          /* padding groups contribute nothing */
+        if (op == DOT_Q8) {
+            const int8_t *xp = xq + g0 * 8;
+            __m512i slo = _mm512_loadu_si512(xp), shi = _mm512_loadu_si512(xp + 64);
+            /* y . x = |y| . (sign(y) x): vpdpbusd multiplies unsigned by signed bytes. */
+            __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), alo,
+                                            sign_of(slo, lo));
+            d = _mm512_dpbusd_epi32(d, ahi, sign_of(shi, hi));
+            acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(s, _mm512_set1_ps(xs[g0 / 16])), acc0);
+            continue;
+        }
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; t++) {
+            if (2 * t >= ng) break;
+            const __mmask16 m = 2 * t + 1 < ng ? 0xFFFF : 0x00FF;
+            __m512 w = pair_weights(lo, hi, s, t);
+            if (op == DEQUANTIZE)
+                _mm512_mask_storeu_ps(out + (g0 + 2 * t) * 8, m, w);
+            else if (t & 1)
+                acc1 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, x + (g0 + 2 * t) * 8), acc1);
+            else
+                acc0 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, x + (g0 + 2 * t) * 8), acc0);
         }
     }
-    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + pvq_dot_groups_ref(c, row, g0, G, scale, x);
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+/* One specialization per table size (16 or 32 entries in registers, larger ones gathered) and
+ * field extraction; `op` is a constant in each caller. */
+#define SPECIALIZE(OP)                                                                             \
+    int ntab = c->fast->ntab, nlev = 1 << c->gain_bits, narrow = c->fast->narrow;                \
+    if (ntab == 16 && nlev <= 16 && narrow) return row_kernel(c, row, scale, n, x, xq, xs, out, 16, 16, 1, OP); \
+    if (ntab == 16 && nlev <= 16) return row_kernel(c, row, scale, n, x, xq, xs, out, 16, 16, 0, OP);           \
+    if (ntab == 32 && nlev <= 16 && narrow) return row_kernel(c, row, scale, n, x, xq, xs, out, 32, 16, 1, OP); \
+    if (ntab == 32 && nlev <= 32) return row_kernel(c, row, scale, n, x, xq, xs, out, 32, 32, 0, OP);           \
+    if (ntab == 16 && nlev == 32) return row_kernel(c, row, scale, n, x, xq, xs, out, 16, 32, 0, OP);           \
+    return row_kernel(c, row, scale, n, x, xq, xs, out, ntab, 256, 0, OP)
+
+TARGET static float dequantize_any(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, float *out)
+{
+    const float *x = NULL, *xs = NULL;
+    const int8_t *xq = NULL;
+    if (!c->fast) {
+        pvq_dequantize_row_ref(c, row, scale, n, out);
+        return 0.0f;
+    }
+    SPECIALIZE(DEQUANTIZE);
+}
+
+TARGET static float dot_any(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, const float *x)
+{
+    const float *xs = NULL;
+    const int8_t *xq = NULL;
+    float *out = NULL;
+    if (!c->fast) return pvq_dot_row_ref(c, row, scale, n, x);
+    SPECIALIZE(DOT);
+}
+
+TARGET float pvq_dot_row_q8_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
+                                   const int8_t *xq, const float *xs)
+{
+    const float *x = NULL;
+    float *out = NULL;
+    if (!c->fast) return pvq_dot_row_q8_ref(c, row, scale, n, xq, xs);
+    SPECIALIZE(DOT_Q8);
+}
+
+void pvq_dequantize_row_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, float *out)
+{
+    dequantize_any(c, row, scale, n, out);
+}
+
+float pvq_dot_row_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, const float *x)
+{
+    return dot_any(c, row, scale, n, x);
 }

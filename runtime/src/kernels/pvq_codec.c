@@ -149,6 +149,13 @@ static pvq_fast8 *build_fast8(const pvq_codec *c)
         f->field_shift[j] = (uint64_t)(j * c->field_bits % 8);
         for (int t = 0; t < 8; t++) f->field_perm[8 * j + t] = (uint8_t)(byte + t < 64 ? byte + t : 63);
     }
+    f->narrow = c->field_bits <= 32;
+    for (int j = 0; j < 16; j++) {
+        int byte = j * c->field_bits / 8, shift = j * c->field_bits % 8;
+        if (shift + c->field_bits > 32) f->narrow = 0;
+        f->field_shift32[j] = (uint32_t)shift;
+        for (int t = 0; t < 4; t++) f->field_perm32[4 * j + t] = (uint8_t)(byte + t < 64 ? byte + t : 63);
+    }
     free(base4);
     return f;
 fail:
@@ -172,7 +179,7 @@ int pvq_codec_init(pvq_codec *c, uint32_t type_id, const float *levels, size_t n
     }
     c->count = count_table(D, K, PVQ_MAX_FIELD_BITS - b);
     if (!c->count)
-        return fail(err, errlen, "PVQ D=%d K=%d b=%d: index field wider than %d bits (or out of memory)",
+        return fail(err, errlen, "PVQ D=%d K=%d b=%d: index + gain field exceeds %d bits (or out of memory)",
                     D, K, b, PVQ_MAX_FIELD_BITS);
     c->D = D; c->K = K; c->gain_bits = b;
     c->n_points = N(c, D, K);

@@ -30,8 +30,14 @@ typedef struct pvq_fast8 {
     uint32_t *base_hi;        /* base_hi[k1] = offset of P(4, K - k1) in lut4 */
     uint32_t *lut4;
     size_t lut4_len;
-    uint8_t field_perm[64];   /* AVX-512: byte j*8+t of a chunk's qword j is chunk byte (j*W/8 + t) */
-    uint64_t field_shift[8];  /* ... then shifted right by (j*W) % 8 */
+    /* AVX-512 field extraction.  Wide: qword j of an 8-group chunk gathers bytes j*W/8 + t (t < 8),
+     * shifted right by (j*W) % 8.  Narrow (every field of a 16-group step fits a dword after its
+     * byte offset): dword j of the step gathers bytes j*W/8 + t (t < 4), shifted by (j*W) % 8. */
+    uint8_t field_perm[64];
+    uint64_t field_shift[8];
+    int narrow;
+    uint8_t field_perm32[64];
+    uint32_t field_shift32[16];
 } pvq_fast8;
 
 typedef struct pvq_codec {
@@ -81,13 +87,26 @@ float pvq_dot_groups_ref(const pvq_codec *c, const uint8_t *row, int64_t g0, int
                          const float *x);
 
 /* AVX2 kernels (pvq_avx2.c) and AVX-512 VBMI kernels (pvq_avx512.c) for codecs with a fast path
- * (c->fast != NULL); same results as the reference: dequantize bit-identical, dot up to rounding. */
+ * (c->fast != NULL; without one they run the reference); same results as the reference:
+ * dequantize bit-identical, dot up to rounding.  The CPU must support them (pvq_*_supported). */
 int pvq_avx2_supported(void);
 void pvq_dequantize_row_avx2(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, float *out);
 float pvq_dot_row_avx2(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, const float *x);
 int pvq_avx512_supported(void);
 void pvq_dequantize_row_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, float *out);
 float pvq_dot_row_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, const float *x);
+
+/* Activations quantized for the integer dot of the D == 8 fast path (as llama.cpp quantizes
+ * activations to Q8 for its quantized types): per step of 16 groups (128 values), one float scale
+ * xs = max|x| / 127 and int8 xq = round(x / xs) stored group by group as two planes:
+ * xq[128 s + 64 h + 4 g + j] = q(x[128 s + 8 g + 4 h + j]) (h: half, g: group, j < 4).
+ * xq needs 128 * ceil(n / 128) bytes, xs ceil(n / 128) floats; the last step is zero-padded. */
+void pvq_quantize_x_q8(const float *x, int64_t n, int8_t *xq, float *xs);
+/* D == 8 only (the caller checks c->D). */
+float pvq_dot_row_q8_ref(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
+                         const int8_t *xq, const float *xs);
+float pvq_dot_row_q8_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
+                            const int8_t *xq, const float *xs);
 
 /* The best kernels for this CPU and codec (reference when no fast path applies). */
 typedef void (*pvq_dequantize_fn)(const pvq_codec *, const uint8_t *, float, int64_t, float *);

@@ -46,3 +46,34 @@ float pvq_dot_row_ref(const pvq_codec *c, const uint8_t *row, float scale, int64
 {
     return pvq_dot_groups_ref(c, row, 0, n / c->D, scale, x);
 }
+
+void pvq_quantize_x_q8(const float *x, int64_t n, int8_t *xq, float *xs)
+{
+    for (int64_t s = 0; s * 128 < n; s++) {
+        float amax = 0.0f;
+        for (int64_t i = s * 128; i < n && i < s * 128 + 128; i++) amax = fmaxf(amax, fabsf(x[i]));
+        float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        xs[s] = d;
+        for (int g = 0; g < 16; g++)
+            for (int h = 0; h < 2; h++)
+                for (int j = 0; j < 4; j++) {
+                    int64_t i = s * 128 + 8 * g + 4 * h + j;
+                    xq[s * 128 + 64 * h + 4 * g + j] = (int8_t)(i < n ? lrintf(x[i] * id) : 0);
+                }
+    }
+}
+
+float pvq_dot_row_q8_ref(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
+                         const int8_t *xq, const float *xs)
+{
+    int32_t y[8];
+    float acc = 0.0f;
+    for (int64_t g = 0; g < n / 8; g++) {
+        float s = group(c, row, g, scale, y);
+        int64_t st = g / 16, gl = g % 16;
+        int32_t d = 0;
+        for (int i = 0; i < 8; i++) d += y[i] * xq[st * 128 + 64 * (i / 4) + 4 * gl + i % 4];
+        acc += s * xs[st] * (float)d;
+    }
+    return acc;
+}

@@ -1,0 +1,48 @@
+"""Presets: (D, K, gain bits) for a target bits per weight, with the exact rate of a row.
+
+A row of n weights costs G = n / D fields of W = ceil(log2 N(D, K)) + b bits plus one fp16 scale:
+bits per weight = W / D + 16 / n.  For each target the preset takes the largest K whose field fits
+W = target * D bits, so no index bit is wasted; b is the best gain/shape split at that rate on
+Gaussian rows (docs/codec.md, "Choosing the gain bits").  All presets use D = 8,
+the group size the AVX2 / AVX-512 kernels decode (indices below 2^31); D = 16 codes 0.2-0.3 dB
+closer to the Gaussian bound at equal rate but decodes through the scalar reference only.
+"""
+from __future__ import annotations
+
+from .pvq import pyramid_count
+from .pvq_format import Layout, layout
+
+# target bits per weight (before the row scale) -> (D, gain bits)
+PRESETS = {
+    2.25: (8, 3),      # K = 6,  W = 18
+    3.25: (8, 3),      # K = 14, W = 26
+    4.25: (8, 4),      # K = 29, W = 34
+}
+
+
+def largest_k(D: int, index_bits: int) -> int:
+    """The largest K with N(D, K) <= 2^index_bits."""
+    k = 1
+    while pyramid_count(D, k + 1) <= 1 << index_bits:
+        k += 1
+    return k
+
+
+def preset(bits: float) -> Layout:
+    """The layout for a target rate (one of PRESETS' keys)."""
+    if bits not in PRESETS:
+        raise ValueError(f"no PVQ preset for {bits} bits per weight; choose one of {sorted(PRESETS)}")
+    D, b = PRESETS[bits]
+    field = round(bits * D)
+    return layout(D, largest_k(D, field - b), b)
+
+
+def describe(lay: Layout, n: int) -> str:
+    return (f"PVQ D={lay.D} K={lay.K} b={lay.gain_bits}: {lay.index_bits}-bit index + {lay.gain_bits}-bit "
+            f"gain per {lay.D} weights, fp16 scale per row of {n}: {lay.bits_per_weight(n):.4f} bits/weight")
+
+
+if __name__ == "__main__":
+    for bits in sorted(PRESETS):
+        for n in (576, 1536, 4096, 14336):
+            print(f"{bits:5.2f}  n={n:6d}  {describe(preset(bits), n)}")

@@ -1,0 +1,103 @@
+"""Optimized PVQ kernels (AVX2, AVX-512) against the scalar reference on random valid rows."""
+import numpy as np
+import pytest
+
+from pvq_convert import pvq, pvq_format, pvq_gain, pvq_presets
+from tests.pvq_clib import Kernels
+
+# The presets, plus layouts that exercise the other kernel specializations: 32-entry tables (K >= 15),
+# 5 gain bits (32 levels), 6 gain bits (gathered levels), wide fields (> 32 bits), K = 31 (gathered tables).
+LAYOUTS = [(pvq_presets.preset(b).K, pvq_presets.preset(b).gain_bits) for b in sorted(pvq_presets.PRESETS)] + \
+          [(13, 4), (20, 5), (12, 6), (31, 2), (3, 1)]
+ROW_LENGTHS = [576, 1536, 64 * 3]          # 576: 72 groups, a step of 16 plus a partial one
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    return Kernels()
+
+
+def random_rows(lay, rows, n, rng):
+    """Random valid rows: uniform indices below N(D, K), uniform gain codes."""
+    import torch
+    N = pvq.pyramid_count(lay.D, lay.K)
+    G = n // lay.D
+    index = torch.from_numpy(rng.integers(0, N, size=(rows, G), dtype=np.int64))
+    code = torch.from_numpy(rng.integers(0, 1 << lay.gain_bits, size=(rows, G), dtype=np.int64))
+    return pvq_format.pack_rows(index, code, lay), index, code
+
+
+@pytest.mark.parametrize("K,b", LAYOUTS)
+@pytest.mark.parametrize("kind", ["avx2", "avx512"])
+def test_simd_matches_reference(kernels, K, b, kind):
+    if not getattr(kernels, kind):
+        pytest.skip(f"this CPU lacks {kind}")
+    rng = np.random.default_rng(K * 10 + b)
+    for n in ROW_LENGTHS:
+        lay = pvq_format.layout(8, K, b)
+        try:
+            lay.row_bytes(n)
+        except ValueError:
+            continue
+        rows, _, _ = random_rows(lay, 24, n, rng)
+        levels = pvq_gain.gain_levels(n, 8, b).numpy()
+        scales = (rng.random(24) + 0.5).astype(np.float16)
+        c = kernels.codec(lay.type_id, levels)
+        ref = c.dequantize(rows, scales, n, "ref")
+        got = c.dequantize(rows, scales, n, kind)
+        assert np.array_equal(got.view(np.uint32), ref.view(np.uint32)), (n, kind)
+        x = rng.standard_normal(n).astype(np.float32)
+        exact = ref.astype(np.float64) @ x.astype(np.float64)
+        scale = np.abs(ref).astype(np.float64) @ np.abs(x).astype(np.float64)
+        for k in ("ref", kind):
+            assert np.all(np.abs(c.dot(rows, scales, n, x, k) - exact) <= 1e-5 * scale + 1e-30), (n, k)
+
+
+def q8_dot(c, rows, scales, n, x, kind):
+    import ctypes
+    L = c.k.lib
+    steps = (n + 127) // 128
+    xq = np.zeros(steps * 128, dtype=np.int8)
+    xs = np.zeros(steps, dtype=np.float32)
+    L.pvq_quantize_x_q8.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    L.pvq_quantize_x_q8(x.ctypes.data, n, xq.ctypes.data, xs.ctypes.data)
+    fn = getattr(L, f"pvq_dot_row_q8_{kind}")
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_int64, ctypes.c_void_p,
+                   ctypes.c_void_p]
+    fn.restype = ctypes.c_float
+    rows = np.ascontiguousarray(rows)
+    return np.array([fn(c.buf, rows[r].ctypes.data, float(np.float32(scales[r])), n, xq.ctypes.data,
+                        xs.ctypes.data) for r in range(rows.shape[0])]), xq, xs
+
+
+@pytest.mark.parametrize("K,b", LAYOUTS)
+def test_q8_dot(kernels, K, b):
+    rng = np.random.default_rng(K + b)
+    for n in ROW_LENGTHS:
+        lay = pvq_format.layout(8, K, b)
+        try:
+            lay.row_bytes(n)
+        except ValueError:
+            continue
+        rows, _, _ = random_rows(lay, 16, n, rng)
+        scales = (rng.random(16) + 0.5).astype(np.float16)
+        c = kernels.codec(lay.type_id, pvq_gain.gain_levels(n, 8, b).numpy())
+        w = c.dequantize(rows, scales, n, "ref").astype(np.float64)
+        x = rng.standard_normal(n).astype(np.float32)
+        ref, xq, xs = q8_dot(c, rows, scales, n, x, "ref")
+        # The reference integer dot equals W times the dequantized activations.
+        xd = np.zeros((n + 127) // 128 * 128)
+        for s in range(len(xs)):
+            for g in range(16):
+                for h in range(2):
+                    for j in range(4):
+                        xd[128 * s + 8 * g + 4 * h + j] = xs[s] * xq[128 * s + 64 * h + 4 * g + j]
+        exact = w @ xd[:n]
+        mag = np.abs(w) @ np.abs(xd[:n])
+        assert np.all(np.abs(ref - exact) <= 1e-5 * mag)
+        # and W x up to the activation rounding (|x - xd| <= xs / 2 per element)
+        assert np.all(np.abs(exact - w @ x) <= np.abs(w) @ np.repeat(xs / 2, 128)[:n] * 1.0001)
+        if kernels.avx512:
+            got, _, _ = q8_dot(c, rows, scales, n, x, "avx512")
+            assert np.all(np.abs(got - exact) <= 1e-5 * mag)
