@@ -6,7 +6,8 @@
  * shift and a mask.  The split k1 is a binary search in the cumulative table held in registers
  * (vpermd / vpermi2d), every per-k1 constant is a register permute, the division is a float
  * reciprocal product with one correction (quotients < 2^16), the halves are two gathers from the
- * 4-dim point table (int8 x 4), ||y||^2 is two vpdpbusd.
+ * 4-dim point table (int8 x 4), ||y||^2 is two vpdpbusd; dots take 1/||y|| from rsqrt14 and a
+ * Newton step instead of the format's sqrt and divide.
  * Outputs: floats (dequantize: bit-identical to pvq_ref.c), a float dot (up to summation order), or
  * an integer dot with Q8 activations (pvq_quantize_x_q8), where the point bytes meet the activation
  * bytes in vpdpbusd without ever becoming floats. */
@@ -101,7 +102,7 @@ TARGET INLINE void fields16(const kernel *k, const uint8_t *p, int narrow, __m51
 
 /* Sixteen groups at p: halves lo/hi (int8 x 4 per lane), their absolute values, weight scales s. */
 TARGET INLINE void decode16(const kernel *k, const uint8_t *p, float scale, int ntab, int nlev, int narrow,
-                            __m512i *lo, __m512i *hi, __m512i *alo, __m512i *ahi, __m512 *s)
+                            int exact, __m512i *lo, __m512i *hi, __m512i *alo, __m512i *ahi, __m512 *s)
 {
     __m512i idx, code;
     fields16(k, p, narrow, &idx, &code);
@@ -131,7 +132,15 @@ TARGET INLINE void decode16(const kernel *k, const uint8_t *p, float scale, int 
     *ahi = _mm512_abs_epi8(*hi);
     __m512i sq = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), *alo, *alo), *ahi, *ahi);
     __m512 gain = _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_castsi512_ps(lookup(&k->levels, code, nlev)));
-    *s = _mm512_div_ps(gain, _mm512_sqrt_ps(_mm512_cvtepi32_ps(sq)));
+    __m512 qf = _mm512_cvtepi32_ps(sq);
+    if (exact) {                     /* the format's rounding: gain / sqrtf(q) */
+        *s = _mm512_div_ps(gain, _mm512_sqrt_ps(qf));
+    } else {                         /* dots: 1/sqrt(q) to ~1 ulp by rsqrt14 and one Newton step */
+        __m512 r = _mm512_rsqrt14_ps(qf);
+        __m512 hqr = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), qf), r);
+        r = _mm512_mul_ps(r, _mm512_fnmadd_ps(hqr, r, _mm512_set1_ps(1.5f)));
+        *s = _mm512_mul_ps(gain, r);
+    }
 }
 
 /* Weights of groups 2t, 2t+1 of a step (t < 8) as sixteen floats in row order. */
@@ -183,7 +192,7 @@ TARGET INLINE float row_kernel(const pvq_codec *c, const uint8_t *row, float sca
         const __mmask16 live = (__mmask16)((1u << ng) - 1);
         __m512i lo, hi, alo, ahi;
         __m512 s;
-        decode16(&k, p, scale, ntab, nlev, narrow, &lo, &hi, &alo, &ahi, &s);
+        decode16(&k, p, scale, ntab, nlev, narrow, op == DEQUANTIZE, &lo, &hi, &alo, &ahi, &s);
         s = _mm512_maskz_mov_ps(live, s);          /* padding groups contribute nothing */
         if (op == DOT_Q8) {
             const int8_t *xp = xq + g0 * 8;
