@@ -8,7 +8,8 @@ indices and gain codes) larger than the caches, and times y = W x row by row:
   dot_q8      activations quantized once to int8 per 128 (pvq_quantize_x_q8, inside the timing),
               integer dot of the decoded int8 points (AVX-512 VNNI)
   dequantize  each row decoded to float32 (the input of a GEMM for prompt processing)
-for the scalar reference, AVX2 and AVX-512 kernels.  The reference runs on 1/16 of the rows.
+for the reference (the general recursive decoder), the table-driven scalar kernel, AVX2 and AVX-512.
+The reference runs on 1/16 of the rows.
 Yardstick: llama.cpp's ~270 tokens/s on SmolLM2-135M with 2 threads here is ~14 G weights/s per core.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pvq_convert import pvq_presets
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ROOT / "runtime" / "src" / "kernels"
 SOURCES = [ROOT / "bench" / "pvq_bench.c"] + [KERNELS / f for f in
-                                               ("pvq_codec.c", "pvq_ref.c", "pvq_avx2.c", "pvq_avx512.c")]
+                                               ("pvq_codec.c", "pvq_ref.c", "pvq_scalar.c", "pvq_avx2.c", "pvq_avx512.c")]
 
 
 def build() -> Path:
@@ -51,9 +52,9 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for bits in sorted(pvq_presets.PRESETS):
         lay = pvq_presets.preset(bits)
-        for kind in ("ref", "avx2", "avx512"):
+        for kind in ("ref", "scalar", "avx2", "avx512"):
             for op in ("dot", "dot_q8", "dequantize"):
-                if op == "dot_q8" and kind == "avx2":
+                if op == "dot_q8" and kind in ("scalar", "avx2"):
                     continue
                 rows = args.rows // 16 if kind == "ref" else args.rows
                 reps = 1 if kind == "ref" else args.repeats

@@ -1,6 +1,6 @@
 /* Decode throughput of the PVQ kernels: one thread, a matrix of random valid rows larger than the
  * caches, y = W x row by row (dot) or each row decoded to floats (dequantize).
- * usage: pvq_bench D K gain_bits n rows kernel(ref|avx2|avx512) op(dot|dot_q8|dequantize) repeats
+ * usage: pvq_bench D K gain_bits n rows kernel(ref|scalar|avx2|avx512) op(dot|dot_q8|dequantize) repeats
  * dot_q8 quantizes x once (pvq_quantize_x_q8, timed) and runs the integer dot (ref or avx512). */
 #define _POSIX_C_SOURCE 199309L
 #include "pvq_codec.h"
@@ -30,7 +30,7 @@ static void put_field(uint8_t *row, int64_t g, int W, uint64_t v)
 int main(int argc, char **argv)
 {
     if (argc != 9) {
-        fprintf(stderr, "usage: %s D K gain_bits n rows ref|avx2|avx512 dot|dot_q8|dequantize repeats\n", argv[0]);
+        fprintf(stderr, "usage: %s D K gain_bits n rows ref|scalar|avx2|avx512 dot|dot_q8|dequantize repeats\n", argv[0]);
         return 2;
     }
     int D = atoi(argv[1]), K = atoi(argv[2]), b = atoi(argv[3]), reps = atoi(argv[8]);
@@ -48,14 +48,16 @@ int main(int argc, char **argv)
     pvq_dot_fn dot = pvq_dot_row_ref;
     float (*dot_q8)(const pvq_codec *, const uint8_t *, float, int64_t, const int8_t *, const float *) =
         pvq_dot_row_q8_ref;
-    if (!strcmp(kind, "avx2")) {
+    if (!strcmp(kind, "scalar")) {
+        deq = pvq_dequantize_row_scalar; dot = pvq_dot_row_scalar;
+    } else if (!strcmp(kind, "avx2")) {
         if (!c.fast || !pvq_avx2_supported()) { fprintf(stderr, "no avx2 path\n"); return 1; }
         deq = pvq_dequantize_row_avx2; dot = pvq_dot_row_avx2;
     } else if (!strcmp(kind, "avx512")) {
         if (!c.fast || !pvq_avx512_supported()) { fprintf(stderr, "no avx512 path\n"); return 1; }
         deq = pvq_dequantize_row_avx512; dot = pvq_dot_row_avx512; dot_q8 = pvq_dot_row_q8_avx512;
     }
-    if (!strcmp(op, "dot_q8") && (D != 8 || !strcmp(kind, "avx2"))) {
+    if (!strcmp(op, "dot_q8") && (D != 8 || !strcmp(kind, "avx2") || !strcmp(kind, "scalar"))) {
         fprintf(stderr, "dot_q8: D == 8 with ref or avx512 only\n");
         return 1;
     }

@@ -11,7 +11,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ROOT / "runtime" / "src" / "kernels"
-SOURCES = ["pvq_codec.c", "pvq_ref.c", "pvq_avx2.c", "pvq_avx512.c"]
+SOURCES = ["pvq_codec.c", "pvq_ref.c", "pvq_scalar.c", "pvq_avx2.c", "pvq_avx512.c"]
 SHIM = "#include \"pvq_codec.h\"\nsize_t pvq_test_codec_size(void) { return sizeof(pvq_codec); }\n"
 
 
@@ -46,13 +46,15 @@ class Kernels:
         L.pvq_validate_row.restype = I64
         L.pvq_validate_tensor.argtypes = [P, P, ctypes.c_size_t, I64, I64, P, ctypes.c_char_p, ctypes.c_size_t]
         L.pvq_decode_point.argtypes = [P, ctypes.c_uint64, P]
-        for name in ("pvq_dequantize_row_ref", "pvq_dequantize_row_avx2", "pvq_dequantize_row_avx512"):
+        for name in ("pvq_dequantize_row_ref", "pvq_dequantize_row_scalar", "pvq_dequantize_row_avx2",
+                     "pvq_dequantize_row_avx512"):
             if hasattr(L, name):
                 getattr(L, name).argtypes = [P, P, F, I64, P]
-        for name in ("pvq_dot_row_ref", "pvq_dot_row_avx2", "pvq_dot_row_avx512"):
+        for name in ("pvq_dot_row_ref", "pvq_dot_row_scalar", "pvq_dot_row_avx2", "pvq_dot_row_avx512"):
             if hasattr(L, name):
                 getattr(L, name).argtypes = [P, P, F, I64, P]
                 getattr(L, name).restype = F
+        self.scalar = True
         self.avx2 = bool(L.pvq_avx2_supported())
         self.avx512 = hasattr(L, "pvq_avx512_supported") and bool(L.pvq_avx512_supported())
 

@@ -1,4 +1,4 @@
-"""Optimized PVQ kernels (AVX2, AVX-512) against the scalar reference on random valid rows."""
+"""Optimized PVQ kernels (table-driven scalar, AVX2, AVX-512) against the reference on random valid rows."""
 import numpy as np
 import pytest
 
@@ -28,7 +28,7 @@ def random_rows(lay, rows, n, rng):
 
 
 @pytest.mark.parametrize("K,b", LAYOUTS)
-@pytest.mark.parametrize("kind", ["avx2", "avx512"])
+@pytest.mark.parametrize("kind", ["scalar", "avx2", "avx512"])
 def test_simd_matches_reference(kernels, K, b, kind):
     if not getattr(kernels, kind):
         pytest.skip(f"this CPU lacks {kind}")

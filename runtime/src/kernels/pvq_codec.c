@@ -248,6 +248,8 @@ void pvq_select_kernels(const pvq_codec *c, pvq_dequantize_fn *dequantize, pvq_d
     *dequantize = pvq_dequantize_row_ref;
     *dot = pvq_dot_row_ref;
     if (!c->fast) return;
+    *dequantize = pvq_dequantize_row_scalar;
+    *dot = pvq_dot_row_scalar;
     if (pvq_avx512_supported()) {
         *dequantize = pvq_dequantize_row_avx512;
         *dot = pvq_dot_row_avx512;

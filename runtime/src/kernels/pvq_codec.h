@@ -86,6 +86,10 @@ void pvq_dequantize_groups_ref(const pvq_codec *c, const uint8_t *row, int64_t g
 float pvq_dot_groups_ref(const pvq_codec *c, const uint8_t *row, int64_t g0, int64_t g1, float scale,
                          const float *x);
 
+/* Portable table-driven kernels for codecs with a fast path (pvq_scalar.c; the reference otherwise). */
+void pvq_dequantize_row_scalar(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, float *out);
+float pvq_dot_row_scalar(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, const float *x);
+
 /* AVX2 kernels (pvq_avx2.c) and AVX-512 VBMI kernels (pvq_avx512.c) for codecs with a fast path
  * (c->fast != NULL; without one they run the reference); same results as the reference:
  * dequantize bit-identical, dot up to rounding.  The CPU must support them (pvq_*_supported). */
