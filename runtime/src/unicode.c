@@ -1,0 +1,121 @@
+/* UTF-8 and the GPT-2 byte alphabet. The category tables are generated (unicode_tables.c). */
+#include "unicode.h"
+
+int unicode_is_space(uint32_t cp) {
+    switch (cp) {
+    case 0x09: case 0x0a: case 0x0b: case 0x0c: case 0x0d: case 0x20: case 0x85: case 0xa0:
+    case 0x1680: case 0x2028: case 0x2029: case 0x202f: case 0x205f: case 0x3000:
+        return 1;
+    default:
+        return cp >= 0x2000 && cp <= 0x200a;
+    }
+}
+
+size_t utf8_decode(const uint8_t *s, size_t len, uint32_t *cp) {
+    uint8_t b0 = s[0];
+    if (b0 < 0x80) {
+        *cp = b0;
+        return 1;
+    }
+    size_t n;
+    uint32_t c, min;
+    if (b0 >= 0xc2 && b0 <= 0xdf) {
+        n = 2, c = b0 & 0x1f, min = 0x80;
+    } else if (b0 >= 0xe0 && b0 <= 0xef) {
+        n = 3, c = b0 & 0x0f, min = 0x800;
+    } else if (b0 >= 0xf0 && b0 <= 0xf4) {
+        n = 4, c = b0 & 0x07, min = 0x10000;
+    } else {
+        return 0; /* continuation byte, C0/C1 (always overlong) or F5..FF */
+    }
+    if (len < n) return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80) return 0;
+        c = (c << 6) | (s[i] & 0x3f);
+    }
+    if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff)) return 0;
+    *cp = c;
+    return n;
+}
+
+size_t utf8_validate(const uint8_t *s, size_t len) {
+    size_t i = 0;
+    while (i < len) {
+        if (s[i] < 0x80) {
+            i++;
+            continue;
+        }
+        uint32_t cp;
+        size_t n = utf8_decode(s + i, len - i, &cp);
+        if (n == 0) return i;
+        i += n;
+    }
+    return len;
+}
+
+size_t utf8_encode(uint32_t cp, uint8_t out[4]) {
+    if (cp < 0x80) {
+        out[0] = (uint8_t)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (uint8_t)(0xc0 | (cp >> 6));
+        out[1] = (uint8_t)(0x80 | (cp & 0x3f));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (uint8_t)(0xe0 | (cp >> 12));
+        out[1] = (uint8_t)(0x80 | ((cp >> 6) & 0x3f));
+        out[2] = (uint8_t)(0x80 | (cp & 0x3f));
+        return 3;
+    }
+    out[0] = (uint8_t)(0xf0 | (cp >> 18));
+    out[1] = (uint8_t)(0x80 | ((cp >> 12) & 0x3f));
+    out[2] = (uint8_t)(0x80 | ((cp >> 6) & 0x3f));
+    out[3] = (uint8_t)(0x80 | (cp & 0x3f));
+    return 4;
+}
+
+/* Whether s[0..len) (len < the sequence length) can still be completed into a valid sequence. */
+static int utf8_is_valid_prefix(const uint8_t *s, size_t len) {
+    uint8_t b0 = s[0];
+    size_t need = b0 >= 0xc2 && b0 <= 0xdf ? 2 : b0 >= 0xe0 && b0 <= 0xef ? 3 : b0 >= 0xf0 && b0 <= 0xf4 ? 4 : 0;
+    if (need == 0 || len >= need) return 0;
+    for (size_t i = 1; i < len; i++)
+        if ((s[i] & 0xc0) != 0x80) return 0;
+    if (len >= 2) { /* the second byte's range excludes overlongs, surrogates and > U+10FFFF */
+        uint8_t b1 = s[1];
+        if ((b0 == 0xe0 && b1 < 0xa0) || (b0 == 0xed && b1 > 0x9f) || (b0 == 0xf0 && b1 < 0x90) ||
+            (b0 == 0xf4 && b1 > 0x8f))
+            return 0;
+    }
+    return 1;
+}
+
+size_t utf8_incomplete_tail(const uint8_t *buf, size_t len) {
+    for (size_t k = 1; k <= 3 && k <= len; k++) {
+        uint8_t b = buf[len - k];
+        if ((b & 0xc0) == 0x80) continue; /* continuation byte: look further back for the lead */
+        return utf8_is_valid_prefix(buf + len - k, k) ? k : 0;
+    }
+    return 0;
+}
+
+/* Printable Latin-1 bytes stand for themselves in GPT-2's alphabet. */
+static int byte_is_printable(unsigned b) {
+    return (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae);
+}
+
+uint32_t unicode_byte_to_cp(uint8_t byte) {
+    if (byte_is_printable(byte)) return byte;
+    /* the n-th non-printable byte (in byte order) maps to U+0100 + n */
+    uint32_t n = byte <= 0x20 ? byte : byte <= 0xa0 ? 0x21 + (byte - 0x7f) : 0x21 + 0x22;
+    return 0x100 + n;
+}
+
+int unicode_cp_to_byte(uint32_t cp) {
+    if (cp < 0x100) return byte_is_printable(cp) ? (int)cp : -1;
+    if (cp >= 0x100 + 68) return -1;
+    uint32_t n = cp - 0x100;
+    return n <= 0x20 ? (int)n : n < 0x21 + 0x22 ? (int)(0x7f + n - 0x21) : 0xad;
+}
