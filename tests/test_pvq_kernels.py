@@ -101,3 +101,24 @@ def test_q8_dot(kernels, K, b):
         if kernels.avx512:
             got, _, _ = q8_dot(c, rows, scales, n, x, "avx512")
             assert np.all(np.abs(got - exact) <= 1e-5 * mag)
+
+
+@pytest.mark.parametrize("bits", [2.25, 3.25])
+def test_every_index_of_the_small_presets(kernels, bits):
+    """Every shape index of the preset decodes identically in the optimized kernels (the float
+    division shortcuts are exact for every remainder, not just for sampled ones)."""
+    import torch
+    lay = pvq_presets.preset(bits)
+    N = pvq.pyramid_count(lay.D, lay.K)
+    n, rows_per_chunk = 4096, 128
+    per_chunk = rows_per_chunk * n // 8
+    c = kernels.codec(lay.type_id, pvq_gain.gain_levels(n, 8, lay.gain_bits).numpy())
+    kinds = [k for k in ("scalar", "avx2", "avx512") if getattr(kernels, k)]
+    for start in range(0, N, per_chunk):
+        idx = torch.arange(start, start + per_chunk) % N
+        code = idx % (1 << lay.gain_bits)
+        rows = pvq_format.pack_rows(idx.view(rows_per_chunk, -1), code.view(rows_per_chunk, -1), lay)
+        scales = np.ones(rows_per_chunk, dtype=np.float16)
+        ref = c.dequantize(rows, scales, n, "ref")
+        for k in kinds:
+            assert np.array_equal(c.dequantize(rows, scales, n, k).view(np.uint32), ref.view(np.uint32)), k

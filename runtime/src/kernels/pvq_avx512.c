@@ -102,7 +102,7 @@ TARGET INLINE void fields16(const kernel *k, const uint8_t *p, int narrow, __m51
 
 /* Sixteen groups at p: halves lo/hi (int8 x 4 per lane), their absolute values, weight scales s. */
 TARGET INLINE void decode16(const kernel *k, const uint8_t *p, float scale, int ntab, int nlev, int narrow,
-                            int exact, __m512i *lo, __m512i *hi, __m512i *alo, __m512i *ahi, __m512 *s)
+                            int exact_div, int exact, __m512i *lo, __m512i *hi, __m512i *alo, __m512i *ahi, __m512 *s)
 {
     __m512i idx, code;
     fields16(k, p, narrow, &idx, &code);
@@ -117,14 +117,20 @@ TARGET INLINE void decode16(const kernel *k, const uint8_t *p, float scale, int 
     __m512i r = _mm512_sub_epi32(idx, lookup(&k->cum, k1, ntab));
     __m512i n2 = lookup(&k->n2, k1, ntab);
     __m512 inv = _mm512_castsi512_ps(lookup(&k->inv, k1, ntab));
-    __m512i q = _mm512_cvttps_epi32(_mm512_mul_ps(_mm512_cvtepi32_ps(r), inv));
-    __m512i rem = _mm512_sub_epi32(r, _mm512_mullo_epi32(q, n2));
-    __mmask16 neg = _mm512_cmplt_epi32_mask(rem, _mm512_setzero_si512());
-    q = _mm512_mask_sub_epi32(q, neg, q, _mm512_set1_epi32(1));
-    rem = _mm512_mask_add_epi32(rem, neg, rem, n2);
-    __mmask16 over = _mm512_cmpge_epi32_mask(rem, n2);
-    q = _mm512_mask_add_epi32(q, over, q, _mm512_set1_epi32(1));
-    rem = _mm512_mask_sub_epi32(rem, over, rem, n2);
+    __m512i q, rem;
+    if (exact_div) {
+        q = _mm512_cvttps_epi32(_mm512_fmadd_ps(_mm512_cvtepi32_ps(r), inv, _mm512_mul_ps(inv, _mm512_set1_ps(0.5f))));
+        rem = _mm512_sub_epi32(r, _mm512_mullo_epi32(q, n2));
+    } else {
+        q = _mm512_cvttps_epi32(_mm512_mul_ps(_mm512_cvtepi32_ps(r), inv));
+        rem = _mm512_sub_epi32(r, _mm512_mullo_epi32(q, n2));
+        __mmask16 neg = _mm512_cmplt_epi32_mask(rem, _mm512_setzero_si512());
+        q = _mm512_mask_sub_epi32(q, neg, q, _mm512_set1_epi32(1));
+        rem = _mm512_mask_add_epi32(rem, neg, rem, n2);
+        __mmask16 over = _mm512_cmpge_epi32_mask(rem, n2);
+        q = _mm512_mask_add_epi32(q, over, q, _mm512_set1_epi32(1));
+        rem = _mm512_mask_sub_epi32(rem, over, rem, n2);
+    }
 
     *lo = _mm512_i32gather_epi32(_mm512_add_epi32(lookup(&k->lo, k1, ntab), q), k->lut, 4);
     *hi = _mm512_i32gather_epi32(_mm512_add_epi32(lookup(&k->hi, k1, ntab), rem), k->lut, 4);
@@ -170,66 +176,83 @@ TARGET INLINE __m512i sign_of(__m512i x, __m512i y)
 
 enum op { DEQUANTIZE, DOT, DOT_Q8 };
 
-/* One row; ntab, nlev, narrow and op are constants after inlining.  The last step of a row whose
- * group count is not a multiple of 16 decodes a zero-padded copy and masks what it writes or reads. */
+/* One step of ng <= 16 groups whose fields start at p (readable for 2 W bytes when ng == 16). */
+TARGET INLINE void step(const kernel *k, const uint8_t *p, int64_t g0, int64_t ng, float scale,
+                        const float *x, const int8_t *xq, const float *xs, float *out,
+                        int ntab, int nlev, int narrow, int exact_div, enum op op, __m512 *acc0, __m512 *acc1)
+{
+    __m512i lo, hi, alo, ahi;
+    __m512 s;
+    decode16(k, p, scale, ntab, nlev, narrow, exact_div, op == DEQUANTIZE, &lo, &hi, &alo, &ahi, &s);
+    if (ng < 16) s = _mm512_maskz_mov_ps((__mmask16)((1u << ng) - 1), s);   /* padding adds nothing */
+    if (op == DOT_Q8) {
+        const int8_t *xp = xq + g0 * 8;
+        /* y . x = |y| . (sign(y) x): vpdpbusd multiplies unsigned by signed bytes. */
+        __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), alo, sign_of(_mm512_loadu_si512(xp), lo));
+        d = _mm512_dpbusd_epi32(d, ahi, sign_of(_mm512_loadu_si512(xp + 64), hi));
+        *acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(s, _mm512_set1_ps(xs[g0 / 16])), *acc0);
+        return;
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < 8; t++) {
+        if (2 * t >= ng) break;
+        const __mmask16 m = 2 * t + 1 < ng ? 0xFFFF : 0x00FF;
+        __m512 w = pair_weights(lo, hi, s, t);
+        if (op == DEQUANTIZE)
+            _mm512_mask_storeu_ps(out + (g0 + 2 * t) * 8, m, w);
+        else if (t & 1)
+            *acc1 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, x + (g0 + 2 * t) * 8), *acc1);
+        else
+            *acc0 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, x + (g0 + 2 * t) * 8), *acc0);
+    }
+}
+
+/* One row; ntab, nlev, narrow, exact_div and op are constants after inlining.  Two steps per iteration give
+ * the core two independent dependency chains; the last step of a row whose group count is not a
+ * multiple of 16 decodes a zero-padded copy and masks what it writes or reads. */
 TARGET INLINE float row_kernel(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
                                const float *x, const int8_t *xq, const float *xs, float *out,
-                               int ntab, int nlev, int narrow, enum op op)
+                               int ntab, int nlev, int narrow, int exact_div, enum op op)
 {
     kernel k;
     kernel_init(&k, c);
     const int64_t G = n / 8;
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    uint8_t pad[128];
-    for (int64_t g0 = 0; g0 < G; g0 += 16) {
-        const int64_t ng = G - g0 < 16 ? G - g0 : 16;
-        const uint8_t *p = row + g0 / 8 * k.W;
-        if (ng < 16) {
-            memset(pad, 0, sizeof pad);
-            memcpy(pad, p, (size_t)(ng * k.W + 7) / 8);
-            p = pad;
-        }
-        const __mmask16 live = (__mmask16)((1u << ng) - 1);
-        __m512i lo, hi, alo, ahi;
-        __m512 s;
-        decode16(&k, p, scale, ntab, nlev, narrow, op == DEQUANTIZE, &lo, &hi, &alo, &ahi, &s);
-        s = _mm512_maskz_mov_ps(live, s);          /* padding groups contribute nothing */
-        if (op == DOT_Q8) {
-            const int8_t *xp = xq + g0 * 8;
-            __m512i slo = _mm512_loadu_si512(xp), shi = _mm512_loadu_si512(xp + 64);
-            /* y . x = |y| . (sign(y) x): vpdpbusd multiplies unsigned by signed bytes. */
-            __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), alo,
-                                            sign_of(slo, lo));
-            d = _mm512_dpbusd_epi32(d, ahi, sign_of(shi, hi));
-            acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(s, _mm512_set1_ps(xs[g0 / 16])), acc0);
-            continue;
-        }
-#pragma GCC unroll 8
-        for (int t = 0; t < 8; t++) {
-            if (2 * t >= ng) break;
-            const __mmask16 m = 2 * t + 1 < ng ? 0xFFFF : 0x00FF;
-            __m512 w = pair_weights(lo, hi, s, t);
-            if (op == DEQUANTIZE)
-                _mm512_mask_storeu_ps(out + (g0 + 2 * t) * 8, m, w);
-            else if (t & 1)
-                acc1 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, x + (g0 + 2 * t) * 8), acc1);
-            else
-                acc0 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, x + (g0 + 2 * t) * 8), acc0);
-        }
+    int64_t g0 = 0;
+    for (; g0 + 32 <= G; g0 += 32) {
+        step(&k, row + g0 / 8 * k.W, g0, 16, scale, x, xq, xs, out, ntab, nlev, narrow, exact_div, op, &acc0, &acc1);
+        step(&k, row + (g0 + 16) / 8 * k.W, g0 + 16, 16, scale, x, xq, xs, out, ntab, nlev, narrow, exact_div, op,
+             &acc1, &acc0);
+    }
+    for (; g0 + 16 <= G; g0 += 16)
+        step(&k, row + g0 / 8 * k.W, g0, 16, scale, x, xq, xs, out, ntab, nlev, narrow, exact_div, op, &acc0, &acc1);
+    if (g0 < G) {
+        uint8_t pad[128] = {0};
+        memcpy(pad, row + g0 / 8 * k.W, (size_t)((G - g0) * k.W + 7) / 8);
+        step(&k, pad, g0, G - g0, scale, x, xq, xs, out, ntab, nlev, narrow, exact_div, op, &acc0, &acc1);
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 
-/* One specialization per table size (16 or 32 entries in registers, larger ones gathered) and
- * field extraction; `op` is a constant in each caller. */
-#define SPECIALIZE(OP)                                                                             \
-    int ntab = c->fast->ntab, nlev = 1 << c->gain_bits, narrow = c->fast->narrow;                \
-    if (ntab == 16 && nlev <= 16 && narrow) return row_kernel(c, row, scale, n, x, xq, xs, out, 16, 16, 1, OP); \
-    if (ntab == 16 && nlev <= 16) return row_kernel(c, row, scale, n, x, xq, xs, out, 16, 16, 0, OP);           \
-    if (ntab == 32 && nlev <= 16 && narrow) return row_kernel(c, row, scale, n, x, xq, xs, out, 32, 16, 1, OP); \
-    if (ntab == 32 && nlev <= 32) return row_kernel(c, row, scale, n, x, xq, xs, out, 32, 32, 0, OP);           \
-    if (ntab == 16 && nlev == 32) return row_kernel(c, row, scale, n, x, xq, xs, out, 16, 32, 0, OP);           \
-    return row_kernel(c, row, scale, n, x, xq, xs, out, ntab, 256, 0, OP)
+/* One specialization per common layout class (tables of 16 or 32 entries in registers, larger
+ * ones gathered; narrow or wide fields; division with or without correction); `op` is a constant
+ * in each caller. */
+#define SPECIALIZE(OP)                                                                              \
+    const pvq_fast8 *f = c->fast;                                                                   \
+    int ntab = f->ntab, nlev = 1 << c->gain_bits;                                                    \
+    if (ntab == 16 && nlev <= 16 && f->narrow && f->exact_div)                                      \
+        return row_kernel(c, row, scale, n, x, xq, xs, out, 16, 16, 1, 1, OP);                      \
+    if (ntab == 16 && nlev <= 16 && f->narrow)                                                      \
+        return row_kernel(c, row, scale, n, x, xq, xs, out, 16, 16, 1, 0, OP);                      \
+    if (ntab == 32 && nlev <= 16 && f->narrow)                                                      \
+        return row_kernel(c, row, scale, n, x, xq, xs, out, 32, 16, 1, 0, OP);                      \
+    if (ntab == 32 && nlev <= 16)                                                                   \
+        return row_kernel(c, row, scale, n, x, xq, xs, out, 32, 16, 0, 0, OP);                      \
+    if (ntab == 16 && nlev <= 32)                                                                   \
+        return row_kernel(c, row, scale, n, x, xq, xs, out, 16, 32, 0, 0, OP);                      \
+    if (ntab == 32 && nlev <= 32)                                                                   \
+        return row_kernel(c, row, scale, n, x, xq, xs, out, 32, 32, 0, 0, OP);                      \
+    return row_kernel(c, row, scale, n, x, xq, xs, out, ntab, 256, 0, 0, OP)
 
 TARGET static float dequantize_any(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, float *out)
 {

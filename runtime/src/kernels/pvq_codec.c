@@ -131,7 +131,12 @@ static pvq_fast8 *build_fast8(const pvq_codec *c)
                                     (uint32_t)(uint8_t)y[2] << 16 | (uint32_t)(uint8_t)y[3] << 24;
         }
     }
-    uint64_t acc = 0;
+    uint64_t acc = 0, widest = 0;
+    for (int j = 0; j <= K; j++)
+        if (N(c, 4, j) * N(c, 4, K - j) + N(c, 4, K - j) > widest) widest = N(c, 4, j) * N(c, 4, K - j) + N(c, 4, K - j);
+    /* (r + 1/2) / n2 lies at least 1/(2 n2) from an integer; the float product errs by less than
+     * (r + n2) 2^-23 / n2, so truncation is exact when r + n2 < 2^22. */
+    f->exact_div = widest < (UINT64_C(1) << 22);
     for (int j = 0; j < f->ntab; j++) {
         if (j <= K) {
             f->cum[j] = (uint32_t)acc;

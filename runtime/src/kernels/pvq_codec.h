@@ -36,6 +36,8 @@ typedef struct pvq_fast8 {
     uint8_t field_perm[64];
     uint64_t field_shift[8];
     int narrow;
+    int exact_div;            /* every remainder r and divisor n2 satisfy r + n2 < 2^22: the quotient is
+                               * (int)((r + 0.5) * (1/n2)) in float32 without correction */
     uint8_t field_perm32[64];
     uint32_t field_shift32[16];
 } pvq_fast8;
