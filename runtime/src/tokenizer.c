@@ -131,10 +131,12 @@ static uint32_t pow2_at_least(uint64_t n) {
     return p;
 }
 
-/* Texts llama.cpp treats as end of generation (and as control tokens) in any vocabulary. */
+/* Texts llama.cpp treats as end of generation (and as control tokens) in any vocabulary: end of turn
+ * or text, and the fill-in-the-middle pad, repository and file separators. */
 static const char *const EOG_TEXTS[] = {
     "<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
-    "<|end_of_text|>", "<EOT>", "<|return|>", "<|call|>",
+    "<|end_of_text|>", "<EOT>", "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<|fim_repo|>",
+    "<|repo_name|>", "<fim-repo>", "<reponame>", "<|file_sep|>",
 };
 
 static int is_control_like(uint8_t type) {
