@@ -1,6 +1,7 @@
 /* AVX2 kernels of the PVQ type for D == 8 (codec->fast): eight groups per step, one per 32-bit lane.
  *
- * Per step: the eight W-bit fields (one W-byte chunk of the row) are read with scalar loads; the
+ * Per step: the eight W-bit fields (one W-byte chunk of the row) are read with one vpshufb and a
+ * variable shift (fields of up to 32 bits after their offset) or scalar loads (wider ones); the
  * split k1 of each index into halves of 4 is a count of cumulative thresholds below it; the
  * remainder splits by one division (a float reciprocal product, exact after one correction since
  * quotients stay below 2^16); the halves are two gathers from the table of 4-dim points (int8 x 4);
@@ -31,23 +32,35 @@ TARGET INLINE __m256i lookup(const uint32_t *t, int ntab, __m256i k)
     return r;
 }
 
-/* Decodes the eight groups of one chunk (W bytes at p, readable up to p + W + 8): points as int8
+/* Decodes the eight groups of one chunk (W bytes at p, readable up to p + max(W + 8, 32)): points as int8
  * (lo: coordinates 0-3, hi: 4-7, one group per lane) and the per-group weight scale s. */
 TARGET INLINE void decode8(const pvq_codec *c, const uint8_t *p, float scale,
                                   __m256i *lo, __m256i *hi, __m256 *s)
 {
     const pvq_fast8 *f = c->fast;
     const int W = c->field_bits, b = c->gain_bits;
-    const uint64_t mask = (UINT64_C(1) << W) - 1;
-    uint32_t idx[8], code[8];
-    for (int j = 0; j < 8; j++) {
-        uint64_t v;
-        memcpy(&v, p + ((j * W) >> 3), 8);
-        v = (v >> ((j * W) & 7)) & mask;
-        idx[j] = (uint32_t)(v >> b);
-        code[j] = (uint32_t)v & ((1u << b) - 1);
+    __m256i r, codes;
+    if (f->avx2_narrow) {
+        __m256i bytes = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)(p + f->avx2_base1)),
+                                         _mm_loadu_si128((const __m128i *)p));
+        __m256i v = _mm256_shuffle_epi8(bytes, _mm256_loadu_si256((const __m256i *)f->avx2_shuf));
+        v = _mm256_srlv_epi32(v, _mm256_loadu_si256((const __m256i *)f->avx2_shift));
+        v = _mm256_and_si256(v, _mm256_set1_epi32((int)(0xFFFFFFFFu >> (32 - W))));
+        r = _mm256_srli_epi32(v, b);
+        codes = _mm256_and_si256(v, _mm256_set1_epi32((1 << b) - 1));
+    } else {
+        const uint64_t mask = (UINT64_C(1) << W) - 1;
+        uint32_t idx[8], code[8];
+        for (int j = 0; j < 8; j++) {
+            uint64_t v;
+            memcpy(&v, p + ((j * W) >> 3), 8);
+            v = (v >> ((j * W) & 7)) & mask;
+            idx[j] = (uint32_t)(v >> b);
+            code[j] = (uint32_t)v & ((1u << b) - 1);
+        }
+        r = _mm256_loadu_si256((const __m256i *)idx);
+        codes = _mm256_loadu_si256((const __m256i *)code);
     }
-    __m256i r = _mm256_loadu_si256((const __m256i *)idx);
     __m256i below = _mm256_setzero_si256();           /* minus the thresholds above the index */
     for (int j = 1; j <= c->K; j++)
         below = _mm256_add_epi32(below, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)f->cum[j]), r));
@@ -56,14 +69,20 @@ TARGET INLINE void decode8(const pvq_codec *c, const uint8_t *p, float scale,
     r = _mm256_sub_epi32(r, lookup(f->cum, f->ntab, k1));
     __m256i n2 = lookup(f->n2, f->ntab, k1);
     __m256 inv = _mm256_castsi256_ps(lookup((const uint32_t *)f->inv_n2, f->ntab, k1));
-    __m256i q = _mm256_cvttps_epi32(_mm256_mul_ps(_mm256_cvtepi32_ps(r), inv));
-    __m256i rem = _mm256_sub_epi32(r, _mm256_mullo_epi32(q, n2));
-    __m256i neg = _mm256_cmpgt_epi32(_mm256_setzero_si256(), rem);
-    q = _mm256_add_epi32(q, neg);
-    rem = _mm256_add_epi32(rem, _mm256_and_si256(neg, n2));
-    __m256i over = _mm256_cmpgt_epi32(rem, _mm256_sub_epi32(n2, _mm256_set1_epi32(1)));
-    q = _mm256_sub_epi32(q, over);
-    rem = _mm256_sub_epi32(rem, _mm256_and_si256(over, n2));
+    __m256i q, rem;
+    if (f->exact_div) {              /* see pvq_fast8.exact_div: no correction needed */
+        q = _mm256_cvttps_epi32(_mm256_fmadd_ps(_mm256_cvtepi32_ps(r), inv, _mm256_mul_ps(inv, _mm256_set1_ps(0.5f))));
+        rem = _mm256_sub_epi32(r, _mm256_mullo_epi32(q, n2));
+    } else {
+        q = _mm256_cvttps_epi32(_mm256_mul_ps(_mm256_cvtepi32_ps(r), inv));
+        rem = _mm256_sub_epi32(r, _mm256_mullo_epi32(q, n2));
+        __m256i neg = _mm256_cmpgt_epi32(_mm256_setzero_si256(), rem);
+        q = _mm256_add_epi32(q, neg);
+        rem = _mm256_add_epi32(rem, _mm256_and_si256(neg, n2));
+        __m256i over = _mm256_cmpgt_epi32(rem, _mm256_sub_epi32(n2, _mm256_set1_epi32(1)));
+        q = _mm256_sub_epi32(q, over);
+        rem = _mm256_sub_epi32(rem, _mm256_and_si256(over, n2));
+    }
 
     const int *lut = (const int *)f->lut4;
     *lo = _mm256_i32gather_epi32(lut, _mm256_add_epi32(lookup(f->base_lo, f->ntab, k1), q), 4);
@@ -73,7 +92,8 @@ TARGET INLINE void decode8(const pvq_codec *c, const uint8_t *p, float scale,
     __m256i alo = _mm256_abs_epi8(*lo), ahi = _mm256_abs_epi8(*hi);     /* |y| <= 127 */
     __m256i sq = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(alo, alo), ones),
                                   _mm256_madd_epi16(_mm256_maddubs_epi16(ahi, ahi), ones));
-    __m256 level = _mm256_i32gather_ps(c->levels, _mm256_loadu_si256((const __m256i *)code), 4);
+    __m256 level = c->gain_bits <= 3 ? _mm256_permutevar8x32_ps(_mm256_loadu_ps(c->levels), codes)
+                                     : _mm256_i32gather_ps(c->levels, codes, 4);
     __m256 gain = _mm256_mul_ps(_mm256_set1_ps(scale), level);
     *s = _mm256_div_ps(gain, _mm256_sqrt_ps(_mm256_cvtepi32_ps(sq)));
 }
@@ -95,12 +115,12 @@ TARGET INLINE __m256 group_weights(__m128i pair, int second, __m256 s, int g)
     return _mm256_mul_ps(y, _mm256_permutevar8x32_ps(s, _mm256_set1_epi32(g)));
 }
 
-/* The chunk at group g0 of a row of G groups, copied to a padded buffer when it is the row's last
- * (the scalar field loads read up to 8 bytes past a field's first byte). */
+/* The chunk at group g0 of a row of G groups, copied to a zero-padded buffer (72 bytes) near the
+ * row's end: decode8 reads up to 32 bytes (vector) or W + 8 bytes (scalar) from a chunk's start. */
 static inline const uint8_t *chunk(const uint8_t *row, int64_t g0, int64_t G, int W, uint8_t *buf)
 {
     const uint8_t *p = row + g0 / 8 * W;
-    if (g0 + 8 < G) return p;
+    if ((G - g0) * W / 8 >= (int64_t)W + 32) return p;
     memcpy(buf, p, W);
     return buf;
 }

@@ -154,6 +154,15 @@ static pvq_fast8 *build_fast8(const pvq_codec *c)
         f->field_shift[j] = (uint64_t)(j * c->field_bits % 8);
         for (int t = 0; t < 8; t++) f->field_perm[8 * j + t] = (uint8_t)(byte + t < 64 ? byte + t : 63);
     }
+    const int W = c->field_bits;
+    f->avx2_base1 = 4 * W / 8;
+    f->avx2_narrow = W >= 16 && W <= 32;     /* W >= 16: a chunk that is not its row's last has 2W >= 32 bytes after it */
+    for (int j = 0; j < 8; j++) {
+        int off = j * W - (j < 4 ? 0 : 8 * f->avx2_base1), byte = off / 8, shift = off % 8;
+        if (shift + W > 32 || byte + 3 >= 16) f->avx2_narrow = 0;
+        f->avx2_shift[j] = (uint32_t)shift;
+        for (int t = 0; t < 4; t++) f->avx2_shuf[4 * j + t] = (uint8_t)((byte + t) & 15);
+    }
     f->narrow = c->field_bits <= 32;
     for (int j = 0; j < 16; j++) {
         int byte = j * c->field_bits / 8, shift = j * c->field_bits % 8;

@@ -40,6 +40,12 @@ typedef struct pvq_fast8 {
                                * (int)((r + 0.5) * (1/n2)) in float32 without correction */
     uint8_t field_perm32[64];
     uint32_t field_shift32[16];
+    /* AVX2 field extraction of an 8-group chunk when every field fits a dword after its offset:
+     * 16 bytes at the chunk and 16 at byte avx2_base1 form the two lanes, vpshufb with avx2_shuf
+     * gathers field j's bytes in dword j, then a shift by avx2_shift[j]. */
+    int avx2_narrow, avx2_base1;
+    uint8_t avx2_shuf[32];
+    uint32_t avx2_shift[8];
 } pvq_fast8;
 
 typedef struct pvq_codec {
