@@ -9,7 +9,7 @@ from tests.pvq_clib import Kernels
 # 5 gain bits (32 levels), 6 gain bits (gathered levels), wide fields (> 32 bits), K = 31 (gathered tables).
 LAYOUTS = [(pvq_presets.preset(b).K, pvq_presets.preset(b).gain_bits) for b in sorted(pvq_presets.PRESETS)] + \
           [(13, 4), (20, 5), (12, 6), (31, 2), (3, 1)]
-ROW_LENGTHS = [576, 1536, 64 * 3]          # 576: 72 groups, a step of 16 plus a partial one
+ROW_LENGTHS = [576, 1536, 192, 160, 224]    # 72, 192, 24, 20, 28 groups: steps of 16 and tails of 8, 4, 12
 
 
 @pytest.fixture(scope="module")

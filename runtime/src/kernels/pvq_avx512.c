@@ -14,7 +14,6 @@
 #include "pvq_codec.h"
 
 #include <immintrin.h>
-#include <string.h>
 
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,fma")))
 #define INLINE static inline __attribute__((always_inline))
@@ -74,26 +73,33 @@ TARGET INLINE void kernel_init(kernel *k, const pvq_codec *c)
     k->b = c->gain_bits;
 }
 
-/* The eight fields of the chunk at p (exactly W bytes read) as 64-bit lanes. */
-TARGET INLINE __m512i fields8(const kernel *k, const uint8_t *p)
+/* Mask of the first nb bytes (nb clamped to [0, 64]). */
+INLINE __mmask64 first_bytes(int64_t nb)
 {
-    __m512i bytes = _mm512_maskz_loadu_epi8(_cvtu64_mask64((UINT64_C(1) << k->W) - 1), p);
+    return nb >= 64 ? ~UINT64_C(0) : nb <= 0 ? 0 : (UINT64_C(1) << nb) - 1;
+}
+
+/* The eight fields of the chunk at p (W bytes, of which nb exist) as 64-bit lanes. */
+TARGET INLINE __m512i fields8(const kernel *k, const uint8_t *p, int64_t nb)
+{
+    __m512i bytes = _mm512_maskz_loadu_epi8(first_bytes(nb < k->W ? nb : k->W), p);
     __m512i v = _mm512_permutexvar_epi8(k->perm, bytes);
     return _mm512_and_si512(_mm512_srlv_epi64(v, k->shift), k->field_mask);
 }
 
-/* Index and gain code of the sixteen groups at p (2 W bytes). */
-TARGET INLINE void fields16(const kernel *k, const uint8_t *p, int narrow, __m512i *idx, __m512i *code)
+/* Index and gain code of the sixteen groups at p (2 W bytes, of which nb exist: a row's last step
+ * reads only its own bytes, and the missing fields read as zeros, a valid index). */
+TARGET INLINE void fields16(const kernel *k, const uint8_t *p, int64_t nb, int narrow, __m512i *idx, __m512i *code)
 {
     if (narrow) {
-        __m512i bytes = _mm512_maskz_loadu_epi8(_cvtu64_mask64(~UINT64_C(0) >> (64 - 2 * k->W)), p);
+        __m512i bytes = _mm512_maskz_loadu_epi8(first_bytes(nb < 2 * k->W ? nb : 2 * k->W), p);
         __m512i f = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi8(k->perm32, bytes), k->shift32),
                                      k->field_mask32);
         *idx = _mm512_srli_epi32(f, k->b);
         *code = _mm512_and_si512(f, k->code_mask);
         return;
     }
-    __m512i f0 = fields8(k, p), f1 = fields8(k, p + k->W);
+    __m512i f0 = fields8(k, p, nb), f1 = fields8(k, p + k->W, nb - k->W);
     *idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_srli_epi64(f0, k->b))),
                               _mm512_cvtepi64_epi32(_mm512_srli_epi64(f1, k->b)), 1);
     *code = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(f0)),
@@ -101,11 +107,11 @@ TARGET INLINE void fields16(const kernel *k, const uint8_t *p, int narrow, __m51
 }
 
 /* Sixteen groups at p: halves lo/hi (int8 x 4 per lane), their absolute values, weight scales s. */
-TARGET INLINE void decode16(const kernel *k, const uint8_t *p, float scale, int ntab, int nlev, int narrow,
+TARGET INLINE void decode16(const kernel *k, const uint8_t *p, int64_t nb, float scale, int ntab, int nlev, int narrow,
                             int exact_div, int exact, __m512i *lo, __m512i *hi, __m512i *alo, __m512i *ahi, __m512 *s)
 {
     __m512i idx, code;
-    fields16(k, p, narrow, &idx, &code);
+    fields16(k, p, nb, narrow, &idx, &code);
     /* k1 = largest j with cum[j] <= idx (cum[0] = 0; entries past K exceed every index). */
     __m512i k1 = _mm512_setzero_si512();
 #pragma GCC unroll 8
@@ -176,14 +182,14 @@ TARGET INLINE __m512i sign_of(__m512i x, __m512i y)
 
 enum op { DEQUANTIZE, DOT, DOT_Q8 };
 
-/* One step of ng <= 16 groups whose fields start at p (readable for 2 W bytes when ng == 16). */
+/* One step of ng <= 16 groups whose fields start at p (ng W / 8 bytes, whole since rows are). */
 TARGET INLINE void step(const kernel *k, const uint8_t *p, int64_t g0, int64_t ng, float scale,
                         const float *x, const int8_t *xq, const float *xs, float *out,
                         int ntab, int nlev, int narrow, int exact_div, enum op op, __m512 *acc0, __m512 *acc1)
 {
     __m512i lo, hi, alo, ahi;
     __m512 s;
-    decode16(k, p, scale, ntab, nlev, narrow, exact_div, op == DEQUANTIZE, &lo, &hi, &alo, &ahi, &s);
+    decode16(k, p, ng * k->W / 8, scale, ntab, nlev, narrow, exact_div, op == DEQUANTIZE, &lo, &hi, &alo, &ahi, &s);
     if (ng < 16) s = _mm512_maskz_mov_ps((__mmask16)((1u << ng) - 1), s);   /* padding adds nothing */
     if (op == DOT_Q8) {
         const int8_t *xp = xq + g0 * 8;
@@ -209,7 +215,7 @@ TARGET INLINE void step(const kernel *k, const uint8_t *p, int64_t g0, int64_t n
 
 /* One row; ntab, nlev, narrow, exact_div and op are constants after inlining.  Two steps per iteration give
  * the core two independent dependency chains; the last step of a row whose group count is not a
- * multiple of 16 decodes a zero-padded copy and masks what it writes or reads. */
+ * multiple of 16 loads only its bytes and masks what it writes or reads. */
 TARGET INLINE float row_kernel(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
                                const float *x, const int8_t *xq, const float *xs, float *out,
                                int ntab, int nlev, int narrow, int exact_div, enum op op)
@@ -227,9 +233,7 @@ TARGET INLINE float row_kernel(const pvq_codec *c, const uint8_t *row, float sca
     for (; g0 + 16 <= G; g0 += 16)
         step(&k, row + g0 / 8 * k.W, g0, 16, scale, x, xq, xs, out, ntab, nlev, narrow, exact_div, op, &acc0, &acc1);
     if (g0 < G) {
-        uint8_t pad[128] = {0};
-        memcpy(pad, row + g0 / 8 * k.W, (size_t)((G - g0) * k.W + 7) / 8);
-        step(&k, pad, g0, G - g0, scale, x, xq, xs, out, ntab, nlev, narrow, exact_div, op, &acc0, &acc1);
+        step(&k, row + g0 / 8 * k.W, g0, G - g0, scale, x, xq, xs, out, ntab, nlev, narrow, exact_div, op, &acc0, &acc1);
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
