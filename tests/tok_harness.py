@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes as C
 import hashlib
 import os
+import pickle
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ def build(sanitize: bool = False) -> Path:
     h = hashlib.sha256(" ".join(flags).encode())
     for name in SOURCES + HEADERS:
         h.update((SRC / name).read_bytes())
-    cache = Path(os.environ.get("PVQ_CACHE", Path.home() / ".cache" / "pvq")) / "clib"
+    cache = _cache_dir() / "clib"
     cache.mkdir(parents=True, exist_ok=True)
     lib = cache / f"libpvqtok-{'asan-' if sanitize else ''}{h.hexdigest()[:16]}.so"
     if not lib.exists():
@@ -80,7 +81,27 @@ def _scalar(reader, key, default):
     return default if f is None else f.parts[f.data[0]][0].item()
 
 
+def _cache_dir() -> Path:
+    return Path(os.environ.get("PVQ_CACHE", Path.home() / ".cache" / "pvq"))
+
+
 def vocab_from_gguf(path) -> Vocab:
+    """read_gguf_vocab, cached in $PVQ_CACHE by file name, size and time (GGUFReader takes seconds on
+    large vocabularies)."""
+    st = Path(path).stat()
+    key = hashlib.sha256(f"{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    cached = _cache_dir() / "tok-vocab" / f"{key}.pkl"
+    if cached.exists():
+        return pickle.loads(cached.read_bytes())
+    v = read_gguf_vocab(path)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(pickle.dumps(v))
+    tmp.replace(cached)
+    return v
+
+
+def read_gguf_vocab(path) -> Vocab:
     """Reads the tokenizer.ggml.* keys with the defaults llama.cpp applies (see tokenizer.h)."""
     import gguf
     r = gguf.GGUFReader(str(path))
@@ -117,6 +138,32 @@ def vocab_from_sentencepiece(model_file) -> Vocab:
                  scores=np.array([sp.GetScore(i) for i in range(n)], np.float32), types=np.array(types, np.int32),
                  bos=sp.bos_id(), eos=sp.eos_id(), unk=sp.unk_id(), pad=sp.pad_id(), add_bos=True,
                  add_space_prefix=True)
+
+
+def gguf_with_pre(src: Path, pre: str) -> Path:
+    """A copy of a vocabulary-only GGUF with another tokenizer.ggml.pre (cached), so that the peer
+    tokenizes with that pre-tokenizer too."""
+    import gguf
+    dst = _cache_dir() / "tok-vocab" / f"{Path(src).stem}-{pre}.gguf"
+    if dst.exists():
+        return dst
+    r = gguf.GGUFReader(str(src))
+    arch = bytes(r.fields["general.architecture"].parts[r.fields["general.architecture"].data[0]]).decode()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_suffix(f".{os.getpid()}.tmp")
+    w = gguf.GGUFWriter(str(tmp), arch)
+    for key, f in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        value = pre if key == "tokenizer.ggml.pre" else f.contents()
+        sub = f.types[1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(key, value, f.types[0], sub_type=sub)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tmp.replace(dst)
+    return dst
 
 
 class TokError(Exception):
@@ -227,3 +274,50 @@ def read_vocab_tests(gguf_path: Path) -> list[tuple[bytes, list[int]]]:
         pos = nxt + len(sep)
     assert len(inputs) == len(outs), (len(inputs), len(outs))
     return [(i, [int(x) for x in o.split()]) for i, o in zip(inputs, outs)]
+
+
+def build_fuzz_driver(sanitize: bool = True) -> Path:
+    """Compiles tests/tok_fuzz.c with the tokenizer, by default under ASan + UBSan (leaks reported too)."""
+    flags = ["-std=c11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", f"-I{SRC}"]
+    if sanitize:
+        flags += ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+    driver = Path(__file__).with_name("tok_fuzz.c")
+    h = hashlib.sha256(" ".join(flags).encode() + driver.read_bytes())
+    for name in SOURCES + HEADERS:
+        h.update((SRC / name).read_bytes())
+    cache = _cache_dir() / "clib"
+    cache.mkdir(parents=True, exist_ok=True)
+    exe = cache / f"tok_fuzz-{h.hexdigest()[:16]}"
+    if not exe.exists():
+        tmp = exe.with_suffix(f".{os.getpid()}.tmp")
+        subprocess.run(["cc", *flags, str(driver), *[str(SRC / s) for s in SOURCES], "-o", str(tmp)], check=True)
+        tmp.replace(exe)
+    return exe
+
+
+def dump_vocab(v: Vocab, path: Path) -> None:
+    """Writes v in the format tok_fuzz.c reads."""
+    u32 = lambda *xs: np.array(xs, np.uint32).tobytes()  # noqa: E731
+    i32 = lambda *xs: np.array(xs, np.int32).tobytes()  # noqa: E731
+    out = [u32(v.kind, v.pre, len(v.tokens), len(v.merges)), i32(v.bos, v.eos, v.unk, v.pad),
+           u32(v.add_bos, v.add_eos, v.add_space_prefix, v.scores is not None, v.types is not None)]
+    out += [u32(len(s)) + s for s in v.tokens]
+    if v.scores is not None:
+        out.append(np.asarray(v.scores, np.float32).tobytes())
+    if v.types is not None:
+        out.append(np.asarray(v.types, np.int32).tobytes())
+    out += [u32(len(s)) + s for s in v.merges]
+    path.write_bytes(b"".join(out))
+
+
+def dump_inputs(inputs: list[tuple[bytes, int]], path: Path) -> None:
+    """Records for tok_fuzz.c: (text, flags) with flags bit 0 add_special, bit 1 parse_special."""
+    path.write_bytes(b"".join(np.uint32(len(s)).tobytes() + bytes([f]) + s for s, f in inputs))
+
+
+def run_fuzz_driver(exe: Path, v: Vocab, inputs: list[tuple[bytes, int]], workdir: Path):
+    vf, inf = workdir / "vocab.bin", workdir / "inputs.bin"
+    dump_vocab(v, vf)
+    dump_inputs(inputs, inf)
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
+    return subprocess.run([str(exe), str(vf), str(inf)], capture_output=True, text=True, env=env, timeout=300)

@@ -1,5 +1,5 @@
-"""Writes runtime/src/unicode_tables.c: the general category of every code point, for the
-pre-tokenizer scanners in unicode.c. Run it from anywhere: python3 runtime/tools/gen_unicode_tables.py
+"""Writes runtime/src/unicode_tables.c (or the path given as argument): the general category of every
+code point, for the pre-tokenizer scanners. Run it from anywhere: python3 runtime/tools/gen_unicode_tables.py
 
 The table is two-level: code point >> 8 selects one of the distinct 256-entry blocks, and each block
 stores one 4-bit category per code point, two per byte (low nibble = even code point).
@@ -8,6 +8,7 @@ it records the Unicode version of the Python that wrote it.
 """
 from __future__ import annotations
 
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -23,7 +24,7 @@ def category(cp: int) -> int:
     return 0 if c == "Cn" else CATEGORY[c[0]]
 
 
-def main() -> None:
+def main(out: Path = OUT) -> None:
     cats = [category(cp) for cp in range(N_CODEPOINTS)]
     blocks: dict[bytes, int] = {}
     index = []
@@ -43,9 +44,9 @@ def main() -> None:
         rows = [",".join(f"0x{b:02x}" for b in packed[i:i + 16]) for i in range(0, len(packed), 16)]
         lines.append("    {" + ",\n     ".join(rows) + "},")
     lines += ["};", ""]
-    OUT.write_text("\n".join(lines))
-    print(f"wrote {OUT} ({len(blocks)} blocks, Unicode {unicodedata.unidata_version})")
+    out.write_text("\n".join(lines))
+    print(f"wrote {out} ({len(blocks)} blocks, Unicode {unicodedata.unidata_version})")
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else OUT)
