@@ -68,7 +68,8 @@ def peer_vocab(path: Path):
     return Llama(str(path), vocab_only=True, verbose=False)
 
 
-@pytest.mark.parametrize("name", GGML_VOCABS + ["gpt-2 with the qwen2 pre-tokenizer", "smollm2"])
+@pytest.mark.parametrize("name", GGML_VOCABS + ["gpt-2 with the qwen2 pre-tokenizer",
+                                                "gpt-2 with the default pre-tokenizer", "smollm2"])
 def test_matches_llama_cpp(lib, request, name):
     """Random text, with and without BOS/EOS and special-token parsing; every token's piece
     (special or not); the end-of-generation set."""
@@ -78,7 +79,7 @@ def test_matches_llama_cpp(lib, request, name):
     if name == "smollm2":
         path = request.getfixturevalue("smollm2").q4_1_gguf
     elif name.startswith("gpt-2 with"):
-        path = H.gguf_with_pre(ggml_vocab("gpt-2"), "qwen2")
+        path = H.gguf_with_pre(ggml_vocab("gpt-2"), name.split()[3])
     else:
         path = ggml_vocab(name)
     vocab = H.vocab_from_gguf(path)
@@ -179,6 +180,9 @@ def test_output_buffers_too_small(lib):
     assert tok.L.tokenizer_piece(tok.t, full[long_piece], None, 0, 0) == -len(p)
     for bad in (-1, 50257, 2**31 - 1):
         assert tok.L.tokenizer_piece(tok.t, bad, None, 0, 0) == H.ERR_ID
+    with pytest.raises(H.TokError) as e:  # over TOK_MAX_INPUT (16 MiB): refused before any work
+        tok.encode(b"a" * ((1 << 24) + 1))
+    assert e.value.code == H.ERR_TOO_LONG
 
 
 def reference_incomplete(buf: bytes) -> int:
@@ -265,7 +269,7 @@ def tiny_vocab(**changes) -> H.Vocab:
 @pytest.mark.parametrize("changes, message", [
     (dict(bos=11), "bos_id 11 is outside"), (dict(eos=1 << 20), "eos_id"), (dict(bos=-1), "asks to add BOS"),
     (dict(tokens=[]), "no vocabulary"), (dict(kind=7), "unknown tokenizer kind"),
-    (dict(kind=H.BPE, pre=0), "pre-tokenizer 0 is not supported"), (dict(kind=H.BPE, pre=99), "not supported"),
+    (dict(kind=H.BPE, pre=-1), "pre-tokenizer -1 is not supported"), (dict(kind=H.BPE, pre=99), "not supported"),
 ])
 def test_inconsistent_vocabulary_is_refused(lib, changes, message):
     v = tiny_vocab(**changes)

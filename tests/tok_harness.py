@@ -113,13 +113,18 @@ def read_gguf_vocab(path) -> Vocab:
     scores = r.fields.get("tokenizer.ggml.scores")
     types = r.fields.get("tokenizer.ggml.token_type")
     merges = r.fields.get("tokenizer.ggml.merges")
+    tokens = _strings(r.fields["tokenizer.ggml.tokens"])
+
+    def special(key, spm_default, bpe_default):  # llama.cpp's defaults when a key is absent
+        default = spm_default if kind == SPM else bpe_default
+        return _scalar(r, f"tokenizer.ggml.{key}", default if default < len(tokens) else -1)
     return Vocab(
-        kind=kind, pre=pre, tokens=_strings(r.fields["tokenizer.ggml.tokens"]),
+        kind=kind, pre=pre, tokens=tokens,
         scores=np.array([scores.parts[i][0] for i in scores.data], np.float32) if scores else None,
         types=np.array([types.parts[i][0] for i in types.data], np.int32) if types else None,
         merges=_strings(merges) if merges else [],
-        bos=_scalar(r, "tokenizer.ggml.bos_token_id", -1), eos=_scalar(r, "tokenizer.ggml.eos_token_id", -1),
-        unk=_scalar(r, "tokenizer.ggml.unknown_token_id", -1), pad=_scalar(r, "tokenizer.ggml.padding_token_id", -1),
+        bos=special("bos_token_id", 1, 11), eos=special("eos_token_id", 2, 11), unk=special("unknown_token_id", 0, -1),
+        pad=_scalar(r, "tokenizer.ggml.padding_token_id", -1),
         add_bos=bool(_scalar(r, "tokenizer.ggml.add_bos_token", kind == SPM or pre_name in ("llama-bpe", "llama3"))),
         add_eos=bool(_scalar(r, "tokenizer.ggml.add_eos_token", False)),
         add_space_prefix=bool(_scalar(r, "tokenizer.ggml.add_space_prefix", kind == SPM)))

@@ -243,9 +243,9 @@ tokenizer *tokenizer_new(const tok_vocab_desc *d, char *err, size_t err_len) {
         set_err(err, err_len, "tokenizer: unknown tokenizer kind %d", (int)d->kind);
         return NULL;
     }
-    if (d->kind == TOK_BPE && (d->pre < TOK_PRE_GPT2 || d->pre > TOK_PRE_QWEN2)) {
+    if (d->kind == TOK_BPE && (d->pre < TOK_PRE_DEFAULT || d->pre > TOK_PRE_QWEN2)) {
         set_err(err, err_len, "tokenizer: BPE pre-tokenizer %d is not supported "
-                              "(supported: gpt-2, llama-bpe, smollm, qwen2)", (int)d->pre);
+                              "(supported: default, gpt-2, llama-bpe, smollm, qwen2)", (int)d->pre);
         return NULL;
     }
     if (d->n_merges > 0 && !d->merges) {
@@ -597,7 +597,11 @@ static void bpe_word(const tokenizer *t, scratch *s, const uint8_t *w, size_t n,
 
 /* ---- pre-tokenizers: the regexes of llama.cpp's unicode.cpp as scanners over code point classes ---- */
 
-enum { C_LETTER = 1, C_NUMBER = 2, C_SPACE = 4, C_ANY = 8 /* every code point inside the range */ };
+enum {
+    C_LETTER = 1, C_NUMBER = 2, C_SPACE = 4,
+    C_ANY = 8,    /* every code point inside the range */
+    C_PUNCT = 16, /* \p{P} and $+<=>^~| (the default pre-tokenizer's first regex) */
+};
 #define NO_CP 0xffffffffu
 
 /* One piece of a fragment being cut into words; outside [lo, hi) nothing matches. */
@@ -612,12 +616,46 @@ typedef struct {
 static uint8_t cls(const splitter *p, size_t i) { return i >= p->lo && i < p->hi ? p->s->cps[i].cls : 0; }
 static uint32_t cp_at(const splitter *p, size_t i) { return i >= p->lo && i < p->hi ? p->s->cps[i].cp : NO_CP; }
 
+static void tokenize_span(splitter *p, size_t from, size_t to) {
+    if (to > from) {
+        uint32_t a = p->s->cps[from].off, b = p->s->cps[to].off;
+        bpe_word(p->t, p->s, p->text + a, b - a, p->em);
+    }
+}
+
+static int is_ascii_digit(const splitter *p, size_t i) { return p->s->cps[i].cp - '0' < 10; }
+
+/* The default pre-tokenizer's last regexes on a word: \p{N}+ runs apart, and in them [0-9]{3} apart. */
+static void split_numbers(splitter *p, size_t from, size_t to) {
+    size_t i = from, gap = from;
+    while (i < to) {
+        if (!(p->s->cps[i].cls & C_NUMBER)) {
+            i++;
+            continue;
+        }
+        size_t end = i;
+        while (end < to && (p->s->cps[end].cls & C_NUMBER)) end++;
+        tokenize_span(p, gap, i);
+        size_t rest = i;
+        for (size_t j = i; j < end;) {
+            if (j + 3 <= end && is_ascii_digit(p, j) && is_ascii_digit(p, j + 1) && is_ascii_digit(p, j + 2)) {
+                tokenize_span(p, rest, j);
+                tokenize_span(p, j, j + 3);
+                rest = j += 3;
+            } else {
+                j++;
+            }
+        }
+        tokenize_span(p, rest, end);
+        i = gap = end;
+    }
+    tokenize_span(p, gap, to);
+}
+
 /* Ends the current word at code point index end and tokenizes it. */
 static void cut(splitter *p, size_t end) {
-    if (end > p->done) {
-        uint32_t from = p->s->cps[p->done].off, to = p->s->cps[end].off;
-        bpe_word(p->t, p->s, p->text + from, to - from, p->em);
-    }
+    if (p->t->pre == TOK_PRE_DEFAULT) split_numbers(p, p->done, end);
+    else tokenize_span(p, p->done, end);
     p->done = end;
 }
 
@@ -712,6 +750,10 @@ static void split_piece(splitter *p, size_t lo, size_t hi) {
     }
 }
 
+static int is_math_ascii(uint32_t cp) {
+    return cp == '$' || cp == '+' || cp == '<' || cp == '=' || cp == '>' || cp == '^' || cp == '~' || cp == '|';
+}
+
 static void bpe_fragment(const tokenizer *t, scratch *s, const uint8_t *text, size_t len, emitter *em) {
     if (!grow((void **)&s->cps, &s->cps_cap, len + 1, sizeof(codepoint))) {
         s->oom = 1;
@@ -724,19 +766,27 @@ static void bpe_fragment(const tokenizer *t, scratch *s, const uint8_t *text, si
         if (k == 0) cp = 0xfffd, k = 1; /* cannot happen: the input was validated */
         enum ucat cat = unicode_category(cp);
         uint8_t c = C_ANY | (cat == UCAT_LETTER ? C_LETTER : 0) | (cat == UCAT_NUMBER ? C_NUMBER : 0) |
-                    (unicode_is_space(cp) ? C_SPACE : 0);
+                    (unicode_is_space(cp) ? C_SPACE : 0) | (cat == UCAT_PUNCTUATION || is_math_ascii(cp) ? C_PUNCT : 0);
         s->cps[n] = (codepoint){cp, (uint32_t)i, c};
         i += k;
     }
     s->cps[n] = (codepoint){NO_CP, (uint32_t)len, 0};
     splitter p = {t, s, text, em, 0, 0, 0};
-    if (t->pre == TOK_PRE_SMOLLM) { /* \p{N} first: every digit alone, then the gpt-2 regex */
+    if (t->pre == TOK_PRE_SMOLLM || t->pre == TOK_PRE_DEFAULT) {
+        /* a first regex isolates single numbers (smollm: \p{N}) or punctuation runs (default) */
+        uint8_t first = t->pre == TOK_PRE_SMOLLM ? C_NUMBER : C_PUNCT;
         size_t start = 0;
-        for (size_t i = 0; i < n; i++) {
-            if (!(s->cps[i].cls & C_NUMBER)) continue;
+        for (size_t i = 0; i < n;) {
+            if (!(s->cps[i].cls & first)) {
+                i++;
+                continue;
+            }
+            size_t end = i + 1;
+            if (first == C_PUNCT)
+                while (end < n && (s->cps[end].cls & C_PUNCT)) end++;
             if (i > start) split_piece(&p, start, i);
-            split_piece(&p, i, i + 1);
-            start = i + 1;
+            split_piece(&p, i, end);
+            i = start = end;
         }
         if (start < n) split_piece(&p, start, n);
     } else {

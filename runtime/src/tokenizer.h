@@ -8,7 +8,9 @@
  *   pre       tokenizer.ggml.pre (BPE only): "gpt-2" -> GPT2; "llama-bpe", "llama3", "llama-v3" ->
  *             LLAMA_BPE; "smollm" -> SMOLLM; "qwen2" -> QWEN2; "default" or missing -> DEFAULT
  *   tokens, scores (absent in BPE files: NULL), types (tokenizer.ggml.token_type), merges
- *   bos/eos/unk/pad tokenizer.ggml.{bos,eos,unknown,padding}_token_id, -1 when absent
+ *   bos/eos/unk/pad tokenizer.ggml.{bos,eos,unknown,padding}_token_id; when a key is absent llama.cpp
+ *             uses bos 1, eos 2, unk 0 for SPM and bos = eos = 11 for BPE (if inside the vocabulary),
+ *             else -1; pad -1
  *   add_bos   tokenizer.ggml.add_bos_token, default 1 for SPM and for pre LLAMA_BPE, else 0
  *   add_eos   tokenizer.ggml.add_eos_token, default 0
  *   add_space_prefix tokenizer.ggml.add_space_prefix, default 1 for SPM, 0 for BPE
@@ -59,7 +61,7 @@ void tokenizer_free(tokenizer *t);
 #define TOK_ERR_NOMEM    (-2147483647)     /* out of memory */
 #define TOK_ERR_TOO_LONG (-2147483646)     /* input longer than TOK_MAX_INPUT bytes */
 #define TOK_ERR_ID       (-2147483645)     /* token id outside the vocabulary */
-#define TOK_MAX_INPUT    ((size_t)1 << 28)
+#define TOK_MAX_INPUT    ((size_t)1 << 24) /* 16 MiB: encoding takes up to ~80 bytes per input byte */
 
 /* Tokenizes text (UTF-8, len bytes; strictly validated: overlong forms, surrogates and truncated
  * sequences are TOK_ERR_UTF8). add_special: add BOS/EOS as the vocab asks. parse_special: recognise
