@@ -125,6 +125,10 @@ static void merge_insert(tokenizer *t, const tok_str *rule, int32_t rank) {
 
 /* ---- construction ---- */
 
+/* Far above real vocabularies (~300k tokens), low enough that the hash tables stay below 1 GB. */
+#define MAX_TOKENS (1u << 24)
+#define MAX_MERGES (1u << 24)
+
 static uint32_t pow2_at_least(uint64_t n) {
     uint32_t p = 16;
     while (p < n) p <<= 1;
@@ -141,6 +145,10 @@ static const char *const EOG_TEXTS[] = {
 
 static int is_control_like(uint8_t type) {
     return type == TOK_TYPE_CONTROL || type == TOK_TYPE_UNKNOWN;
+}
+
+static int hex_digit(uint8_t c) {
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
 /* Fills pieces: what each token prints as. */
@@ -172,15 +180,10 @@ static void build_pieces(tokenizer *t) {
                 i += k;
             }
             break;
-        case TOK_TYPE_BYTE: { /* "<0xNN>" */
-            unsigned v;
-            char hex[3] = {0};
-            if (n == 6 && memcmp(s, "<0x", 3) == 0 && s[5] == '>') {
-                memcpy(hex, s + 3, 2);
-                if (sscanf(hex, "%2x", &v) == 1) out[m++] = (uint8_t)v;
-            }
+        case TOK_TYPE_BYTE: /* "<0xNN>" */
+            if (n == 6 && memcmp(s, "<0x", 3) == 0 && s[5] == '>' && hex_digit(s[3]) >= 0 && hex_digit(s[4]) >= 0)
+                out[m++] = (uint8_t)(hex_digit(s[3]) << 4 | hex_digit(s[4]));
             break;
-        }
         case TOK_TYPE_CONTROL: case TOK_TYPE_UNKNOWN: case TOK_TYPE_USER_DEFINED:
             memcpy(out, s, n);
             m = n;
@@ -235,8 +238,8 @@ static int check_id(const char *name, int32_t *id, uint32_t n_tokens, char *err,
 }
 
 tokenizer *tokenizer_new(const tok_vocab_desc *d, char *err, size_t err_len) {
-    if (!d || !d->tokens || d->n_tokens == 0 || d->n_tokens >= (1u << 30)) {
-        set_err(err, err_len, "tokenizer: no vocabulary (or more than 2^30 tokens)");
+    if (!d || !d->tokens || d->n_tokens == 0 || d->n_tokens > MAX_TOKENS || d->n_merges > MAX_MERGES) {
+        set_err(err, err_len, "tokenizer: no vocabulary, or more than %u tokens or %u merges", MAX_TOKENS, MAX_MERGES);
         return NULL;
     }
     if (d->kind != TOK_SPM && d->kind != TOK_BPE) {
@@ -252,9 +255,9 @@ tokenizer *tokenizer_new(const tok_vocab_desc *d, char *err, size_t err_len) {
         set_err(err, err_len, "tokenizer: %u merges announced but none given", d->n_merges);
         return NULL;
     }
-    int32_t bos = d->bos_id, eos = d->eos_id, unk = d->unk_id, pad = d->pad_id;
+    int32_t bos = d->bos_id, eos = d->eos_id, unk = d->unk_id; /* pad_id plays no part in tokenizing */
     if (!check_id("bos_id", &bos, d->n_tokens, err, err_len) || !check_id("eos_id", &eos, d->n_tokens, err, err_len) ||
-        !check_id("unk_id", &unk, d->n_tokens, err, err_len) || !check_id("pad_id", &pad, d->n_tokens, err, err_len))
+        !check_id("unk_id", &unk, d->n_tokens, err, err_len))
         return NULL;
     if ((d->add_bos && bos < 0) || (d->add_eos && eos < 0)) {
         set_err(err, err_len, "tokenizer: the vocabulary asks to add %s but has no such token",
@@ -477,6 +480,7 @@ static void symbol_absorb(symbol *sym, int32_t left, int32_t right) {
 /* Orders scores as unsigned integers, best (highest) first. */
 static uint32_t score_rank(float score) {
     uint32_t u;
+    if (score == 0) score = 0; /* -0 ties with +0, as in a float comparison */
     memcpy(&u, &score, 4);
     u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
     return ~u;
