@@ -315,31 +315,38 @@ def _best_gain(w, y, weights):
     return (w * hu).sum(1) / curv.clamp_min(1e-30), curv
 
 
-def quantize_matrix(W: torch.Tensor, D: int, K: int, gain_bits: int,
-                    weights: torch.Tensor | None = None, chunk_groups: int = 1 << 18) -> Quantized:
+def quantize_matrix(W: torch.Tensor, D: int, K: int, gain_bits: int, diag: torch.Tensor | None = None,
+                    quad: torch.Tensor | None = None, chunk_groups: int = 1 << 18) -> Quantized:
     """PVQ-code a matrix W (R, n) with groups of D along rows, Beta/Lloyd-Max gains and fp16 row scales.
 
-    weights (optional, broadcastable to (R, n/D, D) or (R, n/D, D, D)) weight the error as in
-    nearest_point; e.g. a Hessian diagonal of shape (n/D, D) or its D x D diagonal blocks (n/D, D, D).
+    Optional error weights, as in nearest_point (at most one):
+      diag  broadcastable to (R, n/D, D), e.g. a Hessian diagonal reshaped to (n/D, D);
+      quad  broadcastable to (R, n/D, D, D), e.g. the Hessian's D x D diagonal blocks (n/D, D, D).
+    Shape, gain code and row scale then minimise the weighted error of each group / row.
     """
     from .pvq_gain import gain_levels, choose_row_scale, nearest_level
     R, n = W.shape
     if n % D:
         raise ValueError(f"row length {n} is not a multiple of D={D}")
+    if diag is not None and quad is not None:
+        raise ValueError("give diag or quad weights, not both")
     G = n // D
     levels = gain_levels(n, D, gain_bits).to(W.device)
     Wg = W.to(torch.float32).reshape(R * G, D)
-    wts = None
-    if weights is not None:
-        shape = (R, G, D) if weights.dim() in (1, 2, 3) and weights.shape[-1] == D and \
-            (weights.dim() < 3 or weights.shape[-2] != D) else (R, G, D, D)
-        wts = weights.to(torch.float32).expand(shape).reshape(R * G, *shape[2:])
+    wts = None                          # a broadcast view, gathered chunk by chunk (no R x G copy)
+    if diag is not None:
+        wts = diag.to(W.device, torch.float32).expand(R, G, D)
+    elif quad is not None:
+        wts = quad.to(W.device, torch.float32).expand(R, G, D, D)
     y = torch.empty(R * G, D, dtype=torch.int64, device=W.device)
     g_opt = torch.empty(R * G, device=W.device)
     curv = torch.empty(R * G, device=W.device)
     for s in range(0, R * G, chunk_groups):
         e = min(R * G, s + chunk_groups)
-        ws = None if wts is None else wts[s:e]
+        ws = None
+        if wts is not None:
+            flat = torch.arange(s, e, device=W.device)
+            ws = wts[flat // G, flat % G]
         y[s:e] = nearest_point(Wg[s:e], K, ws)
         g_opt[s:e], curv[s:e] = _best_gain(Wg[s:e], y[s:e], ws)
     row_norm = W.to(torch.float32).norm(dim=1).clamp_max(60000.0)
