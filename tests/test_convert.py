@@ -111,3 +111,13 @@ def test_single_file_and_sharded_inputs_give_the_same_file(spm_model_dir, tmp_pa
     a = {t.name: t.data for t in gguf.GGUFReader(whole).tensors}
     b = {t.name: t.data for t in gguf.GGUFReader(from_index).tensors}
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_fixture_tokenizer_json_agrees_with_peer(smollm2, eval_text):
+    """The tokenizer.json the models script writes, read by Hugging Face's own `tokenizers`,
+    tokenizes the whole eval text as llama.cpp does with the original GGUF's vocabulary."""
+    from tokenizers import Tokenizer
+
+    ours = Tokenizer.from_file(str(smollm2.hf_dir / "tokenizer.json")).encode(eval_text, add_special_tokens=False)
+    peer = peer_llama(smollm2.q4_1_gguf, vocab_only=True).tokenize(eval_text.encode(), add_bos=False)
+    assert ours.ids == peer
