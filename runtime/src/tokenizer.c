@@ -41,6 +41,7 @@ struct tokenizer {
     int32_t bos, eos, unk;
     int add_bos, add_eos, add_space_prefix;
     int ignore_merges;        /* a word that is a whole token is not split (llama3) */
+    uint8_t alone[128];       /* SPM: ASCII characters no token of two or more characters contains */
 };
 
 static void set_err(char *err, size_t err_len, const char *fmt, ...) {
@@ -348,6 +349,15 @@ tokenizer *tokenizer_new(const tok_vocab_desc *d, char *err, size_t err_len) {
         memset(t->merges, 0xff, sizeof(merge_rule) * (t->merge_mask + 1ull));
         for (uint32_t i = 0; i < d->n_merges; i++) merge_insert(t, &d->merges[i], (int32_t)i);
     }
+    if (t->kind == TOK_SPM) {
+        memset(t->alone, 1, sizeof t->alone);
+        for (uint32_t i = 0; i < n; i++) {
+            const uint8_t *s = (const uint8_t *)text_of(t, (int32_t)i);
+            size_t len = text_len(t, (int32_t)i);
+            for (size_t k = 0; k < len && len > 1; k++)
+                if (s[k] < 128) t->alone[s[k]] = 0;
+        }
+    }
     if (!build_specials(t)) goto oom;
     build_pieces(t);
     return t;
@@ -506,6 +516,20 @@ static void spm_emit_bytes(const tokenizer *t, const uint8_t *p, size_t n, emitt
     for (size_t i = 0; i < n; i++) emit(em, t->byte_token[p[i]]);
 }
 
+/* Merges symbols [first, end) of the list, best score first, leftmost first among equals. */
+static void spm_merge(const tokenizer *t, scratch *s, int32_t first, int32_t end) {
+    s->heap_n = 0;
+    for (int32_t i = first + 1; i < end; i++) spm_try_pair(t, s, i - 1, i);
+    while (s->heap_n > 0 && !s->oom) {
+        candidate c = heap_pop(s);
+        symbol *a = &s->sym[c.left], *r = &s->sym[c.right];
+        if (a->len == 0 || r->len == 0 || (int32_t)(a->len + r->len) != c.check_a) continue;
+        symbol_absorb(s->sym, c.left, c.right);
+        spm_try_pair(t, s, s->sym[c.left].prev, c.left);
+        spm_try_pair(t, s, c.left, s->sym[c.left].next);
+    }
+}
+
 static void spm_fragment(const tokenizer *t, scratch *s, const uint8_t *text, size_t len, int prefix_space,
                          emitter *em) {
     size_t cap = 3 * (len + 1);
@@ -532,16 +556,18 @@ static void spm_fragment(const tokenizer *t, scratch *s, const uint8_t *text, si
     if (n_sym == 0) return;
     s->sym[n_sym - 1].next = -1;
 
-    s->heap_n = 0;
-    for (int32_t i = 1; i < n_sym; i++) spm_try_pair(t, s, i - 1, i);
-    while (s->heap_n > 0 && !s->oom) {
-        candidate c = heap_pop(s);
-        symbol *a = &s->sym[c.left], *r = &s->sym[c.right];
-        if (a->len == 0 || r->len == 0 || (int32_t)(a->len + r->len) != c.check_a) continue;
-        symbol_absorb(s->sym, c.left, c.right);
-        spm_try_pair(t, s, s->sym[c.left].prev, c.left);
-        spm_try_pair(t, s, c.left, s->sym[c.left].next);
+    /* No merge can cross a character that only single-character tokens contain (a newline, usually):
+     * merging the runs between such characters one after the other gives the same result as one
+     * pass over the fragment, with a small heap. */
+    int32_t run = 0;
+    for (int32_t i = 0; i < n_sym; i++) {
+        uint8_t c = b[s->sym[i].start];
+        if (s->sym[i].len == 1 && c < 128 && t->alone[c]) {
+            spm_merge(t, s, run, i);
+            run = i + 1;
+        }
     }
+    spm_merge(t, s, run, n_sym);
     /* every merged symbol is a token; only single characters can lack one */
     for (int32_t i = 0; i >= 0; i = s->sym[i].next) {
         const uint8_t *p = b + s->sym[i].start;
