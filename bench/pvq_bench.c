@@ -1,7 +1,7 @@
 /* Decode throughput of the PVQ kernels: one thread, a matrix of random valid rows larger than the
  * caches, y = W x row by row (dot) or each row decoded to floats (dequantize).
  * usage: pvq_bench D K gain_bits n rows kernel(ref|scalar|avx2|avx512) op(dot|dot_q8|dequantize) repeats
- * dot_q8 quantizes x once (pvq_quantize_x_q8, timed) and runs the integer dot (ref or avx512). */
+ * dot_q8 quantizes x once (pvq_quantize_x_q8, timed) and runs the integer matvec (ref or avx512). */
 #define _POSIX_C_SOURCE 199309L
 #include "pvq_codec.h"
 
@@ -46,8 +46,8 @@ int main(int argc, char **argv)
     if (!rb) { fprintf(stderr, "bad row length\n"); return 1; }
     pvq_dequantize_fn deq = pvq_dequantize_row_ref;
     pvq_dot_fn dot = pvq_dot_row_ref;
-    float (*dot_q8)(const pvq_codec *, const uint8_t *, float, int64_t, const int8_t *, const float *) =
-        pvq_dot_row_q8_ref;
+    void (*matvec_q8)(const pvq_codec *, const uint8_t *, const uint16_t *, int64_t, int64_t, const int8_t *,
+                      const float *, float *) = pvq_matvec_q8_ref;
     if (!strcmp(kind, "scalar")) {
         deq = pvq_dequantize_row_scalar; dot = pvq_dot_row_scalar;
     } else if (!strcmp(kind, "avx2")) {
@@ -55,7 +55,7 @@ int main(int argc, char **argv)
         deq = pvq_dequantize_row_avx2; dot = pvq_dot_row_avx2;
     } else if (!strcmp(kind, "avx512")) {
         if (!c.fast || !pvq_avx512_supported()) { fprintf(stderr, "no avx512 path\n"); return 1; }
-        deq = pvq_dequantize_row_avx512; dot = pvq_dot_row_avx512; dot_q8 = pvq_dot_row_q8_avx512;
+        deq = pvq_dequantize_row_avx512; dot = pvq_dot_row_avx512; matvec_q8 = pvq_matvec_q8_avx512;
     }
     if (!strcmp(op, "dot_q8") && (D != 8 || !strcmp(kind, "avx2") || !strcmp(kind, "scalar"))) {
         fprintf(stderr, "dot_q8: D == 8 with ref or avx512 only\n");
@@ -63,6 +63,8 @@ int main(int argc, char **argv)
     }
     int8_t *xq = malloc((n + 127) / 128 * 128);
     float *xs = malloc((n + 127) / 128 * sizeof *xs);
+    uint16_t *scales = malloc(rows * sizeof *scales);
+    for (int64_t r = 0; r < rows; r++) scales[r] = 0x3C00;        /* 1.0 in fp16 */
     uint8_t *w = calloc(rows, rb);
     float *x = malloc(n * sizeof *x), *y = malloc(rows * sizeof *y), *buf = malloc(n * sizeof *buf);
     if (!w || !x || !y || !buf) { fprintf(stderr, "out of memory\n"); return 1; }
@@ -75,7 +77,7 @@ int main(int argc, char **argv)
         double t0 = now();
         if (!strcmp(op, "dot_q8")) {
             pvq_quantize_x_q8(x, n, xq, xs);
-            for (int64_t r = 0; r < rows; r++) y[r] = dot_q8(&c, w + r * rb, 1.0f, n, xq, xs);
+            matvec_q8(&c, w, scales, rows, n, xq, xs, y);
             sink += y[rows - 1];
         } else if (!strcmp(op, "dot")) {
             for (int64_t r = 0; r < rows; r++) y[r] = dot(&c, w + r * rb, 1.0f, n, x);
@@ -89,7 +91,7 @@ int main(int argc, char **argv)
     printf("D=%d K=%d b=%d n=%lld rows=%lld bytes=%.1fMB %s %s: %.3f Gweights/s (%.2f GB/s) [%g]\n", D, K, b,
            (long long)n, (long long)rows, rows * rb / 1e6, kind, op, n * rows / best / 1e9,
            rows * rb / best / 1e9, sink);
-    free(w); free(x); free(xq); free(xs); free(y); free(buf);
+    free(w); free(x); free(xq); free(xs); free(scales); free(y); free(buf);
     pvq_codec_free(&c);
     return 0;
 }

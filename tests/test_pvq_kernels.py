@@ -122,3 +122,24 @@ def test_every_index_of_the_small_presets(kernels, bits):
         ref = c.dequantize(rows, scales, n, "ref")
         for k in kinds:
             assert np.array_equal(c.dequantize(rows, scales, n, k).view(np.uint32), ref.view(np.uint32)), k
+
+
+def test_matvec_q8_with_fp16_scales(kernels):
+    """The whole-tensor entry point (rows back to back, fp16 scales as stored) equals the row dots."""
+    import ctypes
+    rng = np.random.default_rng(9)
+    lay = pvq_presets.preset(3.25)
+    n, rows = 576, 40
+    packed, _, _ = random_rows(lay, rows, n, rng)
+    scales = (rng.random(rows) + 0.5).astype(np.float16)
+    c = kernels.codec(lay.type_id, pvq_gain.gain_levels(n, 8, lay.gain_bits).numpy())
+    x = rng.standard_normal(n).astype(np.float32)
+    per_row, xq, xs = q8_dot(c, packed, scales, n, x, "ref")
+    L = c.k.lib
+    for kind in ["ref"] + (["avx512"] if kernels.avx512 else []):
+        fn = getattr(L, f"pvq_matvec_q8_{kind}")
+        fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3
+        y = np.zeros(rows, dtype=np.float32)
+        data = np.ascontiguousarray(packed)
+        fn(c.buf, data.ctypes.data, scales.ctypes.data, rows, n, xq.ctypes.data, xs.ctypes.data, y.ctypes.data)
+        assert np.allclose(y, per_row, rtol=1e-5, atol=1e-6 * np.abs(per_row).max()), kind

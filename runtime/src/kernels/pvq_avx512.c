@@ -15,13 +15,13 @@
 
 #include <immintrin.h>
 
-#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,fma")))
+#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline))
 
 int pvq_avx512_supported(void)
 {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("f16c") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi") &&
            __builtin_cpu_supports("avx512vnni");
 }
@@ -79,20 +79,32 @@ INLINE __mmask64 first_bytes(int64_t nb)
     return nb >= 64 ? ~UINT64_C(0) : nb <= 0 ? 0 : (UINT64_C(1) << nb) - 1;
 }
 
-/* The eight fields of the chunk at p (W bytes, of which nb exist) as 64-bit lanes. */
+/* The `need` bytes at p, of which nb exist before the row's end (missing ones read as zero).  A
+ * masked load, which reads no further than it must, except where its 64-byte window crosses a page:
+ * there masked-off bytes on the next page cost a microcode assist, so when the row goes on for 64
+ * bytes a plain load (whose extra bytes the callers ignore) is cheaper. */
+TARGET INLINE __m512i load_bytes(const uint8_t *p, int64_t need, int64_t nb)
+{
+    if (nb >= 64 && ((uintptr_t)p & 4095) > 4096 - 64) return _mm512_loadu_si512(p);
+    if (nb <= 0) return _mm512_setzero_si512();
+    return _mm512_maskz_loadu_epi8(first_bytes(nb < need ? nb : need), p);
+}
+
+/* The eight fields of the chunk at p (nb bytes exist from p; bytes past the chunk are ignored) as
+ * 64-bit lanes. */
 TARGET INLINE __m512i fields8(const kernel *k, const uint8_t *p, int64_t nb)
 {
-    __m512i bytes = _mm512_maskz_loadu_epi8(first_bytes(nb < k->W ? nb : k->W), p);
+    __m512i bytes = load_bytes(p, k->W, nb);
     __m512i v = _mm512_permutexvar_epi8(k->perm, bytes);
     return _mm512_and_si512(_mm512_srlv_epi64(v, k->shift), k->field_mask);
 }
 
-/* Index and gain code of the sixteen groups at p (2 W bytes, of which nb exist: a row's last step
- * reads only its own bytes, and the missing fields read as zeros, a valid index). */
+/* Index and gain code of the sixteen groups at p (nb bytes exist from p to the row's end: a row's
+ * last step reads only its own bytes, and missing fields read as zeros, a valid index). */
 TARGET INLINE void fields16(const kernel *k, const uint8_t *p, int64_t nb, int narrow, __m512i *idx, __m512i *code)
 {
     if (narrow) {
-        __m512i bytes = _mm512_maskz_loadu_epi8(first_bytes(nb < 2 * k->W ? nb : 2 * k->W), p);
+        __m512i bytes = load_bytes(p, 2 * k->W, nb);
         __m512i f = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi8(k->perm32, bytes), k->shift32),
                                      k->field_mask32);
         *idx = _mm512_srli_epi32(f, k->b);
@@ -182,14 +194,14 @@ TARGET INLINE __m512i sign_of(__m512i x, __m512i y)
 
 enum op { DEQUANTIZE, DOT, DOT_Q8 };
 
-/* One step of ng <= 16 groups whose fields start at p (ng W / 8 bytes, whole since rows are). */
-TARGET INLINE void step(const kernel *k, const uint8_t *p, int64_t g0, int64_t ng, float scale,
+/* One step of ng <= 16 groups whose fields start at p, avail bytes before the row's end. */
+TARGET INLINE void step(const kernel *k, const uint8_t *p, int64_t avail, int64_t g0, int64_t ng, float scale,
                         const float *x, const int8_t *xq, const float *xs, float *out,
                         int ntab, int nlev, int narrow, int exact_div, enum op op, __m512 *acc0, __m512 *acc1)
 {
     __m512i lo, hi, alo, ahi;
     __m512 s;
-    decode16(k, p, ng * k->W / 8, scale, ntab, nlev, narrow, exact_div, op == DEQUANTIZE, &lo, &hi, &alo, &ahi, &s);
+    decode16(k, p, avail, scale, ntab, nlev, narrow, exact_div, op == DEQUANTIZE, &lo, &hi, &alo, &ahi, &s);
     if (ng < 16) s = _mm512_maskz_mov_ps((__mmask16)((1u << ng) - 1), s);   /* padding adds nothing */
     if (op == DOT_Q8) {
         const int8_t *xp = xq + g0 * 8;
@@ -213,86 +225,96 @@ TARGET INLINE void step(const kernel *k, const uint8_t *p, int64_t g0, int64_t n
     }
 }
 
-/* One row; ntab, nlev, narrow, exact_div and op are constants after inlining.  Two steps per iteration give
- * the core two independent dependency chains; the last step of a row whose group count is not a
- * multiple of 16 loads only its bytes and masks what it writes or reads. */
-TARGET INLINE float row_kernel(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
-                               const float *x, const int8_t *xq, const float *xs, float *out,
+/* Rows of a matrix (row r at data + r * row_bytes, its scale scales_f16[r], or `scale` for a single
+ * row when scales_f16 is NULL); ntab, nlev, narrow, exact_div and op are constants after inlining.
+ * Results: y[r] for dots, out + r * n for dequantize.  Two steps per iteration give the core two
+ * independent dependency chains; the last step of a row whose group count is not a multiple of 16
+ * loads only its bytes and masks what it writes or reads. */
+TARGET INLINE void rows_kernel(const pvq_codec *c, const uint8_t *data, size_t row_bytes, int64_t nrows,
+                               const uint16_t *scales_f16, float scale, int64_t n, const float *x,
+                               const int8_t *xq, const float *xs, float *out, float *y,
                                int ntab, int nlev, int narrow, int exact_div, enum op op)
 {
     kernel k;
     kernel_init(&k, c);
     const int64_t G = n / 8;
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    int64_t g0 = 0;
-    for (; g0 + 32 <= G; g0 += 32) {
-        step(&k, row + g0 / 8 * k.W, g0, 16, scale, x, xq, xs, out, ntab, nlev, narrow, exact_div, op, &acc0, &acc1);
-        step(&k, row + (g0 + 16) / 8 * k.W, g0 + 16, 16, scale, x, xq, xs, out, ntab, nlev, narrow, exact_div, op,
-             &acc1, &acc0);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = data + (size_t)r * row_bytes;
+        const float sc = scales_f16 ? _cvtsh_ss(scales_f16[r]) : scale;
+        float *o = op == DEQUANTIZE ? out + r * n : NULL;
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+        int64_t g0 = 0;
+        for (; g0 + 32 <= G; g0 += 32) {
+            step(&k, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, 16, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div, op, &acc0, &acc1);
+            step(&k, row + (g0 + 16) / 8 * k.W, (G - g0 - 16) * k.W / 8, g0 + 16, 16, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div, op,
+                 &acc1, &acc0);
+        }
+        for (; g0 + 16 <= G; g0 += 16)
+            step(&k, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, 16, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div, op, &acc0, &acc1);
+        if (g0 < G)
+            step(&k, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, G - g0, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div, op,
+                 &acc0, &acc1);
+        if (op != DEQUANTIZE) y[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
     }
-    for (; g0 + 16 <= G; g0 += 16)
-        step(&k, row + g0 / 8 * k.W, g0, 16, scale, x, xq, xs, out, ntab, nlev, narrow, exact_div, op, &acc0, &acc1);
-    if (g0 < G) {
-        step(&k, row + g0 / 8 * k.W, g0, G - g0, scale, x, xq, xs, out, ntab, nlev, narrow, exact_div, op, &acc0, &acc1);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 
 /* One specialization per common layout class (tables of 16 or 32 entries in registers, larger
- * ones gathered; narrow or wide fields; division with or without correction); `op` is a constant
- * in each caller. */
-#define SPECIALIZE(OP)                                                                              \
-    const pvq_fast8 *f = c->fast;                                                                   \
-    int ntab = f->ntab, nlev = 1 << c->gain_bits;                                                    \
-    if (ntab == 16 && nlev <= 16 && f->narrow && f->exact_div)                                      \
-        return row_kernel(c, row, scale, n, x, xq, xs, out, 16, 16, 1, 1, OP);                      \
-    if (ntab == 16 && nlev <= 16 && f->narrow)                                                      \
-        return row_kernel(c, row, scale, n, x, xq, xs, out, 16, 16, 1, 0, OP);                      \
-    if (ntab == 32 && nlev <= 16 && f->narrow)                                                      \
-        return row_kernel(c, row, scale, n, x, xq, xs, out, 32, 16, 1, 0, OP);                      \
-    if (ntab == 32 && nlev <= 16)                                                                   \
-        return row_kernel(c, row, scale, n, x, xq, xs, out, 32, 16, 0, 0, OP);                      \
-    if (ntab == 16 && nlev <= 32)                                                                   \
-        return row_kernel(c, row, scale, n, x, xq, xs, out, 16, 32, 0, 0, OP);                      \
-    if (ntab == 32 && nlev <= 32)                                                                   \
-        return row_kernel(c, row, scale, n, x, xq, xs, out, 32, 32, 0, 0, OP);                      \
-    return row_kernel(c, row, scale, n, x, xq, xs, out, ntab, 256, 0, 0, OP)
-
-TARGET static float dequantize_any(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, float *out)
+ * ones gathered; narrow or wide fields; division with or without correction). */
+TARGET static void rows_any(const pvq_codec *c, const uint8_t *data, size_t row_bytes, int64_t nrows,
+                            const uint16_t *scales_f16, float scale, int64_t n, const float *x,
+                            const int8_t *xq, const float *xs, float *out, float *y, enum op op)
 {
-    const float *x = NULL, *xs = NULL;
-    const int8_t *xq = NULL;
-    if (!c->fast) {
-        pvq_dequantize_row_ref(c, row, scale, n, out);
-        return 0.0f;
-    }
-    SPECIALIZE(DEQUANTIZE);
-}
-
-TARGET static float dot_any(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, const float *x)
-{
-    const float *xs = NULL;
-    const int8_t *xq = NULL;
-    float *out = NULL;
-    if (!c->fast) return pvq_dot_row_ref(c, row, scale, n, x);
-    SPECIALIZE(DOT);
-}
-
-TARGET float pvq_dot_row_q8_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
-                                   const int8_t *xq, const float *xs)
-{
-    const float *x = NULL;
-    float *out = NULL;
-    if (!c->fast) return pvq_dot_row_q8_ref(c, row, scale, n, xq, xs);
-    SPECIALIZE(DOT_Q8);
+#define ROWS(NTAB, NLEV, NARROW, EXACT)                                                                      \
+    do {                                                                                                     \
+        if (op == DEQUANTIZE)                                                                                \
+            rows_kernel(c, data, row_bytes, nrows, scales_f16, scale, n, x, xq, xs, out, y, NTAB, NLEV,      \
+                        NARROW, EXACT, DEQUANTIZE);                                                          \
+        else if (op == DOT)                                                                                  \
+            rows_kernel(c, data, row_bytes, nrows, scales_f16, scale, n, x, xq, xs, out, y, NTAB, NLEV,      \
+                        NARROW, EXACT, DOT);                                                                 \
+        else                                                                                                 \
+            rows_kernel(c, data, row_bytes, nrows, scales_f16, scale, n, x, xq, xs, out, y, NTAB, NLEV,      \
+                        NARROW, EXACT, DOT_Q8);                                                              \
+        return;                                                                                              \
+    } while (0)
+    const pvq_fast8 *f = c->fast;
+    int ntab = f->ntab, nlev = 1 << c->gain_bits;
+    if (ntab == 16 && nlev <= 16 && f->narrow && f->exact_div) ROWS(16, 16, 1, 1);
+    if (ntab == 16 && nlev <= 16 && f->narrow) ROWS(16, 16, 1, 0);
+    if (ntab == 32 && nlev <= 16 && f->narrow) ROWS(32, 16, 1, 0);
+    if (ntab == 32 && nlev <= 16) ROWS(32, 16, 0, 0);
+    if (ntab == 16 && nlev <= 32) ROWS(16, 32, 0, 0);
+    if (ntab == 32 && nlev <= 32) ROWS(32, 32, 0, 0);
+    ROWS(ntab, 256, 0, 0);
+#undef ROWS
 }
 
 void pvq_dequantize_row_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, float *out)
 {
-    dequantize_any(c, row, scale, n, out);
+    if (!c->fast) pvq_dequantize_row_ref(c, row, scale, n, out);
+    else rows_any(c, row, 0, 1, NULL, scale, n, NULL, NULL, NULL, out, NULL, DEQUANTIZE);
 }
 
 float pvq_dot_row_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, const float *x)
 {
-    return dot_any(c, row, scale, n, x);
+    float y;
+    if (!c->fast) return pvq_dot_row_ref(c, row, scale, n, x);
+    rows_any(c, row, 0, 1, NULL, scale, n, x, NULL, NULL, NULL, &y, DOT);
+    return y;
+}
+
+float pvq_dot_row_q8_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
+                            const int8_t *xq, const float *xs)
+{
+    float y;
+    if (!c->fast) return pvq_dot_row_q8_ref(c, row, scale, n, xq, xs);
+    rows_any(c, row, 0, 1, NULL, scale, n, NULL, xq, xs, NULL, &y, DOT_Q8);
+    return y;
+}
+
+void pvq_matvec_q8_avx512(const pvq_codec *c, const uint8_t *data, const uint16_t *scales_f16, int64_t rows,
+                          int64_t n, const int8_t *xq, const float *xs, float *y)
+{
+    if (!c->fast) pvq_matvec_q8_ref(c, data, scales_f16, rows, n, xq, xs, y);
+    else rows_any(c, data, pvq_row_bytes(c, n), rows, scales_f16, 0.0f, n, NULL, xq, xs, NULL, y, DOT_Q8);
 }

@@ -119,6 +119,14 @@ float pvq_dot_row_q8_ref(const pvq_codec *c, const uint8_t *row, float scale, in
                          const int8_t *xq, const float *xs);
 float pvq_dot_row_q8_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
                             const int8_t *xq, const float *xs);
+/* y = W x for a whole tensor: rows of pvq_row_bytes(c, n) bytes back to back, fp16 row scales as
+ * stored in "<name>.pvq_scale", activations from pvq_quantize_x_q8 (D == 8 only). */
+void pvq_matvec_q8_ref(const pvq_codec *c, const uint8_t *data, const uint16_t *scales_f16, int64_t rows,
+                       int64_t n, const int8_t *xq, const float *xs, float *y);
+void pvq_matvec_q8_avx512(const pvq_codec *c, const uint8_t *data, const uint16_t *scales_f16, int64_t rows,
+                          int64_t n, const int8_t *xq, const float *xs, float *y);
+/* IEEE half (as stored in F16 tensors) to float, exactly. */
+float pvq_half_to_float(uint16_t h);
 
 /* The best kernels for this CPU and codec (reference when no fast path applies). */
 typedef void (*pvq_dequantize_fn)(const pvq_codec *, const uint8_t *, float, int64_t, float *);

@@ -77,3 +77,20 @@ float pvq_dot_row_q8_ref(const pvq_codec *c, const uint8_t *row, float scale, in
     }
     return acc;
 }
+
+float pvq_half_to_float(uint16_t h)
+{
+    int exp = (h >> 10) & 0x1F, man = h & 0x3FF;
+    float v = exp == 0 ? ldexpf((float)man, -24)                       /* zero, subnormal */
+            : exp == 31 ? (man ? NAN : INFINITY)
+            : ldexpf((float)(man | 0x400), exp - 25);
+    return h & 0x8000 ? -v : v;
+}
+
+void pvq_matvec_q8_ref(const pvq_codec *c, const uint8_t *data, const uint16_t *scales_f16, int64_t rows,
+                       int64_t n, const int8_t *xq, const float *xs, float *y)
+{
+    size_t rb = pvq_row_bytes(c, n);
+    for (int64_t r = 0; r < rows; r++)
+        y[r] = pvq_dot_row_q8_ref(c, data + (size_t)r * rb, pvq_half_to_float(scales_f16[r]), n, xq, xs);
+}
