@@ -84,6 +84,8 @@ def test_matches_llama_cpp(lib, request, name):
         path = ggml_vocab(name)
     vocab = H.vocab_from_gguf(path)
     tok, peer = lib.tokenizer(vocab), peer_vocab(path)
+    assert bool(tok.L.tokenizer_adds_bos(tok.t)) == bool(llama_cpp.llama_vocab_get_add_bos(
+        llama_cpp.llama_model_get_vocab(peer.model)))
     specials = [t.decode() for t, ty in zip(vocab.tokens, vocab.types) if ty == H.TYPE_CONTROL][:40]
     rng = random.Random(sum(map(ord, name)))
     for _ in range(400):
@@ -285,6 +287,10 @@ def test_odd_vocabulary(lib, tmp_path):
     v = tiny_vocab(types=[2, 3, 3, 1, 1, 1, 1, 1, 3, 1, 42])
     tok = lib.tokenizer(v)
     assert tok.encode("ab a", add_special=True, parse_special=True) == [1, 7, 4, 7]  # "▁a" "b" "▁a"; later "a" wins
+    # a character with neither a token nor a byte token becomes <unk>; "A" has its <0x41>
+    plain = lib.tokenizer(tiny_vocab(add_eos=True))
+    assert plain.encode("cA", add_special=True) == [1, 6, 0, 10, 2]
+    assert plain.decode([1, 6, 0, 10, 2]) == b" A" and plain.decode([0], special=True) == b"<unk>"
     bpe = H.Vocab(kind=H.BPE, pre=1, tokens=[b"a", b"b", b"ab", b"", b"<|x|>"], types=[1, 1, 1, 3, 3],
                   merges=[b"a b", b"ab", b" ", b"", b"q r", b"a  b", b"a b"], eos=4)
     btok = lib.tokenizer(bpe)

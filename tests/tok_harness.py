@@ -191,6 +191,7 @@ class Lib:
         L.tokenizer_utf8_incomplete.argtypes = [C.c_char_p, C.c_size_t]
         L.tokenizer_utf8_incomplete.restype = C.c_size_t
         L.tokenizer_is_eog.argtypes = [P, C.c_int32]
+        L.tokenizer_adds_bos.argtypes = [P]
         L.tokenizer_n_tokens.argtypes = [P]
         L.tokenizer_n_tokens.restype = C.c_uint32
 

@@ -940,6 +940,7 @@ size_t tokenizer_utf8_incomplete(const char *buf, size_t len) {
 uint32_t tokenizer_n_tokens(const tokenizer *t) { return t->n_tokens; }
 int32_t tokenizer_bos(const tokenizer *t) { return t->bos; }
 int32_t tokenizer_eos(const tokenizer *t) { return t->eos; }
+int tokenizer_adds_bos(const tokenizer *t) { return t->add_bos; }
 
 int tokenizer_is_eog(const tokenizer *t, int32_t id) {
     return id >= 0 && (uint32_t)id < t->n_tokens && t->eog[id];

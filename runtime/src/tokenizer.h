@@ -84,6 +84,8 @@ size_t tokenizer_utf8_incomplete(const char *buf, size_t len);
 uint32_t tokenizer_n_tokens(const tokenizer *t);
 int32_t tokenizer_bos(const tokenizer *t);
 int32_t tokenizer_eos(const tokenizer *t);
+/* Whether encoding with add_special puts BOS in front (perplexity starts every chunk with it then). */
+int tokenizer_adds_bos(const tokenizer *t);
 /* End of generation: EOS and the end-of-turn tokens llama.cpp recognises by text (<|im_end|>,
  * <|eot_id|>, <|endoftext|>, ...). */
 int tokenizer_is_eog(const tokenizer *t, int32_t id);
