@@ -6,7 +6,8 @@
  * Filling the description from GGUF (as llama.cpp reads the same keys):
  *   kind      tokenizer.ggml.model: "llama" -> TOK_SPM, "gpt2" -> TOK_BPE
  *   pre       tokenizer.ggml.pre (BPE only): "gpt-2" -> GPT2; "llama-bpe", "llama3", "llama-v3" ->
- *             LLAMA_BPE; "smollm" -> SMOLLM; "qwen2" -> QWEN2; "default" or missing -> DEFAULT
+ *             LLAMA_BPE; "smollm" -> SMOLLM; "qwen2" -> QWEN2; "default" or missing -> DEFAULT;
+ *             any other name: not supported, refuse the model with a message naming it
  *   tokens, scores (absent in BPE files: NULL), types (tokenizer.ggml.token_type), merges
  *   bos/eos/unk/pad tokenizer.ggml.{bos,eos,unknown,padding}_token_id; when a key is absent llama.cpp
  *             uses bos 1, eos 2, unk 0 for SPM and bos = eos = 11 for BPE (if inside the vocabulary),
@@ -15,6 +16,14 @@
  *   add_eos   tokenizer.ggml.add_eos_token, default 0
  *   add_space_prefix tokenizer.ggml.add_space_prefix, default 1 for SPM, 0 for BPE
  */
+/* Where it differs from llama.cpp, on purpose:
+ *   - invalid UTF-8 is an error (TOK_ERR_UTF8), where llama.cpp silently reads it as U+FFFD;
+ *   - an SPM character with neither a token nor <0xNN> byte tokens becomes unk_id (llama.cpp throws);
+ *   - code point categories come from Unicode 14 (Python 3.11's unicodedata; llama.cpp has 15.1):
+ *     ~5000 letters/digits assigned since (CJK extensions H and I, some scripts) split differently;
+ *   - per-model lstrip/rstrip of special tokens (phi-3, modern-bert) is not applied;
+ *   - BPE merges whose halves or result are not tokens are ignored.
+ * tests/test_tokenizer.py checks the rest against llama-cpp-python and sentencepiece. */
 #ifndef PVQ_TOKENIZER_H
 #define PVQ_TOKENIZER_H
 
