@@ -11,29 +11,39 @@ int unicode_is_space(uint32_t cp) {
     }
 }
 
+/* The length of the sequence a lead byte starts, or 0 for bytes that start none (continuation bytes,
+ * C0 and C1 which only start overlong forms, F5..FF beyond U+10FFFF). */
+static size_t utf8_seq_len(uint8_t b0) {
+    if (b0 < 0x80) return 1;
+    if (b0 >= 0xc2 && b0 <= 0xdf) return 2;
+    if (b0 >= 0xe0 && b0 <= 0xef) return 3;
+    if (b0 >= 0xf0 && b0 <= 0xf4) return 4;
+    return 0;
+}
+
+/* Whether the second byte is allowed after lead b0: excludes overlongs, surrogates, > U+10FFFF. */
+static int utf8_second_ok(uint8_t b0, uint8_t b1) {
+    if ((b1 & 0xc0) != 0x80) return 0;
+    if (b0 == 0xe0) return b1 >= 0xa0;
+    if (b0 == 0xed) return b1 <= 0x9f;
+    if (b0 == 0xf0) return b1 >= 0x90;
+    if (b0 == 0xf4) return b1 <= 0x8f;
+    return 1;
+}
+
 size_t utf8_decode(const uint8_t *s, size_t len, uint32_t *cp) {
-    uint8_t b0 = s[0];
-    if (b0 < 0x80) {
-        *cp = b0;
+    size_t n = utf8_seq_len(s[0]);
+    if (n == 0 || len < n) return 0;
+    if (n == 1) {
+        *cp = s[0];
         return 1;
     }
-    size_t n;
-    uint32_t c, min;
-    if (b0 >= 0xc2 && b0 <= 0xdf) {
-        n = 2, c = b0 & 0x1f, min = 0x80;
-    } else if (b0 >= 0xe0 && b0 <= 0xef) {
-        n = 3, c = b0 & 0x0f, min = 0x800;
-    } else if (b0 >= 0xf0 && b0 <= 0xf4) {
-        n = 4, c = b0 & 0x07, min = 0x10000;
-    } else {
-        return 0; /* continuation byte, C0/C1 (always overlong) or F5..FF */
-    }
-    if (len < n) return 0;
+    if (!utf8_second_ok(s[0], s[1])) return 0;
+    uint32_t c = s[0] & (0x7f >> n);
     for (size_t i = 1; i < n; i++) {
         if ((s[i] & 0xc0) != 0x80) return 0;
         c = (c << 6) | (s[i] & 0x3f);
     }
-    if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff)) return 0;
     *cp = c;
     return n;
 }
@@ -76,19 +86,13 @@ size_t utf8_encode(uint32_t cp, uint8_t out[4]) {
     return 4;
 }
 
-/* Whether s[0..len) (len < the sequence length) can still be completed into a valid sequence. */
+/* Whether s[0..len) can still be completed into a valid sequence (len below its length). */
 static int utf8_is_valid_prefix(const uint8_t *s, size_t len) {
-    uint8_t b0 = s[0];
-    size_t need = b0 >= 0xc2 && b0 <= 0xdf ? 2 : b0 >= 0xe0 && b0 <= 0xef ? 3 : b0 >= 0xf0 && b0 <= 0xf4 ? 4 : 0;
-    if (need == 0 || len >= need) return 0;
-    for (size_t i = 1; i < len; i++)
+    size_t need = utf8_seq_len(s[0]);
+    if (need <= len) return 0; /* complete, or never valid (need 0) */
+    if (len >= 2 && !utf8_second_ok(s[0], s[1])) return 0;
+    for (size_t i = 2; i < len; i++)
         if ((s[i] & 0xc0) != 0x80) return 0;
-    if (len >= 2) { /* the second byte's range excludes overlongs, surrogates and > U+10FFFF */
-        uint8_t b1 = s[1];
-        if ((b0 == 0xe0 && b1 < 0xa0) || (b0 == 0xed && b1 > 0x9f) || (b0 == 0xf0 && b1 < 0x90) ||
-            (b0 == 0xf4 && b1 > 0x8f))
-            return 0;
-    }
     return 1;
 }
 
