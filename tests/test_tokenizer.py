@@ -157,8 +157,10 @@ def test_invalid_utf8_is_an_error(lib, name):
                 tok.encode(data, special, special)
             assert e.value.code == H.ERR_UTF8, data
     rng = random.Random(7)
-    for _ in range(3000):  # random bytes: an error exactly when Python's strict decoder refuses them
-        data = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 12)))
+    random_bytes = [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 12))) for _ in range(3000)]
+    every_pair = [bytes([a, b]) for a in range(256) for b in range(256)]
+    long_leads = [bytes([a, b, 0x80, 0x80][:3 if a < 0xF0 else 4]) for a in range(0xE0, 0x100) for b in range(256)]
+    for data in random_bytes + every_pair + long_leads:  # an error exactly when Python's decoder refuses
         try:
             data.decode("utf-8")
             valid = True
