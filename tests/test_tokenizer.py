@@ -303,6 +303,37 @@ def test_odd_vocabulary(lib, tmp_path):
         assert result.returncode == 0 and "Sanitizer" not in result.stderr, result.stderr[-3000:]
 
 
+def random_vocab(rng: random.Random) -> H.Vocab:
+    """Arbitrary bytes as token texts (duplicates, empty, invalid UTF-8), arbitrary scores, types,
+    merges and special ids."""
+    alphabet = [b"a", b"b", b" ", b"\n", b"<", b">", "\u2581".encode(), "é".encode(), b"\xc3", b"\xff", b"'s", b"1"]
+    tokens = [b"".join(rng.choice(alphabet) for _ in range(rng.randrange(4))) for _ in range(rng.randrange(1, 300))]
+    tokens += [f"<0x{b:02X}>".encode() for b in rng.sample(range(256), rng.randrange(256))]
+    n = len(tokens)
+    merges = [rng.choice(tokens) + rng.choice([b" ", b"", b"  "]) + rng.choice(tokens) for _ in range(rng.randrange(400))]
+    ids = lambda: rng.randrange(-3, n)  # noqa: E731
+    kind = rng.choice([H.SPM, H.BPE])
+    bos, eos = ids(), ids()
+    return H.Vocab(kind=kind, pre=rng.randrange(5) if kind == H.BPE else 0, tokens=tokens,
+                   scores=[rng.choice([0.0, -0.0, -1.0, rng.uniform(-20, 5), float("nan")]) for _ in range(n)],
+                   types=[rng.randrange(-1, 9) for _ in range(n)], merges=merges, bos=bos, eos=eos, unk=ids(),
+                   pad=ids(), add_bos=bos >= 0 and rng.random() < 0.5, add_eos=eos >= 0 and rng.random() < 0.5,
+                   add_space_prefix=rng.random() < 0.5)
+
+
+def test_random_vocabularies_under_sanitizers(tmp_path):
+    rng = random.Random(5)
+    exe = H.build_fuzz_driver()
+    for _ in range(12):
+        vocab = random_vocab(rng)
+        inputs = [(bytes(rng.randrange(256) for _ in range(rng.randrange(16))), rng.randrange(4)) for _ in range(100)]
+        inputs += [(random_text(rng, [t.decode(errors="replace") for t in vocab.tokens[:30]]).encode(),
+                    rng.randrange(4)) for _ in range(200)]
+        result = H.run_fuzz_driver(exe, vocab, inputs, tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-500:]
+        assert "Sanitizer" not in result.stderr and "runtime error" not in result.stderr, result.stderr[-3000:]
+
+
 def test_unicode_tables_are_generated(tmp_path):
     """The committed table is what the generator writes from this Python's unicodedata."""
     import subprocess
