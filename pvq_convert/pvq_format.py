@@ -169,18 +169,27 @@ def unpack_rows(rows: np.ndarray, lay: Layout) -> tuple[torch.Tensor, torch.Tens
 
 # ---------------------------------------------------------------- writing and reading GGUF
 
-def add_pvq_tensor(writer: gguf.GGUFWriter, name: str, q: Quantized) -> None:
-    """Add a PVQ-coded matrix to a GGUFWriter: the packed tensor, its row scales, its gain levels.
-
-    The GGUF shape is the weight's [n_in, n_out] (ne0 first), as for every ggml type.
-    """
+def pvq_entries(name: str, q: Quantized):
+    """What a PVQ matrix adds to a GGUF file, for writers that stream tensors themselves:
+    ([(tensor name, numpy data, raw ggml type or None)], {metadata key: float32 list}).
+    The packed rows are uint8 (n_out, row_bytes) with raw type PVQ (GGUF shape [n_in, n_out]);
+    the scales float16 (n_out,)."""
     lay = layout(q.D, q.K, len(q.levels).bit_length() - 1)
     if len(q.levels) != 1 << lay.gain_bits:
         raise ValueError("gain level count must be a power of two")
-    rows = pack_rows(q.index, q.code, lay)
-    writer.add_tensor(name, rows, raw_dtype=gguf_type(lay))
-    writer.add_tensor(name + SCALE_SUFFIX, q.scale.cpu().numpy().astype(np.float16))
-    writer.add_array(LEVELS_KEY + name, [float(v) for v in q.levels.cpu().to(torch.float32)])
+    tensors = [(name, pack_rows(q.index, q.code, lay), gguf_type(lay)),
+               (name + SCALE_SUFFIX, q.scale.cpu().numpy().astype(np.float16), None)]
+    return tensors, {LEVELS_KEY + name: [float(v) for v in q.levels.cpu().to(torch.float32)]}
+
+
+def add_pvq_tensor(writer: gguf.GGUFWriter, name: str, q: Quantized) -> None:
+    """Add a PVQ-coded matrix to a GGUFWriter: the packed tensor, its row scales, its gain levels,
+    and the codec version key (once per file)."""
+    tensors, keys = pvq_entries(name, q)
+    for tname, data, raw in tensors:
+        writer.add_tensor(tname, data, raw_dtype=raw)
+    for key, levels in keys.items():
+        writer.add_array(key, levels)
     if not any(VERSION_KEY in kv for kv in writer.kv_data):
         writer.add_uint32(VERSION_KEY, VERSION)
 
