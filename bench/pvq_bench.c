@@ -1,7 +1,7 @@
 /* Decode throughput of the PVQ kernels: one thread, a matrix of random valid rows larger than the
  * caches, y = W x row by row (dot) or each row decoded to floats (dequantize).
  * usage: pvq_bench D K gain_bits n rows kernel(ref|scalar|avx2|avx512) op(dot|dot_q8|dequantize) repeats
- * dot_q8 quantizes x once (pvq_quantize_x_q8, timed) and runs the integer matvec (ref or avx512). */
+ * dot_q8 quantizes x once (pvq_quantize_x_q8, timed) and runs the integer matvec (ref, avx2 or avx512). */
 #define _POSIX_C_SOURCE 199309L
 #include "pvq_codec.h"
 
@@ -43,7 +43,7 @@ int main(int argc, char **argv)
     uint32_t id = PVQ_TYPE_BASE | (uint32_t)D << 20 | (uint32_t)b << 16 | (uint32_t)K;
     if (pvq_codec_init(&c, id, levels, (size_t)1 << b, err, sizeof err)) { fprintf(stderr, "%s\n", err); return 1; }
     size_t rb = pvq_row_bytes(&c, n);
-    if (!rb) { fprintf(stderr, "bad row length\n"); return 1; }
+    if (!rb) { fprintf(stderr, "bad row length\n"); pvq_codec_free(&c); return 1; }
     pvq_dequantize_fn deq = pvq_dequantize_row_ref;
     pvq_dot_fn dot = pvq_dot_row_ref;
     void (*matvec_q8)(const pvq_codec *, const uint8_t *, const uint16_t *, int64_t, int64_t, const int8_t *,
@@ -52,13 +52,13 @@ int main(int argc, char **argv)
         deq = pvq_dequantize_row_scalar; dot = pvq_dot_row_scalar;
     } else if (!strcmp(kind, "avx2")) {
         if (!c.fast || !pvq_avx2_supported()) { fprintf(stderr, "no avx2 path\n"); return 1; }
-        deq = pvq_dequantize_row_avx2; dot = pvq_dot_row_avx2;
+        deq = pvq_dequantize_row_avx2; dot = pvq_dot_row_avx2; matvec_q8 = pvq_matvec_q8_avx2;
     } else if (!strcmp(kind, "avx512")) {
         if (!c.fast || !pvq_avx512_supported()) { fprintf(stderr, "no avx512 path\n"); return 1; }
         deq = pvq_dequantize_row_avx512; dot = pvq_dot_row_avx512; matvec_q8 = pvq_matvec_q8_avx512;
     }
-    if (!strcmp(op, "dot_q8") && (D != 8 || !strcmp(kind, "avx2") || !strcmp(kind, "scalar"))) {
-        fprintf(stderr, "dot_q8: D == 8 with ref or avx512 only\n");
+    if (!strcmp(op, "dot_q8") && (D != 8 || !strcmp(kind, "scalar"))) {
+        fprintf(stderr, "dot_q8: D == 8 with ref, avx2 or avx512 only\n");
         return 1;
     }
     int8_t *xq = malloc((n + 127) / 128 * 128);

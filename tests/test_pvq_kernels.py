@@ -98,9 +98,9 @@ def test_q8_dot(kernels, K, b):
         assert np.all(np.abs(ref - exact) <= 1e-5 * mag)
         # and W x up to the activation rounding (|x - xd| <= xs / 2 per element)
         assert np.all(np.abs(exact - w @ x) <= np.abs(w) @ np.repeat(xs / 2, 128)[:n] * 1.0001)
-        if kernels.avx512:
-            got, _, _ = q8_dot(c, rows, scales, n, x, "avx512")
-            assert np.all(np.abs(got - exact) <= 1e-5 * mag)
+        for kind in [k for k in ("avx2", "avx512") if getattr(kernels, k)]:
+            got, _, _ = q8_dot(c, rows, scales, n, x, kind)
+            assert np.all(np.abs(got - exact) <= 1e-5 * mag), kind
 
 
 @pytest.mark.parametrize("bits", [2.25, 3.25])
@@ -136,10 +136,31 @@ def test_matvec_q8_with_fp16_scales(kernels):
     x = rng.standard_normal(n).astype(np.float32)
     per_row, xq, xs = q8_dot(c, packed, scales, n, x, "ref")
     L = c.k.lib
-    for kind in ["ref"] + (["avx512"] if kernels.avx512 else []):
+    for kind in ["ref"] + [k for k in ("avx2", "avx512") if getattr(kernels, k)]:
         fn = getattr(L, f"pvq_matvec_q8_{kind}")
         fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3
         y = np.zeros(rows, dtype=np.float32)
         data = np.ascontiguousarray(packed)
         fn(c.buf, data.ctypes.data, scales.ctypes.data, rows, n, xq.ctypes.data, xs.ctypes.data, y.ctypes.data)
         assert np.allclose(y, per_row, rtol=1e-5, atol=1e-6 * np.abs(per_row).max()), kind
+
+
+def test_kernel_selection(kernels):
+    import ctypes
+
+    class Sel(ctypes.Structure):
+        _fields_ = [("name", ctypes.c_char_p), ("dequantize", ctypes.c_void_p), ("dot", ctypes.c_void_p),
+                    ("matvec_q8", ctypes.c_void_p)]
+    L = kernels.lib
+    L.pvq_select_kernels.argtypes = [ctypes.c_void_p, ctypes.POINTER(Sel)]
+    lay = pvq_presets.preset(3.25)
+    sel = Sel()
+    codec = kernels.codec(lay.type_id, np.arange(1, 9))
+    L.pvq_select_kernels(codec.buf, ctypes.byref(sel))
+    expected = "avx512" if kernels.avx512 else "avx2" if kernels.avx2 else "scalar"
+    assert sel.name.decode() == expected and sel.matvec_q8
+    assert sel.dot == ctypes.cast(getattr(L, f"pvq_dot_row_{expected}"), ctypes.c_void_p).value
+    wide = pvq_format.layout(16, 26, 5)          # no fast path: the reference, no Q8 matvec
+    codec = kernels.codec(wide.type_id, np.arange(1, 33))
+    L.pvq_select_kernels(codec.buf, ctypes.byref(sel))
+    assert sel.name.decode() == "ref" and not sel.matvec_q8

@@ -174,3 +174,40 @@ TARGET float pvq_dot_row_avx2(const pvq_codec *c, const uint8_t *row, float scal
     h = _mm_add_ss(h, _mm_movehdup_ps(h));
     return _mm_cvtss_f32(h) + pvq_dot_groups_ref(c, row, g0, G, scale, x);
 }
+
+/* Integer dot with Q8 activations (pvq_quantize_x_q8): chunk c of step s meets the 32 bytes at
+ * xq + 128 s + 32 c of each half plane; y . x = |y| . (sign(y) x) in vpmaddubsw (|y|, |x| <= 127:
+ * pair sums stay below 2^15). */
+TARGET float pvq_dot_row_q8_avx2(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
+                                 const int8_t *xq, const float *xs)
+{
+    if (!c->fast) return pvq_dot_row_q8_ref(c, row, scale, n, xq, xs);
+    const int64_t G = n / 8;
+    const __m256i ones = _mm256_set1_epi16(1);
+    uint8_t buf[72] = {0};
+    __m256 acc = _mm256_setzero_ps();
+    int64_t g0 = 0;
+    for (; g0 + 8 <= G; g0 += 8) {
+        __m256i lo, hi;
+        __m256 s;
+        decode8(c, chunk(row, g0, G, c->field_bits, buf), scale, &lo, &hi, &s);
+        const int8_t *xp = xq + g0 / 16 * 128 + (g0 % 16) * 4;
+        __m256i xlo = _mm256_loadu_si256((const __m256i *)xp), xhi = _mm256_loadu_si256((const __m256i *)(xp + 64));
+        __m256i d = _mm256_add_epi32(
+            _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(lo), _mm256_sign_epi8(xlo, lo)), ones),
+            _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(hi), _mm256_sign_epi8(xhi, hi)), ones));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(s, _mm256_set1_ps(xs[g0 / 16])), acc);
+    }
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h) + pvq_dot_groups_q8_ref(c, row, g0, G, scale, xq, xs);
+}
+
+void pvq_matvec_q8_avx2(const pvq_codec *c, const uint8_t *data, const uint16_t *scales_f16, int64_t rows,
+                        int64_t n, const int8_t *xq, const float *xs, float *y)
+{
+    size_t rb = pvq_row_bytes(c, n);
+    for (int64_t r = 0; r < rows; r++)
+        y[r] = pvq_dot_row_q8_avx2(c, data + (size_t)r * rb, pvq_half_to_float(scales_f16[r]), n, xq, xs);
+}

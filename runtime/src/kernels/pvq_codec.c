@@ -257,18 +257,26 @@ int pvq_validate_tensor(const pvq_codec *c, const uint8_t *data, size_t nbytes, 
     return 0;
 }
 
-void pvq_select_kernels(const pvq_codec *c, pvq_dequantize_fn *dequantize, pvq_dot_fn *dot)
+void pvq_select_kernels(const pvq_codec *c, pvq_kernels *k)
 {
-    *dequantize = pvq_dequantize_row_ref;
-    *dot = pvq_dot_row_ref;
+    k->name = "ref";
+    k->dequantize = pvq_dequantize_row_ref;
+    k->dot = pvq_dot_row_ref;
+    k->matvec_q8 = c->D == 8 ? pvq_matvec_q8_ref : NULL;
     if (!c->fast) return;
-    *dequantize = pvq_dequantize_row_scalar;
-    *dot = pvq_dot_row_scalar;
     if (pvq_avx512_supported()) {
-        *dequantize = pvq_dequantize_row_avx512;
-        *dot = pvq_dot_row_avx512;
+        k->name = "avx512";
+        k->dequantize = pvq_dequantize_row_avx512;
+        k->dot = pvq_dot_row_avx512;
+        k->matvec_q8 = pvq_matvec_q8_avx512;
     } else if (pvq_avx2_supported()) {
-        *dequantize = pvq_dequantize_row_avx2;
-        *dot = pvq_dot_row_avx2;
+        k->name = "avx2";
+        k->dequantize = pvq_dequantize_row_avx2;
+        k->dot = pvq_dot_row_avx2;
+        k->matvec_q8 = pvq_matvec_q8_avx2;
+    } else {
+        k->name = "scalar";
+        k->dequantize = pvq_dequantize_row_scalar;
+        k->dot = pvq_dot_row_scalar;
     }
 }

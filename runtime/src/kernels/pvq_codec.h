@@ -114,24 +114,40 @@ float pvq_dot_row_avx512(const pvq_codec *c, const uint8_t *row, float scale, in
  * xq[128 s + 64 h + 4 g + j] = q(x[128 s + 8 g + 4 h + j]) (h: half, g: group, j < 4).
  * xq needs 128 * ceil(n / 128) bytes, xs ceil(n / 128) floats; the last step is zero-padded. */
 void pvq_quantize_x_q8(const float *x, int64_t n, int8_t *xq, float *xs);
-/* D == 8 only (the caller checks c->D). */
+/* D == 8 only (the caller checks c->D).  The groups variant covers groups [g0, g1) of a row. */
+float pvq_dot_groups_q8_ref(const pvq_codec *c, const uint8_t *row, int64_t g0, int64_t g1, float scale,
+                            const int8_t *xq, const float *xs);
 float pvq_dot_row_q8_ref(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
                          const int8_t *xq, const float *xs);
+float pvq_dot_row_q8_avx2(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
+                          const int8_t *xq, const float *xs);
 float pvq_dot_row_q8_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
                             const int8_t *xq, const float *xs);
 /* y = W x for a whole tensor: rows of pvq_row_bytes(c, n) bytes back to back, fp16 row scales as
  * stored in "<name>.pvq_scale", activations from pvq_quantize_x_q8 (D == 8 only). */
 void pvq_matvec_q8_ref(const pvq_codec *c, const uint8_t *data, const uint16_t *scales_f16, int64_t rows,
                        int64_t n, const int8_t *xq, const float *xs, float *y);
+void pvq_matvec_q8_avx2(const pvq_codec *c, const uint8_t *data, const uint16_t *scales_f16, int64_t rows,
+                        int64_t n, const int8_t *xq, const float *xs, float *y);
 void pvq_matvec_q8_avx512(const pvq_codec *c, const uint8_t *data, const uint16_t *scales_f16, int64_t rows,
                           int64_t n, const int8_t *xq, const float *xs, float *y);
 /* IEEE half (as stored in F16 tensors) to float, exactly. */
 float pvq_half_to_float(uint16_t h);
 
-/* The best kernels for this CPU and codec (reference when no fast path applies). */
+/* The best kernels for this CPU and codec: the reference when no fast path applies (D != 8 or a
+ * 32-bit index), else AVX-512, AVX2 or the portable table-driven ones.  matvec_q8 is NULL when
+ * D != 8 (use dot with float activations then). */
 typedef void (*pvq_dequantize_fn)(const pvq_codec *, const uint8_t *, float, int64_t, float *);
 typedef float (*pvq_dot_fn)(const pvq_codec *, const uint8_t *, float, int64_t, const float *);
-void pvq_select_kernels(const pvq_codec *c, pvq_dequantize_fn *dequantize, pvq_dot_fn *dot);
+typedef void (*pvq_matvec_q8_fn)(const pvq_codec *, const uint8_t *, const uint16_t *, int64_t, int64_t,
+                                 const int8_t *, const float *, float *);
+typedef struct pvq_kernels {
+    const char *name;                 /* "ref", "scalar", "avx2" or "avx512" */
+    pvq_dequantize_fn dequantize;
+    pvq_dot_fn dot;
+    pvq_matvec_q8_fn matvec_q8;
+} pvq_kernels;
+void pvq_select_kernels(const pvq_codec *c, pvq_kernels *k);
 
 /* Field g of a row (W bits at bit g * W); reads only bytes of the row. */
 static inline uint64_t pvq_read_field(const uint8_t *row, int64_t g, int W)

@@ -63,12 +63,12 @@ void pvq_quantize_x_q8(const float *x, int64_t n, int8_t *xq, float *xs)
     }
 }
 
-float pvq_dot_row_q8_ref(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
-                         const int8_t *xq, const float *xs)
+float pvq_dot_groups_q8_ref(const pvq_codec *c, const uint8_t *row, int64_t g0, int64_t g1, float scale,
+                            const int8_t *xq, const float *xs)
 {
     int32_t y[8];
     float acc = 0.0f;
-    for (int64_t g = 0; g < n / 8; g++) {
+    for (int64_t g = g0; g < g1; g++) {
         float s = group(c, row, g, scale, y);
         int64_t st = g / 16, gl = g % 16;
         int32_t d = 0;
@@ -76,6 +76,12 @@ float pvq_dot_row_q8_ref(const pvq_codec *c, const uint8_t *row, float scale, in
         acc += s * xs[st] * (float)d;
     }
     return acc;
+}
+
+float pvq_dot_row_q8_ref(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
+                         const int8_t *xq, const float *xs)
+{
+    return pvq_dot_groups_q8_ref(c, row, 0, n / 8, scale, xq, xs);
 }
 
 float pvq_half_to_float(uint16_t h)
