@@ -6,9 +6,10 @@ from pvq_convert import pvq, pvq_format, pvq_gain, pvq_presets
 from tests.pvq_clib import Kernels
 
 # The presets, plus layouts that exercise the other kernel specializations: 32-entry tables (K >= 15),
-# 5 gain bits (32 levels), 6 gain bits (gathered levels), wide fields (> 32 bits), K = 31 (gathered tables).
+# 5 gain bits (32 levels), 6 gain bits (gathered levels), wide fields (> 32 bits), K = 31 (gathered tables),
+# fields of 10 and 6 bits (several fields per byte).
 LAYOUTS = [(pvq_presets.preset(b).K, pvq_presets.preset(b).gain_bits) for b in sorted(pvq_presets.PRESETS)] + \
-          [(13, 4), (20, 5), (12, 6), (31, 2), (3, 1)]
+          [(13, 4), (20, 5), (12, 6), (31, 2), (3, 1), (1, 2)]
 ROW_LENGTHS = [576, 1536, 192, 160, 224]    # 72, 192, 24, 20, 28 groups: steps of 16 and tails of 8, 4, 12
 
 

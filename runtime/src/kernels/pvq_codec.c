@@ -98,7 +98,7 @@ void pvq_decode_point(const pvq_codec *c, uint64_t index, int32_t *y)
 static void free_fast(pvq_fast8 *f)
 {
     if (!f) return;
-    free(f->cum); free(f->n2); free(f->inv_n2); free(f->base_lo); free(f->base_hi); free(f->lut4);
+    free(f->cum); free(f->n2); free(f->inv_n2); free(f->base_lo); free(f->base_hi); free(f->lut4); free(f->bucket_k1);
     free(f);
 }
 
@@ -148,6 +148,17 @@ static pvq_fast8 *build_fast8(const pvq_codec *c)
         } else {
             f->cum[j] = 0x7FFFFFFFu;      /* above every index (indices < 2^31) */
         }
+    }
+    uint64_t narrowest = UINT64_MAX;
+    for (int j = 0; j <= K; j++)
+        if (N(c, 4, j) * N(c, 4, K - j) < narrowest) narrowest = N(c, 4, j) * N(c, 4, K - j);
+    f->bucket_shift = bit_length(narrowest) - 1;
+    size_t nb = (size_t)((c->n_points - 1) >> f->bucket_shift) + 1;
+    f->bucket_k1 = malloc(nb);
+    if (!f->bucket_k1) goto fail;
+    for (size_t bkt = 0, k1 = 0; bkt < nb; bkt++) {
+        while (k1 < (size_t)K && f->cum[k1 + 1] <= (uint64_t)bkt << f->bucket_shift) k1++;
+        f->bucket_k1[bkt] = (uint8_t)k1;
     }
     for (int j = 0; j < 8; j++) {
         int byte = j * c->field_bits / 8;

@@ -30,6 +30,10 @@ typedef struct pvq_fast8 {
     uint32_t *base_hi;        /* base_hi[k1] = offset of P(4, K - k1) in lut4 */
     uint32_t *lut4;
     size_t lut4_len;
+    /* k1 of an index without a search (the scalar kernel): every class [cum[k1], cum[k1+1]) is at
+     * least 2^bucket_shift wide, so the class of idx is bucket_k1[idx >> bucket_shift] or the next. */
+    uint8_t *bucket_k1;
+    int bucket_shift;
     /* AVX-512 field extraction.  Wide: qword j of an 8-group chunk gathers bytes j*W/8 + t (t < 8),
      * shifted right by (j*W) % 8.  Narrow (every field of a 16-group step fits a dword after its
      * byte offset): dword j of the step gathers bytes j*W/8 + t (t < 4), shifted by (j*W) % 8. */

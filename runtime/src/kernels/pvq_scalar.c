@@ -1,5 +1,5 @@
 /* Portable table-driven kernels of the PVQ type for D == 8 (codec->fast), no SIMD: the same
- * decomposition as the vector kernels (binary search of k1 in the cumulative table, one division
+ * decomposition as the vector kernels (k1 from a bucket table and one compare, one division
  * by a float reciprocal with one correction, two lookups of 4-dim points), one group at a time.
  * Dequantize is bit-identical to pvq_ref.c; dot differs only by summation order. */
 #include "pvq_codec.h"
@@ -7,10 +7,11 @@
 #include <math.h>
 #include <string.h>
 
-/* Field g of a row of G groups; a single unaligned 8-byte load except near the row's end. */
+/* Field g of a row of G groups; a single unaligned 8-byte load unless it would pass the row's end
+ * (the load starts at byte g W / 8, the row ends at byte G W / 8). */
 static inline uint64_t field(const uint8_t *row, int64_t g, int64_t G, int W)
 {
-    if (g + 8 >= G) return pvq_read_field(row, g, W);
+    if ((G - g) * W < 64) return pvq_read_field(row, g, W);
     uint64_t bit = (uint64_t)g * (uint64_t)W, v;
     memcpy(&v, row + (bit >> 3), 8);
     return (v >> (bit & 7)) & ((UINT64_C(1) << W) - 1);
@@ -23,9 +24,8 @@ static inline float decode(const pvq_codec *c, const uint8_t *row, int64_t g, in
     const pvq_fast8 *f = c->fast;
     uint64_t v = field(row, g, G, c->field_bits);
     uint32_t idx = (uint32_t)(v >> c->gain_bits);
-    int k1 = 0;
-    for (int step = f->ntab / 2; step; step /= 2)
-        if (f->cum[k1 + step] <= idx) k1 += step;
+    int k1 = f->bucket_k1[idx >> f->bucket_shift];
+    k1 += f->cum[k1 + 1] <= idx;
     int32_t r = (int32_t)(idx - f->cum[k1]), n2 = (int32_t)f->n2[k1];
     int32_t q = (int32_t)((float)r * f->inv_n2[k1]);
     int32_t rem = r - q * n2;
