@@ -1,0 +1,105 @@
+/* pvq runtime: the C API (used by pvqrun and the Python bindings).
+ *
+ * Errors: functions that can fail return a pvq_status and write a NUL-terminated message to the
+ * caller's err buffer (err may be NULL when err_len is 0). The library never exits or aborts.
+ * Threads: a model is read-only after loading and may be shared; a context belongs to one thread. */
+#ifndef PVQ_H
+#define PVQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    PVQ_OK = 0,
+    PVQ_ERR_IO = 1,          /* cannot open or map the file */
+    PVQ_ERR_FORMAT = 2,      /* malformed or unsupported file */
+    PVQ_ERR_NOMEM = 3,
+    PVQ_ERR_ARG = 4,         /* bad argument (token id out of range, zero sizes, ...) */
+    PVQ_ERR_CONTEXT_FULL = 5,/* more tokens than the context holds */
+    PVQ_ERR_UTF8 = 6,        /* text is not valid UTF-8 */
+    PVQ_ERR_TOO_LONG = 7,    /* text or token list too long for the buffer given */
+} pvq_status;
+
+typedef struct pvq_model pvq_model;
+typedef struct pvq_context pvq_context;
+typedef struct pvq_sampler pvq_sampler;
+
+/* ---- model */
+pvq_status pvq_model_load(const char *path, pvq_model **out, char *err, size_t err_len);
+void pvq_model_free(pvq_model *m);
+int32_t pvq_n_vocab(const pvq_model *m);
+int32_t pvq_n_ctx_train(const pvq_model *m);
+int32_t pvq_n_embd(const pvq_model *m);
+int32_t pvq_n_layer(const pvq_model *m);
+/* Writes a one-line description (architecture, sizes, weight types, SIMD kernels). */
+void pvq_model_describe(const pvq_model *m, char *buf, size_t len);
+
+/* ---- tokens */
+int32_t pvq_token_bos(const pvq_model *m);
+int32_t pvq_token_eos(const pvq_model *m);
+int pvq_token_is_eog(const pvq_model *m, int32_t id);
+int pvq_adds_bos(const pvq_model *m);
+/* Tokenizes UTF-8 text. add_special: BOS/EOS as the vocabulary asks; parse_special: recognise control
+ * tokens' texts. On success *n_out tokens were written; when max_tokens is too small the status is
+ * PVQ_ERR_TOO_LONG and *n_out is the count needed. */
+pvq_status pvq_tokenize(const pvq_model *m, const char *text, size_t len, int add_special, int parse_special,
+                        int32_t *out, int32_t max_tokens, int32_t *n_out, char *err, size_t err_len);
+/* Bytes of one token (may be part of a UTF-8 character). Returns the byte count, or -(needed) when
+ * buf_len is too small, or INT32_MIN for a bad id. special: render control tokens' text. */
+int32_t pvq_token_to_piece(const pvq_model *m, int32_t id, char *buf, int32_t buf_len, int special);
+/* Streaming: how many trailing bytes of buf (0..3) start an incomplete UTF-8 character. */
+size_t pvq_utf8_incomplete(const char *buf, size_t len);
+
+/* IEEE half precision, round to nearest even (pvqrun stores base log-probabilities with it). */
+uint16_t pvq_f32_to_f16(float f);
+float pvq_f16_to_f32(uint16_t h);
+
+/* ---- context: KV cache, scratch, threads */
+typedef struct {
+    int32_t n_ctx;      /* tokens the KV cache holds; 0: the model's training context, capped at 4096 */
+    int32_t n_batch;    /* tokens per forward pass (prompts are split); 0: 512 */
+    int32_t n_threads;  /* 0: the number of online CPUs */
+    int32_t logits_all; /* keep logits of every token of an eval, not just the last */
+} pvq_context_params;
+
+pvq_context_params pvq_context_default_params(void);
+pvq_status pvq_context_new(const pvq_model *m, const pvq_context_params *p, pvq_context **out, char *err,
+                           size_t err_len);
+void pvq_context_free(pvq_context *c);
+int32_t pvq_n_ctx(const pvq_context *c);
+int32_t pvq_n_past(const pvq_context *c);
+/* Forget the cache from position n_keep on (0 clears it). */
+void pvq_kv_truncate(pvq_context *c, int32_t n_keep);
+/* Appends n tokens after the cached ones and runs the model on them. */
+pvq_status pvq_eval(pvq_context *c, const int32_t *tokens, int32_t n, char *err, size_t err_len);
+/* Logits (n_vocab floats) of the i-th token of the last eval; i = -1 is its last token. With
+ * logits_all off only the last is available. NULL when i is out of range. */
+const float *pvq_logits(const pvq_context *c, int32_t i);
+
+/* ---- sampling */
+typedef struct {
+    float temp;           /* <= 0: greedy */
+    int32_t top_k;        /* <= 0: off */
+    float top_p;          /* >= 1: off */
+    float min_p;          /* <= 0: off */
+    float repeat_penalty; /* 1: off */
+    int32_t repeat_last_n;/* tokens the penalty looks back over */
+    uint64_t seed;
+} pvq_sampler_params;
+
+pvq_sampler_params pvq_sampler_default_params(void);
+pvq_status pvq_sampler_new(const pvq_sampler_params *p, int32_t n_vocab, pvq_sampler **out, char *err,
+                           size_t err_len);
+void pvq_sampler_free(pvq_sampler *s);
+/* Records a token (prompt or generated) for the repetition penalty. */
+void pvq_sampler_accept(pvq_sampler *s, int32_t token);
+int32_t pvq_sampler_sample(pvq_sampler *s, const float *logits);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,168 @@
+/* The public API (pvq.h) over model.c, vocab.c and the tokenizer. */
+#include "pvq.h"
+#include "model.h"
+#include "vocab.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct pvq_model {
+    model m;
+    tokenizer *tok;
+};
+
+struct pvq_context {
+    const pvq_model *model;
+    state s;
+};
+
+static pvq_status error(pvq_status st, char *err, size_t err_len, const char *fmt, ...) {
+    if (err_len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, err_len, fmt, ap);
+        va_end(ap);
+    }
+    return st;
+}
+
+pvq_status pvq_model_load(const char *path, pvq_model **out, char *err, size_t err_len) {
+    *out = NULL;
+    pvq_model *pm = calloc(1, sizeof *pm);
+    if (!pm) return error(PVQ_ERR_NOMEM, err, err_len, "out of memory");
+    char msg[512];
+    if (model_load(&pm->m, path, msg, sizeof msg)) {
+        free(pm);
+        /* model_load reports I/O problems as "cannot open/map ..." */
+        return error(strncmp(msg, "cannot ", 7) ? PVQ_ERR_FORMAT : PVQ_ERR_IO, err, err_len, "%s", msg);
+    }
+    pm->tok = vocab_load(&pm->m.file, pm->m.n_vocab, msg, sizeof msg);
+    if (!pm->tok) {
+        model_free(&pm->m);
+        free(pm);
+        return error(PVQ_ERR_FORMAT, err, err_len, "%s: %s", path, msg);
+    }
+    *out = pm;
+    return PVQ_OK;
+}
+
+void pvq_model_free(pvq_model *pm) {
+    if (!pm) return;
+    tokenizer_free(pm->tok);
+    model_free(&pm->m);
+    free(pm);
+}
+
+int32_t pvq_n_vocab(const pvq_model *pm) { return pm->m.n_vocab; }
+int32_t pvq_n_ctx_train(const pvq_model *pm) { return pm->m.n_ctx_train; }
+int32_t pvq_n_embd(const pvq_model *pm) { return pm->m.dim; }
+int32_t pvq_n_layer(const pvq_model *pm) { return pm->m.n_layer; }
+
+void pvq_model_describe(const pvq_model *pm, char *buf, size_t len) {
+    const model *m = &pm->m;
+    snprintf(buf, len, "%s: %d layers, dim %d, ffn %d, %d heads (%d kv), vocab %d, weights %s, output %s, kernels %s",
+             m->arch == ARCH_LLAMA ? "llama" : "qwen2", m->n_layer, m->dim, m->ffn_dim, m->n_head, m->n_head_kv,
+             m->n_vocab, type_get(m->layers[0].wq.type)->name,
+             m->output.data == m->tok_embd.data ? "tied" : type_get(m->output.type)->name, type_simd_name());
+}
+
+int32_t pvq_token_bos(const pvq_model *pm) { return tokenizer_bos(pm->tok); }
+int32_t pvq_token_eos(const pvq_model *pm) { return tokenizer_eos(pm->tok); }
+int pvq_token_is_eog(const pvq_model *pm, int32_t id) { return tokenizer_is_eog(pm->tok, id); }
+int pvq_adds_bos(const pvq_model *pm) { return tokenizer_adds_bos(pm->tok); }
+
+pvq_status pvq_tokenize(const pvq_model *pm, const char *text, size_t len, int add_special, int parse_special,
+                        int32_t *out, int32_t max_tokens, int32_t *n_out, char *err, size_t err_len) {
+    *n_out = 0;
+    if (max_tokens < 0) return error(PVQ_ERR_ARG, err, err_len, "negative max_tokens");
+    int32_t n = tokenizer_encode(pm->tok, text, len, add_special, parse_special, out, max_tokens);
+    switch (n) {
+    case TOK_ERR_UTF8: return error(PVQ_ERR_UTF8, err, err_len, "input is not valid UTF-8");
+    case TOK_ERR_NOMEM: return error(PVQ_ERR_NOMEM, err, err_len, "out of memory while tokenizing");
+    case TOK_ERR_TOO_LONG: return error(PVQ_ERR_TOO_LONG, err, err_len, "input longer than %zu bytes", TOK_MAX_INPUT);
+    case TOK_ERR_ID: return error(PVQ_ERR_ARG, err, err_len, "bad token id");
+    default: break;
+    }
+    if (n < 0) {
+        *n_out = -n;
+        return error(PVQ_ERR_TOO_LONG, err, err_len, "text needs %d tokens, room for %d", -n, max_tokens);
+    }
+    *n_out = n;
+    return PVQ_OK;
+}
+
+int32_t pvq_token_to_piece(const pvq_model *pm, int32_t id, char *buf, int32_t buf_len, int special) {
+    int32_t n = tokenizer_piece(pm->tok, id, buf, buf_len, special);
+    return n == TOK_ERR_ID ? INT32_MIN : n;
+}
+
+size_t pvq_utf8_incomplete(const char *buf, size_t len) { return tokenizer_utf8_incomplete(buf, len); }
+
+uint16_t pvq_f32_to_f16(float f) { return f32_to_fp16(f); }
+float pvq_f16_to_f32(uint16_t h) { return fp16_to_f32(h); }
+
+pvq_context_params pvq_context_default_params(void) { return (pvq_context_params){0, 0, 0, 0}; }
+
+pvq_status pvq_context_new(const pvq_model *pm, const pvq_context_params *p, pvq_context **out, char *err,
+                           size_t err_len) {
+    *out = NULL;
+    int n_ctx = p->n_ctx > 0 ? p->n_ctx : (pm->m.n_ctx_train < 4096 ? pm->m.n_ctx_train : 4096);
+    int n_batch = p->n_batch > 0 ? p->n_batch : 512;
+    int n_threads = p->n_threads > 0 ? p->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (n_threads < 1) n_threads = 1;
+    if (p->n_ctx < 0 || p->n_batch < 0 || p->n_threads < 0 || n_ctx > (1 << 20) || n_threads > 1024)
+        return error(PVQ_ERR_ARG, err, err_len, "bad context parameters (n_ctx %d, n_batch %d, threads %d)",
+                     p->n_ctx, p->n_batch, p->n_threads);
+    if (n_batch > n_ctx) n_batch = n_ctx;
+    pvq_context *c = calloc(1, sizeof *c);
+    if (!c) return error(PVQ_ERR_NOMEM, err, err_len, "out of memory");
+    char msg[256];
+    if (state_new(&c->s, &pm->m, n_ctx, n_batch, n_threads, p->logits_all != 0, msg, sizeof msg)) {
+        free(c);
+        return error(PVQ_ERR_NOMEM, err, err_len, "%s", msg);
+    }
+    c->model = pm;
+    *out = c;
+    return PVQ_OK;
+}
+
+void pvq_context_free(pvq_context *c) {
+    if (!c) return;
+    state_free(&c->s);
+    free(c);
+}
+
+int32_t pvq_n_ctx(const pvq_context *c) { return c->s.n_ctx; }
+int32_t pvq_n_past(const pvq_context *c) { return c->s.n_past; }
+
+void pvq_kv_truncate(pvq_context *c, int32_t n_keep) {
+    if (n_keep >= 0 && n_keep < c->s.n_past) c->s.n_past = n_keep;
+}
+
+pvq_status pvq_eval(pvq_context *c, const int32_t *tokens, int32_t n, char *err, size_t err_len) {
+    const model *m = &c->model->m;
+    if (n <= 0) return error(PVQ_ERR_ARG, err, err_len, "no tokens to evaluate");
+    if (n > c->s.n_ctx - c->s.n_past)
+        return error(PVQ_ERR_CONTEXT_FULL, err, err_len, "%d tokens do not fit: context of %d holds %d already", n,
+                     c->s.n_ctx, c->s.n_past);
+    for (int32_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->n_vocab)
+            return error(PVQ_ERR_ARG, err, err_len, "token id %d outside the vocabulary (%d)", tokens[i], m->n_vocab);
+    /* with logits_all the logits buffer holds one batch: the caller reads them per eval */
+    if (c->s.logits_all && n > c->s.n_batch)
+        return error(PVQ_ERR_ARG, err, err_len, "with logits_all, eval at most n_batch (%d) tokens at a time",
+                     c->s.n_batch);
+    for (int32_t i = 0; i < n; i += c->s.n_batch)
+        forward(m, &c->s, tokens + i, n - i < c->s.n_batch ? n - i : c->s.n_batch);
+    return PVQ_OK;
+}
+
+const float *pvq_logits(const pvq_context *c, int32_t i) {
+    int32_t n = c->s.n_logits;
+    if (i < 0) i += n;
+    if (i < 0 || i >= n) return NULL;
+    return c->s.logits + (size_t)i * c->model->m.n_vocab;
+}

@@ -1,0 +1,118 @@
+/* AVX2 (+FMA, F16C) dot products, and the AVX512-VNNI variant of Q8_0. Each has a scalar reference
+ * in ref.c; tests/test_runtime_kernels.py compares them on random rows. */
+#include "../types.h"
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#include <math.h>
+
+static float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+void dot_f32_avx2(int64_t n, const void *w, const void *x, float *out) {
+    const float *a = w, *b = x;
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    float s = hsum8(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) s += a[i] * b[i];
+    *out = s;
+}
+
+static inline __m256 load_f16(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+void dot_f16_avx2(int64_t n, const void *w, const void *x, float *out) {
+    const uint16_t *a = w, *b = x;
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(),
+           s3 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_fmadd_ps(load_f16(a + i), load_f16(b + i), s0);
+        s1 = _mm256_fmadd_ps(load_f16(a + i + 8), load_f16(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(load_f16(a + i + 16), load_f16(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(load_f16(a + i + 24), load_f16(b + i + 24), s3);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(load_f16(a + i), load_f16(b + i), s0);
+    float s = hsum8(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (; i < n; i++) s += fp16_to_f32(a[i]) * fp16_to_f32(b[i]);
+    *out = s;
+}
+
+static inline __m256 load_bf16(const uint16_t *p) {
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+void dot_bf16_avx2(int64_t n, const void *w, const void *x, float *out) {
+    const uint16_t *a = w, *b = x;
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(load_bf16(a + i), load_bf16(b + i), s0);
+        s1 = _mm256_fmadd_ps(load_bf16(a + i + 8), load_bf16(b + i + 8), s1);
+    }
+    float s = hsum8(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) s += bf16_to_f32(a[i]) * bf16_to_f32(b[i]);
+    *out = s;
+}
+
+void axpy_f16_avx2(int64_t n, float a, const uint16_t *x, float *y) {
+    __m256 av = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, load_f16(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] = fmaf(a, fp16_to_f32(x[i]), y[i]);
+}
+
+void f32_to_f16_row_f16c(const float *src, void *dst, int64_t n) {
+    uint16_t *d = dst;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(d + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) d[i] = f32_to_fp16(src[i]);
+}
+
+/* Products of signed bytes: maddubs needs an unsigned operand, so move w's sign onto x. */
+static inline __m256i q8_products(const int8_t *wq, const int8_t *xq) {
+    __m256i wv = _mm256_loadu_si256((const __m256i *)wq), xv = _mm256_loadu_si256((const __m256i *)xq);
+    __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+}
+
+static inline __m256 q8_scale(const block_q8_0 *a, const block_q8_0 *b) {
+    return _mm256_set1_ps(fp16_to_f32(a->d) * fp16_to_f32(b->d));
+}
+
+/* One 8-lane accumulator, blocks in order: the same sums as llama.cpp's tinyBLAS Q8_0 path. */
+void dot_q8_0_avx2(int64_t n, const void *w, const void *x, float *out) {
+    const block_q8_0 *a = w, *b = x;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK8_0; i++)
+        acc = _mm256_fmadd_ps(q8_scale(a + i, b + i), _mm256_cvtepi32_ps(q8_products(a[i].qs, b[i].qs)), acc);
+    *out = hsum8(acc);
+}
+
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+/* dpbusd gives the same int32 lane sums as maddubs+madd here (|w| <= 128, |x| <= 127: no saturation). */
+void dot_q8_0_vnni(int64_t n, const void *w, const void *x, float *out) {
+    const block_q8_0 *a = w, *b = x;
+    __m256 acc = _mm256_setzero_ps();
+    const __m256i zero = _mm256_setzero_si256();
+    for (int64_t i = 0; i < n / QK8_0; i++) {
+        __m256i wv = _mm256_loadu_si256((const __m256i *)a[i].qs);
+        __m256i xv = _mm256_loadu_si256((const __m256i *)b[i].qs);
+        __m256i p = _mm256_dpbusd_epi32(zero, _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+        acc = _mm256_fmadd_ps(q8_scale(a + i, b + i), _mm256_cvtepi32_ps(p), acc);
+    }
+    *out = hsum8(acc);
+}
+#endif
+#endif

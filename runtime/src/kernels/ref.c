@@ -1,0 +1,135 @@
+/* Scalar reference kernels: conversions between float and the stored types, and the dot products
+ * every SIMD kernel is tested against. Conversions are exact (fp16/bf16 round to nearest even). */
+#include "../types.h"
+
+#include <math.h>
+#include <string.h>
+
+float fp16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else { /* subnormal: value = man * 2^-24 */
+        float f = (float)man * 0x1p-24f;
+        memcpy(&bits, &f, 4);
+        bits |= sign;
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+uint16_t f32_to_fp16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000, ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) /* inf or nan (keep nan quiet) */
+        return (uint16_t)(sign | 0x7c00 | (ax > 0x7f800000u ? 0x200 | ((ax >> 13) & 0x3ff) : 0));
+    if (ax >= 0x477ff000u) /* rounds to >= 65520: inf */
+        return (uint16_t)(sign | 0x7c00);
+    if (ax < 0x38800000u) { /* below the smallest normal half: round to a multiple of 2^-24 */
+        float a;
+        memcpy(&a, &ax, 4);
+        return (uint16_t)(sign | (uint16_t)nearbyintf(a * 0x1p24f));
+    }
+    uint32_t r = ax + 0xfff + ((ax >> 13) & 1); /* round to nearest even at bit 13 */
+    return (uint16_t)(sign | ((r - 0x38000000u) >> 13));
+}
+
+float bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+uint16_t f32_to_bf16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 64); /* quiet nan */
+    return (uint16_t)((x + 0x7fff + ((x >> 16) & 1)) >> 16);
+}
+
+void f32_to_f32_row(const void *src, float *dst, int64_t n) { memcpy(dst, src, (size_t)n * 4); }
+void f32_copy_row(const float *src, void *dst, int64_t n) { memcpy(dst, src, (size_t)n * 4); }
+
+void f16_to_f32_row(const void *src, float *dst, int64_t n) {
+    const uint16_t *s = src;
+    for (int64_t i = 0; i < n; i++) dst[i] = fp16_to_f32(s[i]);
+}
+
+void f32_to_f16_row(const float *src, void *dst, int64_t n) {
+    uint16_t *d = dst;
+    for (int64_t i = 0; i < n; i++) d[i] = f32_to_fp16(src[i]);
+}
+
+void bf16_to_f32_row(const void *src, float *dst, int64_t n) {
+    const uint16_t *s = src;
+    for (int64_t i = 0; i < n; i++) dst[i] = bf16_to_f32(s[i]);
+}
+
+void f32_to_bf16_row(const float *src, void *dst, int64_t n) {
+    uint16_t *d = dst;
+    for (int64_t i = 0; i < n; i++) d[i] = f32_to_bf16(src[i]);
+}
+
+void q8_0_to_f32_row(const void *src, float *dst, int64_t n) {
+    const block_q8_0 *b = src;
+    for (int64_t i = 0; i < n / QK8_0; i++) {
+        float d = fp16_to_f32(b[i].d);
+        for (int j = 0; j < QK8_0; j++) dst[i * QK8_0 + j] = d * b[i].qs[j];
+    }
+}
+
+/* As ggml's x86 quantize_row_q8_0: scale amax/127, multiply by 127/amax, round half to even. */
+void f32_to_q8_0_row(const float *src, void *dst, int64_t n) {
+    block_q8_0 *b = dst;
+    for (int64_t i = 0; i < n / QK8_0; i++) {
+        const float *x = src + i * QK8_0;
+        float amax = 0.0f;
+        for (int j = 0; j < QK8_0; j++) amax = fmaxf(amax, fabsf(x[j]));
+        float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        b[i].d = f32_to_fp16(amax / 127.0f);
+        for (int j = 0; j < QK8_0; j++) b[i].qs[j] = (int8_t)nearbyintf(x[j] * id);
+    }
+}
+
+void dot_f32_ref(int64_t n, const void *w, const void *x, float *out) {
+    const float *a = w, *b = x;
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+    *out = (float)s;
+}
+
+void dot_f16_ref(int64_t n, const void *w, const void *x, float *out) {
+    const uint16_t *a = w, *b = x;
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (double)fp16_to_f32(a[i]) * fp16_to_f32(b[i]);
+    *out = (float)s;
+}
+
+void dot_bf16_ref(int64_t n, const void *w, const void *x, float *out) {
+    const uint16_t *a = w, *b = x;
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (double)bf16_to_f32(a[i]) * bf16_to_f32(b[i]);
+    *out = (float)s;
+}
+
+void dot_q8_0_ref(int64_t n, const void *w, const void *x, float *out) {
+    const block_q8_0 *a = w, *b = x;
+    float s = 0;
+    for (int64_t i = 0; i < n / QK8_0; i++) {
+        int32_t acc = 0;
+        for (int j = 0; j < QK8_0; j++) acc += a[i].qs[j] * b[i].qs[j];
+        s += fp16_to_f32(a[i].d) * fp16_to_f32(b[i].d) * (float)acc;
+    }
+    *out = s;
+}
+
+void axpy_f16_ref(int64_t n, float a, const uint16_t *x, float *y) {
+    for (int64_t i = 0; i < n; i++) y[i] = fmaf(a, fp16_to_f32(x[i]), y[i]);
+}

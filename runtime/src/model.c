@@ -1,0 +1,401 @@
+/* Llama / Qwen2 forward pass, written to read like llama2.c's run.c, with the numerics of llama.cpp's
+ * CPU backend where they matter for matching its logits: activations meet weights in the weight's
+ * vec_type (F16 or Q8_0), the KV cache is fp16, attention probabilities are rounded to fp16 before
+ * they weight V, RMSNorm sums squares in double. */
+#include "model.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int fail(char *err, size_t err_len, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, err_len, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* ---------------------------------------------------------------- loading */
+
+static int get_weight(const model *m, weight *w, const char *name, int64_t n_in, int64_t n_out, char *err,
+                      size_t err_len) {
+    const gguf_tensor *t = gguf_find_tensor(&m->file, name);
+    if (!t) return fail(err, err_len, "missing tensor %s", name);
+    if (t->n_dims != 2 || t->ne[0] != n_in || t->ne[1] != n_out)
+        return fail(err, err_len, "tensor %s has shape [%lld, %lld], expected [%lld, %lld]", name,
+                    (long long)t->ne[0], (long long)t->ne[1], (long long)n_in, (long long)n_out);
+    w->data = t->data;
+    w->type = t->type;
+    w->n_in = n_in;
+    w->n_out = n_out;
+    w->row_bytes = type_row_bytes(t->type, n_in);
+    return 0;
+}
+
+/* A vector (norm gain, bias) as an owned f32 copy. */
+static int get_vector(const model *m, float **out, const char *name, int64_t n, int optional, char *err,
+                      size_t err_len) {
+    const gguf_tensor *t = gguf_find_tensor(&m->file, name);
+    *out = NULL;
+    if (!t) return optional ? 0 : fail(err, err_len, "missing tensor %s", name);
+    if (t->ne[0] != n || t->ne[1] * t->ne[2] * t->ne[3] != 1)
+        return fail(err, err_len, "tensor %s has %lld elements, expected %lld", name, (long long)t->ne[0],
+                    (long long)n);
+    if (!(*out = malloc((size_t)n * sizeof(float)))) return fail(err, err_len, "out of memory");
+    type_get(t->type)->to_float(t->data, *out, n);
+    return 0;
+}
+
+static int get_hparam(const gguf_file *f, const char *arch, const char *key, uint32_t *out, uint32_t lo,
+                      uint32_t hi, char *err, size_t err_len) {
+    char full[128];
+    snprintf(full, sizeof full, "%s.%s", arch, key);
+    if (gguf_get_u32(f, full, out)) return fail(err, err_len, "missing or non-integer metadata %s", full);
+    if (*out < lo || *out > hi) return fail(err, err_len, "%s = %u is out of range [%u, %u]", full, *out, lo, hi);
+    return 0;
+}
+
+int model_load(model *m, const char *path, char *err, size_t err_len) {
+    memset(m, 0, sizeof *m);
+    if (gguf_open(&m->file, path, err, err_len)) return -1;
+    gguf_str a;
+    char arch[32] = "";
+    if (gguf_get_str(&m->file, "general.architecture", &a)) {
+        fail(err, err_len, "%s: no general.architecture", path);
+        goto bad;
+    }
+    snprintf(arch, sizeof arch, "%.*s", (int)(a.len < 31 ? a.len : 31), a.ptr);
+    if (!strcmp(arch, "llama") && a.len == 5)
+        m->arch = ARCH_LLAMA;
+    else if (!strcmp(arch, "qwen2") && a.len == 5)
+        m->arch = ARCH_QWEN2;
+    else {
+        fail(err, err_len, "unsupported architecture '%.*s' (llama and qwen2 are supported)",
+             (int)(a.len < 64 ? a.len : 64), a.ptr);
+        goto bad;
+    }
+    m->rope_neox = m->arch == ARCH_QWEN2;
+    uint32_t n_layer, dim, n_head, n_head_kv, ffn, ctx, rope_dim;
+    if (get_hparam(&m->file, arch, "block_count", &n_layer, 1, 4096, err, err_len) ||
+        get_hparam(&m->file, arch, "embedding_length", &dim, 1, 1 << 16, err, err_len) ||
+        get_hparam(&m->file, arch, "attention.head_count", &n_head, 1, 1024, err, err_len) ||
+        get_hparam(&m->file, arch, "feed_forward_length", &ffn, 1, 1 << 20, err, err_len) ||
+        get_hparam(&m->file, arch, "context_length", &ctx, 1, 1 << 24, err, err_len))
+        goto bad;
+    char key[128];
+    snprintf(key, sizeof key, "%s.attention.head_count_kv", arch);
+    if (gguf_get_u32(&m->file, key, &n_head_kv)) n_head_kv = n_head;
+    if (n_head_kv == 0 || n_head % n_head_kv || dim % n_head || (dim / n_head) % 2) {
+        fail(err, err_len, "inconsistent heads: dim %u, %u heads, %u KV heads", dim, n_head, n_head_kv);
+        goto bad;
+    }
+    m->n_layer = (int)n_layer, m->dim = (int)dim, m->n_head = (int)n_head, m->n_head_kv = (int)n_head_kv;
+    m->ffn_dim = (int)ffn, m->n_ctx_train = (int)ctx, m->head_dim = (int)(dim / n_head);
+    snprintf(key, sizeof key, "%s.rope.dimension_count", arch);
+    if (gguf_get_u32(&m->file, key, &rope_dim)) rope_dim = (uint32_t)m->head_dim;
+    if (rope_dim == 0 || rope_dim > (uint32_t)m->head_dim || rope_dim % 2) {
+        fail(err, err_len, "%s = %u does not fit head size %d", key, rope_dim, m->head_dim);
+        goto bad;
+    }
+    m->rope_dim = (int)rope_dim;
+    snprintf(key, sizeof key, "%s.rope.freq_base", arch);
+    if (gguf_get_f32(&m->file, key, &m->rope_base)) m->rope_base = 10000.0f;
+    snprintf(key, sizeof key, "%s.attention.layer_norm_rms_epsilon", arch);
+    if (gguf_get_f32(&m->file, key, &m->rms_eps)) {
+        fail(err, err_len, "missing metadata %s", key);
+        goto bad;
+    }
+    if (!(m->rope_base > 0.0f) || !(m->rms_eps >= 0.0f) || !isfinite(m->rope_base) || !isfinite(m->rms_eps)) {
+        fail(err, err_len, "bad rope.freq_base %g or rms epsilon %g", m->rope_base, m->rms_eps);
+        goto bad;
+    }
+
+    const gguf_tensor *emb = gguf_find_tensor(&m->file, "token_embd.weight");
+    if (!emb || emb->n_dims != 2 || emb->ne[0] != dim || emb->ne[1] > (1 << 24)) {
+        fail(err, err_len, "missing or malformed token_embd.weight");
+        goto bad;
+    }
+    m->n_vocab = (int)emb->ne[1];
+    if (get_weight(m, &m->tok_embd, "token_embd.weight", dim, m->n_vocab, err, err_len)) goto bad;
+    if (gguf_find_tensor(&m->file, "output.weight")) {
+        if (get_weight(m, &m->output, "output.weight", dim, m->n_vocab, err, err_len)) goto bad;
+    } else {
+        m->output = m->tok_embd;
+    }
+    if (get_vector(m, &m->out_norm, "output_norm.weight", dim, 0, err, err_len)) goto bad;
+
+    if (!(m->layers = calloc(n_layer, sizeof *m->layers))) {
+        fail(err, err_len, "out of memory");
+        goto bad;
+    }
+    int kv_dim = m->n_head_kv * m->head_dim;
+    for (int l = 0; l < m->n_layer; l++) {
+        layer *L = &m->layers[l];
+        char n[12][64];
+        const char *suffix[12] = {"attn_norm.weight", "ffn_norm.weight", "attn_q.bias", "attn_k.bias",
+                                  "attn_v.bias", "attn_q.weight", "attn_k.weight", "attn_v.weight",
+                                  "attn_output.weight", "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"};
+        for (int i = 0; i < 12; i++) snprintf(n[i], sizeof n[i], "blk.%d.%s", l, suffix[i]);
+        int bias_optional = m->arch != ARCH_QWEN2;
+        if (get_vector(m, &L->attn_norm, n[0], dim, 0, err, err_len) ||
+            get_vector(m, &L->ffn_norm, n[1], dim, 0, err, err_len) ||
+            get_vector(m, &L->bq, n[2], dim, bias_optional, err, err_len) ||
+            get_vector(m, &L->bk, n[3], kv_dim, bias_optional, err, err_len) ||
+            get_vector(m, &L->bv, n[4], kv_dim, bias_optional, err, err_len) ||
+            get_weight(m, &L->wq, n[5], dim, dim, err, err_len) ||
+            get_weight(m, &L->wk, n[6], dim, kv_dim, err, err_len) ||
+            get_weight(m, &L->wv, n[7], dim, kv_dim, err, err_len) ||
+            get_weight(m, &L->wo, n[8], dim, dim, err, err_len) ||
+            get_weight(m, &L->w_gate, n[9], dim, ffn, err, err_len) ||
+            get_weight(m, &L->w_up, n[10], dim, ffn, err, err_len) ||
+            get_weight(m, &L->w_down, n[11], ffn, dim, err, err_len))
+            goto bad;
+    }
+    return 0;
+bad:
+    model_free(m);
+    return -1;
+}
+
+void model_free(model *m) {
+    if (m->layers)
+        for (int l = 0; l < m->n_layer; l++) {
+            layer *L = &m->layers[l];
+            free(L->attn_norm), free(L->ffn_norm), free(L->bq), free(L->bk), free(L->bv);
+        }
+    free(m->layers);
+    free(m->out_norm);
+    gguf_close(&m->file);
+    memset(m, 0, sizeof *m);
+}
+
+/* ---------------------------------------------------------------- state */
+
+int state_new(state *s, const model *m, int n_ctx, int n_batch, int n_threads, int logits_all, char *err,
+              size_t err_len) {
+    memset(s, 0, sizeof *s);
+    s->n_ctx = n_ctx, s->n_batch = n_batch, s->logits_all = logits_all;
+    size_t B = (size_t)n_batch, kv_dim = (size_t)m->n_head_kv * m->head_dim;
+    size_t wide = (size_t)(m->ffn_dim > m->dim ? m->ffn_dim : m->dim);
+    size_t kv = (size_t)m->n_layer * n_ctx * kv_dim;
+    s->k_cache = malloc(kv * 2);
+    s->v_cache = malloc(kv * 2);
+    s->x = malloc(B * m->dim * 4), s->xb = malloc(B * m->dim * 4), s->xb2 = malloc(B * m->dim * 4);
+    s->q = malloc(B * m->dim * 4), s->k = malloc(B * kv_dim * 4), s->v = malloc(B * kv_dim * 4);
+    s->hb = malloc(B * m->ffn_dim * 4), s->hb2 = malloc(B * m->ffn_dim * 4);
+    s->rope = malloc(B * m->rope_dim * 4);
+    s->xq = malloc(B * wide * 4 + 64); /* f32 is the widest vec_type */
+    s->att = malloc((size_t)n_threads * n_ctx * 4);
+    s->att16 = malloc((size_t)n_threads * (n_ctx + m->head_dim) * 2);
+    s->lanes = malloc((size_t)n_threads * 64 * m->head_dim * 4);
+    s->logits = malloc((logits_all ? B : 1) * m->n_vocab * 4);
+    s->pool = pool_new(n_threads);
+    if (!s->k_cache || !s->v_cache || !s->x || !s->xb || !s->xb2 || !s->q || !s->k || !s->v || !s->hb ||
+        !s->hb2 || !s->rope || !s->xq || !s->att || !s->att16 || !s->lanes || !s->logits || !s->pool) {
+        state_free(s);
+        return fail(err, err_len, "out of memory for a context of %d tokens", n_ctx);
+    }
+    return 0;
+}
+
+void state_free(state *s) {
+    if (s->pool) pool_free(s->pool);
+    free(s->k_cache), free(s->v_cache), free(s->x), free(s->xb), free(s->xb2), free(s->q), free(s->k);
+    free(s->v), free(s->hb), free(s->hb2), free(s->rope), free(s->xq), free(s->att), free(s->att16), free(s->lanes);
+    free(s->logits);
+    memset(s, 0, sizeof *s);
+}
+
+/* ---------------------------------------------------------------- matmul */
+
+/* Up to three weights that read the same input (q/k/v, gate/up) run as one task. */
+typedef struct {
+    int nw, T;
+    const weight *w[3];
+    float *out[3];
+    const float *x; /* [T][n_in] */
+    void *xq;       /* x converted to the weights' vec_type */
+    size_t xq_row;  /* bytes per converted row */
+} matmul_task;
+
+static void convert_task(void *arg, int ith, int nth) {
+    matmul_task *mt = arg;
+    const type_traits *vt = type_get(type_get(mt->w[0]->type)->vec_type);
+    int64_t n = mt->w[0]->n_in;
+    for (int t = ith; t < mt->T; t += nth) vt->from_float(mt->x + t * n, (uint8_t *)mt->xq + t * mt->xq_row, n);
+}
+
+#define ROW_TILE 16
+
+static void matmul_rows(void *arg, int ith, int nth) {
+    matmul_task *mt = arg;
+    int64_t total = 0;
+    for (int i = 0; i < mt->nw; i++) total += mt->w[i]->n_out;
+    int64_t per = (total + nth - 1) / nth, r0 = per * ith, r1 = r0 + per < total ? r0 + per : total;
+    for (int64_t r = r0; r < r1;) {
+        int i = 0;
+        int64_t base = 0;
+        while (r >= base + mt->w[i]->n_out) base += mt->w[i++]->n_out;
+        const weight *w = mt->w[i];
+        dot_fn dot = mt->T == 1 ? type_get(w->type)->dot : type_get(w->type)->dot_batch;
+        int64_t row = r - base, end = row + ROW_TILE;
+        if (end > w->n_out) end = w->n_out;
+        if (end > row + (r1 - r)) end = row + (r1 - r);
+        for (int t = 0; t < mt->T; t++) {
+            const uint8_t *xq = (const uint8_t *)mt->xq + t * mt->xq_row;
+            float *out = mt->out[i] + (int64_t)t * w->n_out;
+            for (int64_t j = row; j < end; j++) dot(w->n_in, w->data + j * w->row_bytes, xq, &out[j]);
+        }
+        r += end - row;
+    }
+}
+
+/* out_i[T][n_out_i] = x[T][n_in] . w_i^T for the given weights (same n_in and type). */
+static void matmul(state *s, const float *x, int T, int nw, const weight *w0, float *o0, const weight *w1,
+                   float *o1, const weight *w2, float *o2) {
+    matmul_task mt = {nw, T, {w0, w1, w2}, {o0, o1, o2}, x, s->xq,
+                      type_row_bytes(type_get(w0->type)->vec_type, w0->n_in)};
+    if (T == 1)
+        convert_task(&mt, 0, 1);
+    else
+        pool_run(s->pool, convert_task, &mt);
+    pool_run(s->pool, matmul_rows, &mt);
+}
+
+/* ---------------------------------------------------------------- the layers */
+
+static void rmsnorm(float *out, const float *x, const float *g, int n, float eps) {
+    double ss = 0;
+    for (int i = 0; i < n; i++) ss += (double)(x[i] * x[i]);
+    float scale = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int i = 0; i < n; i++) out[i] = x[i] * scale * g[i];
+}
+
+/* cos/sin of pos * base^(-2i/rope_dim), with theta stepped as ggml steps it. */
+static void rope_table(float *cs, int pos, int rope_dim, float base) {
+    float theta = (float)pos, step = powf(base, -2.0f / (float)rope_dim);
+    for (int i = 0; i < rope_dim / 2; i++) {
+        cs[2 * i] = cosf(theta);
+        cs[2 * i + 1] = sinf(theta);
+        theta *= step;
+    }
+}
+
+static void rope(float *v, const float *cs, int rope_dim, int neox) {
+    int half = rope_dim / 2;
+    for (int i = 0; i < half; i++) {
+        int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+        float x0 = v[a], x1 = v[b], c = cs[2 * i], s = cs[2 * i + 1];
+        v[a] = x0 * c - x1 * s;
+        v[b] = x0 * s + x1 * c;
+    }
+}
+
+typedef struct {
+    const model *m;
+    state *s;
+    int layer, T;
+} attn_task;
+
+static void to_f16(const float *x, uint16_t *y, int n) { type_get(T_F16)->from_float(x, y, n); }
+
+/* out[d] = sum over lanes l of lanes[l][d], where position p of probabilities . V went to lane
+ * p % n_lanes. The lanes are added in the order of llama.cpp's AVX-512 kernels: 16 lanes are one
+ * register reduced as _mm512_reduce_add_ps does (its batch path); 64 lanes are four registers, added
+ * (0+2) + (1+3) first (its single-token ggml_vec_dot_f16). */
+static void reduce_lanes(float *lanes, int n_lanes, int n, float *out) {
+    if (n_lanes == 64)
+        for (int i = 0; i < 16 * n; i++)
+            lanes[i] = (lanes[i] + lanes[i + 32 * n]) + (lanes[i + 16 * n] + lanes[i + 48 * n]);
+    for (int d = 0; d < n; d++) {
+        float a[8], b[4];
+        for (int i = 0; i < 8; i++) a[i] = lanes[(i + 8) * n + d] + lanes[i * n + d];
+        for (int i = 0; i < 4; i++) b[i] = a[i + 4] + a[i];
+        out[d] = (b[0] + b[2]) + (b[1] + b[3]);
+    }
+}
+
+/* One (token, head) pair per step: causal softmax(q.K / sqrt(hd)) . V over the cache. */
+static void attention(void *arg, int ith, int nth) {
+    attn_task *at = arg;
+    const model *m = at->m;
+    state *s = at->s;
+    int hd = m->head_dim, kv_dim = m->n_head_kv * hd, group = m->n_head / m->n_head_kv;
+    float *att = s->att + (size_t)ith * s->n_ctx, scale = 1.0f / sqrtf((float)hd);
+    uint16_t *p16 = s->att16 + (size_t)ith * (s->n_ctx + hd), *q16 = p16 + s->n_ctx;
+    float *lanes = s->lanes + (size_t)ith * 64 * hd;
+    const uint16_t *kc = s->k_cache + (size_t)at->layer * s->n_ctx * kv_dim;
+    const uint16_t *vc = s->v_cache + (size_t)at->layer * s->n_ctx * kv_dim;
+    /* llama.cpp sums single tokens and batches in different orders (see reduce_lanes) */
+    dot_fn dot16 = at->T == 1 ? type_get(T_F16)->dot : type_get(T_F16)->dot_batch;
+    int n_lanes = at->T == 1 ? 64 : 16;
+    for (int item = ith; item < at->T * m->n_head; item += nth) {
+        int t = item / m->n_head, h = item % m->n_head, n_kv = s->n_past + t + 1;
+        size_t koff = (size_t)(h / group) * hd;
+        to_f16(s->q + (size_t)t * m->dim + (size_t)h * hd, q16, hd);
+        float mx = -INFINITY;
+        for (int p = 0; p < n_kv; p++) {
+            dot16(hd, kc + (size_t)p * kv_dim + koff, q16, &att[p]);
+            att[p] *= scale;
+            if (att[p] > mx) mx = att[p];
+        }
+        double sum = 0;
+        for (int p = 0; p < n_kv; p++) sum += (att[p] = expf(att[p] - mx));
+        float inv = (float)(1.0 / sum);
+        for (int p = 0; p < n_kv; p++) p16[p] = f32_to_fp16(att[p] * inv);
+        memset(lanes, 0, (size_t)n_lanes * hd * sizeof(float));
+        for (int p = 0; p < n_kv; p++)
+            vec_axpy_f16(hd, fp16_to_f32(p16[p]), vc + (size_t)p * kv_dim + koff, lanes + (p % n_lanes) * hd);
+        reduce_lanes(lanes, n_lanes, hd, s->xb + (size_t)t * m->dim + (size_t)h * hd);
+    }
+}
+
+static float silu(float x) { return x / (1.0f + expf(-x)); }
+
+void forward(const model *m, state *s, const int32_t *tokens, int T) {
+    int dim = m->dim, hd = m->head_dim, kv_dim = m->n_head_kv * hd, ffn = m->ffn_dim;
+    const type_traits *et = type_get(m->tok_embd.type);
+    for (int t = 0; t < T; t++) {
+        et->to_float(m->tok_embd.data + (size_t)tokens[t] * m->tok_embd.row_bytes, s->x + (size_t)t * dim, dim);
+        rope_table(s->rope + (size_t)t * m->rope_dim, s->n_past + t, m->rope_dim, m->rope_base);
+    }
+    for (int l = 0; l < m->n_layer; l++) {
+        const layer *L = &m->layers[l];
+        for (int t = 0; t < T; t++) rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, L->attn_norm, dim, m->rms_eps);
+        matmul(s, s->xb, T, 3, &L->wq, s->q, &L->wk, s->k, &L->wv, s->v);
+        size_t cache = ((size_t)l * s->n_ctx + s->n_past) * kv_dim;
+        for (int t = 0; t < T; t++) {
+            float *q = s->q + (size_t)t * dim, *k = s->k + (size_t)t * kv_dim, *v = s->v + (size_t)t * kv_dim;
+            if (L->bq)
+                for (int i = 0; i < dim; i++) q[i] += L->bq[i];
+            if (L->bk)
+                for (int i = 0; i < kv_dim; i++) k[i] += L->bk[i];
+            if (L->bv)
+                for (int i = 0; i < kv_dim; i++) v[i] += L->bv[i];
+            const float *cs = s->rope + (size_t)t * m->rope_dim;
+            for (int h = 0; h < m->n_head; h++) rope(q + h * hd, cs, m->rope_dim, m->rope_neox);
+            for (int h = 0; h < m->n_head_kv; h++) rope(k + h * hd, cs, m->rope_dim, m->rope_neox);
+            to_f16(k, s->k_cache + cache + (size_t)t * kv_dim, kv_dim);
+            to_f16(v, s->v_cache + cache + (size_t)t * kv_dim, kv_dim);
+        }
+        attn_task at = {m, s, l, T};
+        pool_run(s->pool, attention, &at);
+        matmul(s, s->xb, T, 1, &L->wo, s->xb2, NULL, NULL, NULL, NULL);
+        for (size_t i = 0; i < (size_t)T * dim; i++) s->x[i] += s->xb2[i];
+
+        for (int t = 0; t < T; t++) rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, L->ffn_norm, dim, m->rms_eps);
+        matmul(s, s->xb, T, 2, &L->w_gate, s->hb, &L->w_up, s->hb2, NULL, NULL);
+        for (size_t i = 0; i < (size_t)T * ffn; i++) s->hb[i] = silu(s->hb[i]) * s->hb2[i];
+        matmul(s, s->hb, T, 1, &L->w_down, s->xb, NULL, NULL, NULL, NULL);
+        for (size_t i = 0; i < (size_t)T * dim; i++) s->x[i] += s->xb[i];
+    }
+    int first = s->logits_all ? 0 : T - 1;
+    s->n_logits = T - first;
+    for (int t = first; t < T; t++)
+        rmsnorm(s->xb + (size_t)(t - first) * dim, s->x + (size_t)t * dim, m->out_norm, dim, m->rms_eps);
+    matmul(s, s->xb, s->n_logits, 1, &m->output, s->logits, NULL, NULL, NULL, NULL);
+    s->n_past += T;
+}

@@ -1,0 +1,64 @@
+/* Llama and Qwen2 weights (pointing into the GGUF mapping) and the forward pass. */
+#ifndef PVQ_MODEL_H
+#define PVQ_MODEL_H
+
+#include "gguf.h"
+#include "threadpool.h"
+#include "types.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum arch { ARCH_LLAMA, ARCH_QWEN2 };
+
+typedef struct {
+    const uint8_t *data; /* n_out rows of row_bytes, inside the mapping */
+    uint32_t type;
+    int64_t n_in, n_out;
+    size_t row_bytes;
+} weight;
+
+typedef struct {
+    float *attn_norm, *ffn_norm;  /* owned copies as f32 (small) */
+    float *bq, *bk, *bv;          /* qwen2 only, else NULL */
+    weight wq, wk, wv, wo, w_gate, w_up, w_down;
+} layer;
+
+typedef struct {
+    enum arch arch;
+    int n_layer, dim, n_head, n_head_kv, head_dim, ffn_dim, n_vocab, n_ctx_train, rope_dim;
+    int rope_neox;  /* rotate (i, i + rope_dim/2) pairs (qwen2) instead of (2i, 2i+1) (llama) */
+    float rms_eps, rope_base;
+    weight tok_embd, output;  /* output may be tok_embd (tied) */
+    float *out_norm;
+    layer *layers;
+    gguf_file file;
+} model;
+
+/* Everything a forward pass writes: KV cache and scratch, allocated once per context. */
+typedef struct {
+    int n_ctx, n_batch, logits_all, n_past;
+    uint16_t *k_cache, *v_cache; /* [layer][pos][n_head_kv * head_dim], fp16 as in llama.cpp */
+    float *x, *xb, *xb2, *q, *k, *v, *hb, *hb2; /* [n_batch][...] */
+    float *rope;                 /* [n_batch][rope_dim/2][cos, sin] */
+    void *xq;                    /* activations in a weight's vec_type */
+    float *att;                  /* [n_threads][n_ctx] scores */
+    uint16_t *att16;             /* [n_threads][n_ctx + head_dim] probabilities and query as fp16 */
+    float *lanes;                /* [n_threads][64][head_dim] partial sums of probabilities . V */
+    float *logits;               /* [logits_all ? n_batch : 1][n_vocab] */
+    int n_logits;                /* rows of logits written by the last forward */
+    threadpool *pool;
+} state;
+
+int model_load(model *m, const char *path, char *err, size_t err_len);
+void model_free(model *m);
+
+int state_new(state *s, const model *m, int n_ctx, int n_batch, int n_threads, int logits_all, char *err,
+              size_t err_len);
+void state_free(state *s);
+
+/* Runs n (<= n_batch) tokens at positions n_past.., appending to the KV cache. The caller checks
+ * that ids are in the vocabulary and n_past + n <= n_ctx. */
+void forward(const model *m, state *s, const int32_t *tokens, int n);
+
+#endif

@@ -1,0 +1,56 @@
+/* The per-type traits table: one row per ggml type the runtime can read. */
+#include "types.h"
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define SIMD(ref, avx2) avx2
+#if defined(__AVX512F__)
+#define F16_DOT dot_f16_avx512x4
+#define F16_DOT_BATCH dot_f16_avx512
+#else
+#define F16_DOT dot_f16_avx2
+#define F16_DOT_BATCH dot_f16_avx2
+#endif
+#define TO_F16 f32_to_f16_row_f16c
+#define AXPY_F16 axpy_f16_avx2
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define Q8_DOT dot_q8_0_vnni
+#define SIMD_NAME "AVX2+FMA+F16C, AVX-512 (F16), AVX512-VNNI (Q8_0)"
+#else
+#define Q8_DOT dot_q8_0_avx2
+#define SIMD_NAME "AVX2+FMA+F16C"
+#endif
+#else
+#define SIMD(ref, avx2) ref
+#define F16_DOT dot_f16_ref
+#define F16_DOT_BATCH dot_f16_ref
+#define TO_F16 f32_to_f16_row
+#define AXPY_F16 axpy_f16_ref
+#define Q8_DOT dot_q8_0_ref
+#define SIMD_NAME "scalar"
+#endif
+
+static const type_traits TRAITS[] = {
+    {T_F32, "f32", 1, 4, T_F32, f32_to_f32_row, f32_copy_row, dot_f32_ref, SIMD(dot_f32_ref, dot_f32_avx2),
+     SIMD(dot_f32_ref, dot_f32_avx2)},
+    {T_F16, "f16", 1, 2, T_F16, f16_to_f32_row, TO_F16, dot_f16_ref, F16_DOT, F16_DOT_BATCH},
+    {T_BF16, "bf16", 1, 2, T_BF16, bf16_to_f32_row, f32_to_bf16_row, dot_bf16_ref,
+     SIMD(dot_bf16_ref, dot_bf16_avx2), SIMD(dot_bf16_ref, dot_bf16_avx2)},
+    {T_Q8_0, "q8_0", QK8_0, sizeof(block_q8_0), T_Q8_0, q8_0_to_f32_row, f32_to_q8_0_row, dot_q8_0_ref, Q8_DOT,
+     Q8_DOT},
+};
+
+const type_traits *type_get(uint32_t id) {
+    for (size_t i = 0; i < sizeof(TRAITS) / sizeof(TRAITS[0]); i++)
+        if (TRAITS[i].id == id) return &TRAITS[i];
+    return NULL;
+}
+
+size_t type_row_bytes(uint32_t id, int64_t n) {
+    const type_traits *t = type_get(id);
+    if (!t || n <= 0 || n % t->block) return 0;
+    return (size_t)(n / t->block) * t->block_bytes;
+}
+
+const char *type_simd_name(void) { return SIMD_NAME; }
+
+void vec_axpy_f16(int64_t n, float a, const uint16_t *x, float *y) { AXPY_F16(n, a, x, y); }

@@ -1,0 +1,77 @@
+/* Tensor types as ggml lays them out, one row of traits per type. A weight row is dotted with an
+ * activation vector that was first converted to the type's vec_type (as ggml does: F16 weights meet
+ * F16 activations, Q8_0 weights meet activations quantized to Q8_0 per block of 32). Adding a type
+ * (PVQ) means adding one row to the table in types.c. */
+#ifndef PVQ_TYPES_H
+#define PVQ_TYPES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum ggml_type_id { T_F32 = 0, T_F16 = 1, T_Q8_0 = 8, T_BF16 = 30 };
+
+#define QK8_0 32
+typedef struct {
+    uint16_t d; /* fp16 scale */
+    int8_t qs[QK8_0];
+} block_q8_0;
+
+/* out = dot(one weight row of n elements, one activation row already in vec_type), n % block == 0 */
+typedef void (*dot_fn)(int64_t n, const void *w, const void *x, float *out);
+
+typedef struct {
+    uint32_t id;            /* ggml type id */
+    const char *name;
+    int64_t block;          /* elements per block */
+    size_t block_bytes;     /* bytes per block */
+    uint32_t vec_type;      /* activations are converted to this type before dot */
+    void (*to_float)(const void *src, float *dst, int64_t n);
+    void (*from_float)(const float *src, void *dst, int64_t n); /* NULL if not a vec_type */
+    dot_fn dot_ref;         /* scalar reference */
+    dot_fn dot;             /* fastest kernel for this build, one activation row */
+    dot_fn dot_batch;       /* the same for batches of >= 2 rows; differs only where llama.cpp sums in
+                             * another order for batches (F16 on AVX-512), so logits match it in both */
+} type_traits;
+
+/* NULL for an unknown id. */
+const type_traits *type_get(uint32_t id);
+/* Bytes of a row of n elements; 0 when n is not a whole number of blocks. */
+size_t type_row_bytes(uint32_t id, int64_t n);
+/* Names of the SIMD kernels compiled in, for docs and --help. */
+const char *type_simd_name(void);
+
+float fp16_to_f32(uint16_t h);
+uint16_t f32_to_fp16(float f);
+float bf16_to_f32(uint16_t h);
+uint16_t f32_to_bf16(float f);
+
+/* Kernels (kernels/ref.c, kernels/avx2.c) */
+void f32_to_f32_row(const void *src, float *dst, int64_t n);
+void f16_to_f32_row(const void *src, float *dst, int64_t n);
+void f32_to_f16_row(const float *src, void *dst, int64_t n);
+void bf16_to_f32_row(const void *src, float *dst, int64_t n);
+void f32_to_bf16_row(const float *src, void *dst, int64_t n);
+void q8_0_to_f32_row(const void *src, float *dst, int64_t n);
+void f32_to_q8_0_row(const float *src, void *dst, int64_t n);
+void f32_copy_row(const float *src, void *dst, int64_t n);
+
+/* y[0..n) = fma(a, x[0..n), y) with fp16 x (attention's weighted sum of V) */
+void vec_axpy_f16(int64_t n, float a, const uint16_t *x, float *y);
+void axpy_f16_ref(int64_t n, float a, const uint16_t *x, float *y);
+void axpy_f16_avx2(int64_t n, float a, const uint16_t *x, float *y);
+void f32_to_f16_row_f16c(const float *src, void *dst, int64_t n);
+
+void dot_f32_ref(int64_t n, const void *w, const void *x, float *out);
+void dot_f16_ref(int64_t n, const void *w, const void *x, float *out);
+void dot_bf16_ref(int64_t n, const void *w, const void *x, float *out);
+void dot_q8_0_ref(int64_t n, const void *w, const void *x, float *out);
+
+void dot_f32_avx2(int64_t n, const void *w, const void *x, float *out);
+void dot_f16_avx2(int64_t n, const void *w, const void *x, float *out);
+void dot_bf16_avx2(int64_t n, const void *w, const void *x, float *out);
+void dot_q8_0_avx2(int64_t n, const void *w, const void *x, float *out);
+void dot_f16_avx512(int64_t n, const void *w, const void *x, float *out);
+void dot_f16_avx512x4(int64_t n, const void *w, const void *x, float *out);
+void dot_q8_0_vnni(int64_t n, const void *w, const void *x, float *out);
+
+#endif
