@@ -1,0 +1,174 @@
+"""A readable Llama / Qwen2 forward pass in torch over Hugging Face-layout weights.
+
+Built for the quantization pipeline rather than for speed: the model runs block by block
+(`embed` -> `block` for each layer -> `head`), every linear layer's input can be observed through a
+hook (for GPTQ Hessians), and the FFN hidden state can be passed through an online Hadamard
+transform before `down_proj` (coherence processing, see docs/rotation.md). Float32 or float64.
+
+Weights keep Hugging Face names and layout: Q/K rows are in HF order, so RoPE rotates the two halves
+of each head (`rotate_half`), not adjacent pairs as llama.cpp does on its permuted rows.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from . import ConvertError
+from .hf_model import HFModel, open_model
+
+# Linear layers of a block, in the order the forward pass reads them (HF names, without ".weight").
+LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+# hook(layer, linear name, input rows (T, n_in)): sees the exact input of each linear layer.
+LinearHook = Callable[[int, str, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class Config:
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn_dim: int
+    vocab: int
+    norm_eps: float
+    rope_theta: float
+    qkv_bias: bool
+
+    @classmethod
+    def from_hf(cls, hf: HFModel) -> "Config":
+        c = hf.config
+        if c.get("rope_scaling"):
+            raise ConvertError(f"rope_scaling {c['rope_scaling']!r} is not supported by the torch model")
+        n_heads = hf.hparam("num_attention_heads")
+        dim = hf.hparam("hidden_size")
+        return cls(dim=dim, n_layers=hf.hparam("num_hidden_layers"), n_heads=n_heads,
+                   n_kv_heads=c.get("num_key_value_heads") or n_heads,
+                   head_dim=c.get("head_dim") or dim // n_heads, ffn_dim=hf.hparam("intermediate_size"),
+                   vocab=hf.hparam("vocab_size"), norm_eps=hf.hparam("rms_norm_eps"),
+                   rope_theta=float(c.get("rope_theta", 10000.0)), qkv_bias=hf.arch.has_qkv_bias)
+
+
+@dataclass
+class Model:
+    """Weights by HF name: `globals` holds embed_tokens / norm / lm_head, `blocks[i]` the tensors of
+    layer i under their names inside the block (e.g. "self_attn.q_proj.weight").
+
+    `lm_head` is None while the head is tied to the embedding. `ffn_hadamard`, when set, is applied
+    to the FFN hidden state right before down_proj (the runtime's online transform)."""
+    config: Config
+    globals: dict[str, torch.Tensor]
+    blocks: list[dict[str, torch.Tensor]]
+    ffn_hadamard: Callable[[torch.Tensor], torch.Tensor] | None = None
+    _rope_cache: dict = field(default_factory=dict, repr=False)
+
+    # --- the pieces -----------------------------------------------------------------------------
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """token ids (T,) -> residual stream (T, dim)."""
+        return self.globals["embed_tokens.weight"][tokens]
+
+    def block(self, i: int, x: torch.Tensor, hook: LinearHook | None = None) -> torch.Tensor:
+        """One transformer block on a whole sequence x (T, dim), causal, positions 0..T-1."""
+        c, w = self.config, self.blocks[i]
+
+        def linear(name: str, inp: torch.Tensor) -> torch.Tensor:
+            if hook is not None:
+                hook(i, name, inp)
+            y = inp @ w[name + ".weight"].T
+            bias = w.get(name + ".bias")
+            return y if bias is None else y + bias
+
+        T = x.shape[0]
+        h = rms_norm(x, w["input_layernorm.weight"], c.norm_eps)
+        q = linear("self_attn.q_proj", h).view(T, c.n_heads, c.head_dim).transpose(0, 1)
+        k = linear("self_attn.k_proj", h).view(T, c.n_kv_heads, c.head_dim).transpose(0, 1)
+        v = linear("self_attn.v_proj", h).view(T, c.n_kv_heads, c.head_dim).transpose(0, 1)
+        cos, sin = self._rope(T, x.dtype, x.device)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        group = c.n_heads // c.n_kv_heads  # GQA: each K/V head serves `group` query heads
+        k, v = k.repeat_interleave(group, dim=0), v.repeat_interleave(group, dim=0)
+        scores = q @ k.transpose(1, 2) / math.sqrt(c.head_dim)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+        att = torch.softmax(scores.masked_fill(causal, float("-inf")), dim=-1) @ v
+        x = x + linear("self_attn.o_proj", att.transpose(0, 1).reshape(T, c.n_heads * c.head_dim))
+
+        h = rms_norm(x, w["post_attention_layernorm.weight"], c.norm_eps)
+        f = torch.nn.functional.silu(linear("mlp.gate_proj", h)) * linear("mlp.up_proj", h)
+        if self.ffn_hadamard is not None:
+            f = self.ffn_hadamard(f)
+        return x + linear("mlp.down_proj", f)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm and output layer: (T, dim) -> logits (T, vocab)."""
+        g = self.globals
+        out = g.get("lm_head.weight")
+        return rms_norm(x, g["norm.weight"], self.config.norm_eps) @ (g["embed_tokens.weight"] if out is None else out).T
+
+    def forward(self, tokens: torch.Tensor | list[int]) -> torch.Tensor:
+        tokens = torch.as_tensor(tokens, dtype=torch.int64)
+        x = self.embed(tokens)
+        for i in range(self.config.n_layers):
+            x = self.block(i, x)
+        return self.head(x)
+
+    __call__ = forward
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.globals["embed_tokens.weight"].dtype
+
+    def _rope(self, T: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (T, dtype, device)
+        if key not in self._rope_cache:
+            c = self.config
+            # angles in float64 whatever the model dtype, so float32 and float64 runs see the same table
+            inv_freq = c.rope_theta ** (-torch.arange(0, c.head_dim, 2, dtype=torch.float64) / c.head_dim)
+            ang = torch.outer(torch.arange(T, dtype=torch.float64), inv_freq)
+            ang = torch.cat([ang, ang], dim=-1)
+            self._rope_cache = {key: (ang.cos().to(dtype).to(device), ang.sin().to(dtype).to(device))}
+        return self._rope_cache[key]
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """HF convention: dimension j of a head rotates with dimension j + head_dim/2."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def load_block(hf: HFModel, i: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The tensors of layer i, read from the safetensors files (one block at a time for big models)."""
+    prefix = f"model.layers.{i}."
+    names = [n for n in hf.tensors if n.startswith(prefix) and not n.endswith("rotary_emb.inv_freq")]
+    if not names:
+        raise ConvertError(f"the checkpoint has no tensors for layer {i}")
+    return {n[len(prefix):]: torch.from_numpy(hf.load(n)).to(dtype) for n in names}
+
+
+def load_globals(hf: HFModel, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """embed_tokens / norm / lm_head (absent when tied) by their names without the "model." prefix."""
+    out = {}
+    for hf_name in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"):
+        if hf_name in hf.tensors:
+            out[hf_name.removeprefix("model.")] = torch.from_numpy(hf.load(hf_name)).to(dtype)
+    for need in ("embed_tokens.weight", "norm.weight"):
+        if need not in out:
+            raise ConvertError(f"the checkpoint has no model.{need}")
+    if "lm_head.weight" not in out and not hf.config.get("tie_word_embeddings", False):
+        raise ConvertError("the checkpoint has no lm_head.weight and does not tie the embeddings")
+    return out
+
+
+def load_model(path, dtype: torch.dtype = torch.float32) -> Model:
+    """A whole model in memory (fine for small models; the pipeline streams blocks with load_block)."""
+    hf = path if isinstance(path, HFModel) else open_model(path)
+    cfg = Config.from_hf(hf)
+    return Model(cfg, load_globals(hf, dtype), [load_block(hf, i, dtype) for i in range(cfg.n_layers)])
