@@ -128,3 +128,136 @@ def q8_0_gguf(f16_path: Path) -> Path:
 def file_key(path: Path) -> str:
     st = Path(path).stat()
     return f"{Path(path).name}-{st.st_size}-{int(st.st_mtime)}"
+
+
+def _byte_chars() -> list[str]:
+    """GPT-2's byte-to-unicode map: the 256 single-byte tokens of a byte-level BPE vocabulary."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for _, c in sorted(zip(bs, cs))]
+
+
+def tiny_gguf(path: Path, arch: str = "llama", wtype: str = "f16", seed: int = 0, dim: int = 64, n_layer: int = 2,
+              n_head: int = 4, n_head_kv: int = 2, ffn: int = 128) -> Path:
+    """A small random-weight model with a byte-level BPE vocabulary, written with the gguf package."""
+    import gguf
+    from gguf.quants import quantize
+    rng = np.random.default_rng(seed)
+    tokens = _byte_chars() + ["Ġt", "he", "<|endoftext|>"]
+    n_vocab = len(tokens)
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(n_layer)
+    w.add_context_length(256)
+    w.add_embedding_length(dim)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(dim // n_head)
+    w.add_vocab_size(n_vocab)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([1] * (n_vocab - 1) + [3])
+    w.add_token_merges(["Ġ t", "h e"])
+    w.add_bos_token_id(n_vocab - 1)
+    w.add_eos_token_id(n_vocab - 1)
+    qtype = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
+             "bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[wtype]
+
+    def mat(name, n_out, n_in):
+        a = (rng.standard_normal((n_out, n_in)) / np.sqrt(n_in)).astype(np.float32)
+        if wtype == "f32":
+            w.add_tensor(name, a)
+        elif wtype == "f16":
+            w.add_tensor(name, a.astype(np.float16))
+        else:
+            w.add_tensor(name, quantize(a, qtype), raw_dtype=qtype)
+
+    def vec(name, n, center=1.0):
+        w.add_tensor(name, (center + 0.1 * rng.standard_normal(n)).astype(np.float32))
+
+    kv_dim = dim // n_head * n_head_kv
+    mat("token_embd.weight", n_vocab, dim)
+    vec("output_norm.weight", dim)
+    for l in range(n_layer):
+        p = f"blk.{l}."
+        vec(p + "attn_norm.weight", dim)
+        vec(p + "ffn_norm.weight", dim)
+        mat(p + "attn_q.weight", dim, dim)
+        mat(p + "attn_k.weight", kv_dim, dim)
+        mat(p + "attn_v.weight", kv_dim, dim)
+        mat(p + "attn_output.weight", dim, dim)
+        mat(p + "ffn_gate.weight", ffn, dim)
+        mat(p + "ffn_up.weight", ffn, dim)
+        mat(p + "ffn_down.weight", dim, ffn)
+        if arch == "qwen2":
+            vec(p + "attn_q.bias", dim, 0.0)
+            vec(p + "attn_k.bias", kv_dim, 0.0)
+            vec(p + "attn_v.bias", kv_dim, 0.0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def gguf_layout(data: bytes) -> dict:
+    """Byte offsets of a GGUF file's fields: for each key and tensor info its start and the positions of
+    its length/count/dims/type/offset fields; the data section start and each tensor's data start."""
+    import struct
+    pos = 24
+    scalar = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+    n_tensors, n_kv = struct.unpack_from("<QQ", data, 8)
+    kvs, tinfos = [], []
+
+    def skip_value(p, t):
+        if t == 8:
+            return p + 8 + struct.unpack_from("<Q", data, p)[0]
+        return p + scalar[t]
+
+    alignment = 32
+    for _ in range(n_kv):
+        kv = {"start": pos, "key_len": pos}
+        klen = struct.unpack_from("<Q", data, pos)[0]
+        key = data[pos + 8:pos + 8 + klen].decode()
+        pos += 8 + klen
+        kv["type"] = pos
+        t = struct.unpack_from("<I", data, pos)[0]
+        pos += 4
+        kv["value"] = pos
+        if t == 9:
+            et, n = struct.unpack_from("<IQ", data, pos)
+            kv["count"] = pos + 4
+            pos += 12
+            kv["first"] = pos
+            for _ in range(n):
+                pos = skip_value(pos, et)
+        else:
+            if key == "general.alignment":
+                alignment = struct.unpack_from("<I", data, pos)[0]
+            pos = skip_value(pos, t)
+        kv["key"] = key
+        kvs.append(kv)
+    for _ in range(n_tensors):
+        ti = {"start": pos}
+        nlen = struct.unpack_from("<Q", data, pos)[0]
+        pos += 8 + nlen
+        ti["n_dims"] = pos
+        nd = struct.unpack_from("<I", data, pos)[0]
+        ti["dims"] = pos + 4
+        pos += 4 + 8 * nd
+        ti["type"] = pos
+        ti["offset"] = pos + 4
+        ti["rel_offset"] = struct.unpack_from("<Q", data, pos + 4)[0]
+        pos += 12
+        tinfos.append(ti)
+    data_start = (pos + alignment - 1) // alignment * alignment
+    return {"kv": kvs, "tensors": tinfos, "header_end": pos, "data_start": data_start,
+            "tensor_data": [data_start + t["rel_offset"] for t in tinfos]}

@@ -234,17 +234,25 @@ static void matmul_rows(void *arg, int ith, int nth) {
     matmul_task *mt = arg;
     int64_t total = 0;
     for (int i = 0; i < mt->nw; i++) total += mt->w[i]->n_out;
-    int64_t per = (total + nth - 1) / nth, r0 = per * ith, r1 = r0 + per < total ? r0 + per : total;
+    /* split at even rows so 2-row tiles never straddle threads */
+    int64_t per = ((total + nth - 1) / nth + 1) & ~(int64_t)1, r0 = per * ith, r1 = r0 + per < total ? r0 + per : total;
     for (int64_t r = r0; r < r1;) {
         int i = 0;
         int64_t base = 0;
         while (r >= base + mt->w[i]->n_out) base += mt->w[i++]->n_out;
         const weight *w = mt->w[i];
-        dot_fn dot = mt->T == 1 ? type_get(w->type)->dot : type_get(w->type)->dot_batch;
+        const type_traits *tt = type_get(w->type);
+        dot_fn dot = mt->T == 1 ? tt->dot : tt->dot_batch;
         int64_t row = r - base, end = row + ROW_TILE;
         if (end > w->n_out) end = w->n_out;
         if (end > row + (r1 - r)) end = row + (r1 - r);
-        for (int t = 0; t < mt->T; t++) {
+        int t = 0;
+        if (tt->tile && (end - row) % TILE_ROWS == 0 && mt->T > 1)
+            for (; t + TILE_COLS <= mt->T; t += TILE_COLS)
+                for (int64_t j = row; j < end; j += TILE_ROWS)
+                    tt->tile(w->n_in, w->data + j * w->row_bytes, w->row_bytes, (const uint8_t *)mt->xq + t * mt->xq_row,
+                             mt->xq_row, mt->out[i] + (int64_t)t * w->n_out + j, (size_t)w->n_out);
+        for (; t < mt->T; t++) {
             const uint8_t *xq = (const uint8_t *)mt->xq + t * mt->xq_row;
             float *out = mt->out[i] + (int64_t)t * w->n_out;
             for (int64_t j = row; j < end; j++) dot(w->n_in, w->data + j * w->row_bytes, xq, &out[j]);
@@ -348,7 +356,7 @@ static void attention(void *arg, int ith, int nth) {
         for (int p = 0; p < n_kv; p++) p16[p] = f32_to_fp16(att[p] * inv);
         memset(lanes, 0, (size_t)n_lanes * hd * sizeof(float));
         for (int p = 0; p < n_kv; p++)
-            vec_axpy_f16(hd, fp16_to_f32(p16[p]), vc + (size_t)p * kv_dim + koff, lanes + (p % n_lanes) * hd);
+            vec_axpy_f16(hd, fp16_to_f32_fast(p16[p]), vc + (size_t)p * kv_dim + koff, lanes + (p % n_lanes) * hd);
         reduce_lanes(lanes, n_lanes, hd, s->xb + (size_t)t * m->dim + (size_t)h * hd);
     }
 }

@@ -6,9 +6,11 @@
 #if defined(__AVX512F__)
 #define F16_DOT dot_f16_avx512x4
 #define F16_DOT_BATCH dot_f16_avx512
+#define F16_TILE tile_f16_avx512
 #else
 #define F16_DOT dot_f16_avx2
 #define F16_DOT_BATCH dot_f16_avx2
+#define F16_TILE NULL
 #endif
 #define TO_F16 f32_to_f16_row_f16c
 #define AXPY_F16 axpy_f16_avx2
@@ -23,6 +25,7 @@
 #define SIMD(ref, avx2) ref
 #define F16_DOT dot_f16_ref
 #define F16_DOT_BATCH dot_f16_ref
+#define F16_TILE NULL
 #define TO_F16 f32_to_f16_row
 #define AXPY_F16 axpy_f16_ref
 #define Q8_DOT dot_q8_0_ref
@@ -31,12 +34,12 @@
 
 static const type_traits TRAITS[] = {
     {T_F32, "f32", 1, 4, T_F32, f32_to_f32_row, f32_copy_row, dot_f32_ref, SIMD(dot_f32_ref, dot_f32_avx2),
-     SIMD(dot_f32_ref, dot_f32_avx2)},
-    {T_F16, "f16", 1, 2, T_F16, f16_to_f32_row, TO_F16, dot_f16_ref, F16_DOT, F16_DOT_BATCH},
+     SIMD(dot_f32_ref, dot_f32_avx2), NULL},
+    {T_F16, "f16", 1, 2, T_F16, f16_to_f32_row, TO_F16, dot_f16_ref, F16_DOT, F16_DOT_BATCH, F16_TILE},
     {T_BF16, "bf16", 1, 2, T_BF16, bf16_to_f32_row, f32_to_bf16_row, dot_bf16_ref,
-     SIMD(dot_bf16_ref, dot_bf16_avx2), SIMD(dot_bf16_ref, dot_bf16_avx2)},
+     SIMD(dot_bf16_ref, dot_bf16_avx2), SIMD(dot_bf16_ref, dot_bf16_avx2), NULL},
     {T_Q8_0, "q8_0", QK8_0, sizeof(block_q8_0), T_Q8_0, q8_0_to_f32_row, f32_to_q8_0_row, dot_q8_0_ref, Q8_DOT,
-     Q8_DOT},
+     Q8_DOT, SIMD(NULL, tile_q8_0_avx2)},
 };
 
 const type_traits *type_get(uint32_t id) {

@@ -19,6 +19,12 @@ typedef struct {
 /* out = dot(one weight row of n elements, one activation row already in vec_type), n % block == 0 */
 typedef void (*dot_fn)(int64_t n, const void *w, const void *x, float *out);
 
+/* The same products for 2 weight rows x 4 activation rows: out[t * out_stride + r]. */
+typedef void (*tile_fn)(int64_t n, const void *w, size_t w_stride, const void *x, size_t x_stride, float *out,
+                        size_t out_stride);
+#define TILE_ROWS 2
+#define TILE_COLS 4
+
 typedef struct {
     uint32_t id;            /* ggml type id */
     const char *name;
@@ -31,6 +37,7 @@ typedef struct {
     dot_fn dot;             /* fastest kernel for this build, one activation row */
     dot_fn dot_batch;       /* the same for batches of >= 2 rows; differs only where llama.cpp sums in
                              * another order for batches (F16 on AVX-512), so logits match it in both */
+    tile_fn tile;           /* dot_batch on a 2x4 tile, or NULL */
 } type_traits;
 
 /* NULL for an unknown id. */
@@ -41,6 +48,12 @@ size_t type_row_bytes(uint32_t id, int64_t n);
 const char *type_simd_name(void);
 
 float fp16_to_f32(uint16_t h);
+#if defined(__F16C__)
+#include <immintrin.h>
+static inline float fp16_to_f32_fast(uint16_t h) { return _cvtsh_ss(h); }
+#else
+static inline float fp16_to_f32_fast(uint16_t h) { return fp16_to_f32(h); }
+#endif
 uint16_t f32_to_fp16(float f);
 float bf16_to_f32(uint16_t h);
 uint16_t f32_to_bf16(float f);
@@ -72,6 +85,10 @@ void dot_bf16_avx2(int64_t n, const void *w, const void *x, float *out);
 void dot_q8_0_avx2(int64_t n, const void *w, const void *x, float *out);
 void dot_f16_avx512(int64_t n, const void *w, const void *x, float *out);
 void dot_f16_avx512x4(int64_t n, const void *w, const void *x, float *out);
+void tile_f16_avx512(int64_t n, const void *w, size_t w_stride, const void *x, size_t x_stride, float *out,
+                     size_t out_stride);
+void tile_q8_0_avx2(int64_t n, const void *w, size_t w_stride, const void *x, size_t x_stride, float *out,
+                    size_t out_stride);
 void dot_q8_0_vnni(int64_t n, const void *w, const void *x, float *out);
 
 #endif

@@ -1,0 +1,116 @@
+"""The runtime against llama.cpp (llama-cpp-python) on SmolLM2 F16 and a Q8_0 file made by llama.cpp's
+quantizer: logits of a 64-token prompt, greedy continuations, perplexity and KL divergence with
+llama-perplexity's protocol (the peer's figures computed here in Python from its logits)."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from conftest import peer_llama
+from runtime_clib import CACHE, Model, file_key, q8_0_gguf, run_pvqrun
+
+llama_cpp = pytest.importorskip("llama_cpp")
+
+PROMPTS = ["The capital of France is", "Debian is a free operating system that",
+           "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\""]
+N_CTX, N_CHUNKS = 512, 20
+
+
+@pytest.fixture(scope="module")
+def models(smollm2):
+    return {"f16": smollm2.f16_gguf, "q8_0": q8_0_gguf(smollm2.f16_gguf)}
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("kind", ["f16", "q8_0"])
+def test_logits_match_peer(models, eval_text, kind):
+    path = models[kind]
+    peer = peer_llama(path, n_ctx=N_CTX, logits_all=True)
+    ids = peer.tokenize(eval_text[:2000].encode(), add_bos=False)[:64]
+    peer.eval(ids)
+    theirs = np.array(peer.scores[:64], dtype=np.float32)
+    ours_model = Model(path, n_ctx=N_CTX)
+    ours = ours_model.eval(ids)
+    ours_model.close()
+    diff = np.abs(ours - theirs)
+    rel = diff.max() / np.abs(theirs).max()
+    print(f"{kind}: max abs {diff.max():.4g}, max rel {rel:.3g}, mean abs {diff.mean():.3g}")
+    assert (ours.argmax(1) == theirs.argmax(1)).mean() >= 0.95
+    # Q8_0 activations are rounded to int8: a last-bit difference upstream moves a logit by ~0.5
+    assert diff.max() < (0.1 if kind == "f16" else 2.0)
+    assert diff.mean() < (0.02 if kind == "f16" else 0.3)
+
+
+@pytest.mark.parametrize("kind", ["f16", "q8_0"])
+def test_greedy_continuations_match_peer(models, kind):
+    path = models[kind]
+    peer = peer_llama(path, n_ctx=N_CTX, logits_all=True)
+    ours = Model(path, n_ctx=N_CTX, logits_all=False)
+    for prompt in PROMPTS:
+        ids = peer.tokenize(prompt.encode(), add_bos=False)
+        peer.reset()
+        peer.eval(ids)
+        theirs = []
+        for _ in range(64):
+            t = int(np.argmax(peer.scores[peer.n_tokens - 1]))
+            theirs.append(t)
+            peer.eval([t])
+        assert ours.greedy(ids, 64) == theirs, prompt
+    ours.close()
+
+
+def _peer_scores(f16, q8, text):
+    """Peer perplexity of both files and KLD(F16 || Q8_0), llama-perplexity's protocol; cached."""
+    key = CACHE / "peer-results" / f"ppl-{file_key(f16)}-{file_key(q8)}-{N_CTX}x{N_CHUNKS}.json"
+    if key.exists():
+        return json.loads(key.read_text())
+    pf, pq = peer_llama(f16, n_ctx=N_CTX, logits_all=True), peer_llama(q8, n_ctx=N_CTX, logits_all=True)
+    tokens = pf.tokenize(text.encode(), add_bos=pf._model.add_bos_token())
+    first, nll_f, nll_q, kld, count = N_CTX // 2, 0.0, 0.0, 0.0, 0
+    for c in range(N_CHUNKS):
+        chunk = tokens[c * N_CTX:(c + 1) * N_CTX]
+        if pf._model.add_bos_token():
+            chunk = [pf.token_bos()] + chunk[1:]
+        lps = []
+        for peer in (pf, pq):
+            peer.reset()
+            peer.eval(chunk)
+            lps.append(_log_softmax(np.array(peer.scores[first:N_CTX - 1])))
+        target = np.array(chunk[first + 1:])
+        rows = np.arange(len(target))
+        nll_f -= lps[0][rows, target].sum()
+        nll_q -= lps[1][rows, target].sum()
+        kld += (np.exp(lps[0]) * (lps[0] - lps[1])).sum()
+        count += len(target)
+    res = {"ppl_f16": float(np.exp(nll_f / count)), "ppl_q8_0": float(np.exp(nll_q / count)),
+           "kld": float(kld / count), "count": count}
+    key.parent.mkdir(parents=True, exist_ok=True)
+    key.write_text(json.dumps(res))
+    return res
+
+
+def test_perplexity_and_kld_match_peer(models, eval_text, tmp_path):
+    from models import EVAL_TEXT
+    peer = _peer_scores(models["f16"], models["q8_0"], eval_text)
+    base = tmp_path / "f16.kld"
+    r = run_pvqrun(["-m", models["f16"], "-f", EVAL_TEXT, "--perplexity", "-c", N_CTX, "--chunks", N_CHUNKS,
+                    "-t", 2, "--kl-divergence-base", base], timeout=600)
+    assert r.returncode == 0, r.stderr.decode()
+    ppl_f16 = float(re.search(rb"perplexity: ([0-9.]+) over 20 chunks \((\d+) tokens", r.stdout).group(1))
+    r = run_pvqrun(["-m", models["q8_0"], "--kl-divergence", "--kl-divergence-base", base, "-c", N_CTX, "-t", 2],
+                   timeout=600)
+    assert r.returncode == 0, r.stderr.decode()
+    ppl_q8 = float(re.search(rb"perplexity: ([0-9.]+)", r.stdout).group(1))
+    kld = float(re.search(rb"mean KLD: ([0-9.]+)", r.stdout).group(1))
+    print(f"ours: ppl f16 {ppl_f16:.4f} q8_0 {ppl_q8:.4f} kld {kld:.5f}; peer: {peer}")
+    assert abs(ppl_f16 / peer["ppl_f16"] - 1) < 0.002
+    assert abs(ppl_q8 / peer["ppl_q8_0"] - 1) < 0.002
+    assert abs(kld / peer["kld"] - 1) < 0.05
