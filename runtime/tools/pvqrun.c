@@ -254,8 +254,7 @@ static int generate(pvq_model *m, pvq_context *c, const options *o, const char *
         }
     }
     double t2 = now();
-    fwrite(out.buf, 1, out.held, stdout); /* a truncated character at the very end, as generated */
-    printf("\n");
+    printf("\n"); /* bytes of a character the model never finished are dropped */
     if (o->verbose)
         fprintf(stderr, "prompt: %d tokens in %.3f s (%.1f tok/s); generated: %d tokens in %.3f s (%.1f tok/s)\n",
                 n_prompt, t1 - t0, n_prompt / (t1 - t0), n_gen, t2 - t1, n_gen / (t2 - t1));
@@ -364,10 +363,11 @@ static int score(pvq_model *m, pvq_context *c, const options *o, const char *tex
                 }
                 double kl = 0;
                 int top_b = 0, top = 0;
+                float best_b = -INFINITY;
                 for (int v = 0; v < n_vocab; v++) {
                     float b = pvq_f16_to_f32(base16[v]);
                     kl += exp(b) * (b - lp[v]);
-                    if (b > pvq_f16_to_f32(base16[top_b])) top_b = v;
+                    if (b > best_b) best_b = b, top_b = v;
                     if (lp[v] > lp[top]) top = v;
                 }
                 kld += kl;

@@ -1,0 +1,100 @@
+"""Runtime speed against llama.cpp (llama-cpp-python), same machine, same run: prefill of 512 tokens and
+decode of 128 tokens on SmolLM2-135M F16 and Q8_0 with 2 threads. Best of --reps runs each. Writes the
+table into docs/benchmarks.md (the section between the runtime markers).
+
+    python3 bench/bench_runtime.py [--reps 3] [--no-write]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from models import EVAL_TEXT  # noqa: E402
+from models.smollm2 import ensure  # noqa: E402
+from runtime_clib import Model, q8_0_gguf  # noqa: E402
+
+BEGIN, END = "<!-- runtime-bench:begin -->", "<!-- runtime-bench:end -->"
+N_PREFILL, N_DECODE, THREADS = 512, 128, 2
+
+
+def bench_ours(path, prompt, reps):
+    m = Model(path, n_ctx=N_PREFILL + N_DECODE + 8, n_threads=THREADS, logits_all=False)
+    pp = tg = 0.0
+    for _ in range(reps):
+        m.reset()
+        t0 = time.perf_counter()
+        m.eval(prompt)
+        pp = max(pp, N_PREFILL / (time.perf_counter() - t0))
+        m.reset()
+        t0 = time.perf_counter()
+        for i in range(N_DECODE):
+            m.eval([prompt[i % len(prompt)]])
+        tg = max(tg, N_DECODE / (time.perf_counter() - t0))
+    m.close()
+    return pp, tg
+
+
+def bench_peer(path, prompt, reps):
+    from llama_cpp import Llama
+    p = Llama(str(path), n_ctx=N_PREFILL + N_DECODE + 8, n_batch=N_PREFILL, n_threads=THREADS,
+              n_threads_batch=THREADS, verbose=False)
+    pp = tg = 0.0
+    for _ in range(reps):
+        p.reset()
+        t0 = time.perf_counter()
+        p.eval(prompt)
+        pp = max(pp, N_PREFILL / (time.perf_counter() - t0))
+        p.reset()
+        t0 = time.perf_counter()
+        for i in range(N_DECODE):
+            p.eval([prompt[i % len(prompt)]])
+        tg = max(tg, N_DECODE / (time.perf_counter() - t0))
+    return pp, tg
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    sm = ensure()
+    files = {"F16": sm.f16_gguf, "Q8_0": q8_0_gguf(sm.f16_gguf)}
+    m = Model(files["F16"], n_ctx=16, logits_all=False)
+    prompt = m.tokenize(EVAL_TEXT.read_text()[:20000])[:N_PREFILL]
+    m.close()
+    rows = []
+    for name, path in files.items():
+        ours, peer = bench_ours(path, prompt, args.reps), bench_peer(path, prompt, args.reps)
+        rows.append((name, ours, peer))
+        print(f"{name}: prefill {ours[0]:.0f} vs {peer[0]:.0f} tok/s ({ours[0] / peer[0]:.2f}x), "
+              f"decode {ours[1]:.0f} vs {peer[1]:.0f} tok/s ({ours[1] / peer[1]:.2f}x)", flush=True)
+    table = [BEGIN, "",
+             f"`python3 bench/bench_runtime.py --reps {args.reps}` on {platform.machine()}, {os.cpu_count()} CPUs, "
+             f"{THREADS} threads, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; llama.cpp is llama-cpp-python "
+             "measured in the same run; best of the reps. Prefill: one batch of 512 tokens of the eval text. "
+             "Decode: 128 single-token evaluations from an empty cache (llama-bench's tg128).", "",
+             "| SmolLM2-135M | pp512 pvq | pp512 llama.cpp | ratio | tg128 pvq | tg128 llama.cpp | ratio |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, (opp, otg), (ppp, ptg) in rows:
+        table.append(f"| {name} | {opp:.0f} | {ppp:.0f} | {opp / ppp:.2f}x | {otg:.0f} | {ptg:.0f} | {otg / ptg:.2f}x |")
+    table += ["", END]
+    if not args.no_write:
+        doc = ROOT / "docs" / "benchmarks.md"
+        text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+        block = "\n".join(table)
+        if BEGIN in text:
+            text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+        else:
+            text = text.rstrip() + "\n\n## Runtime: pvqrun against llama.cpp\n\n" + block + "\n"
+        doc.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

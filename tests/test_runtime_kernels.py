@@ -1,0 +1,134 @@
+"""Every SIMD kernel of the runtime against its scalar reference on random rows, the conversions against
+numpy and gguf-py (bit-exact layouts), and the 2x4 tiles against the single-row kernels they batch."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as Q
+from gguf.quants import dequantize, quantize
+
+from runtime_clib import lib
+
+TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "bf16": 30}
+CDEF = """
+typedef void (*dot_fn)(int64_t n, const void *w, const void *x, float *out);
+typedef void (*tile_fn)(int64_t n, const void *w, size_t w_stride, const void *x, size_t x_stride, float *out,
+                        size_t out_stride);
+typedef struct {
+    uint32_t id; const char *name; int64_t block; size_t block_bytes; uint32_t vec_type;
+    void (*to_float)(const void *src, float *dst, int64_t n);
+    void (*from_float)(const float *src, void *dst, int64_t n);
+    dot_fn dot_ref; dot_fn dot; dot_fn dot_batch; tile_fn tile;
+} type_traits;
+const type_traits *type_get(uint32_t id);
+size_t type_row_bytes(uint32_t id, int64_t n);
+void vec_axpy_f16(int64_t n, float a, const uint16_t *x, float *y);
+void axpy_f16_ref(int64_t n, float a, const uint16_t *x, float *y);
+"""
+_K = None
+
+
+def kernels():
+    global _K
+    if _K is None:
+        ffi, L = lib()
+        ffi.cdef(CDEF)
+        _K = (ffi, L)
+    return _K
+
+
+def _row(ffi, tid, x: np.ndarray):
+    """x (float32) in the type's layout, via the runtime's own from_float."""
+    tt = kernels()[1].type_get(tid)
+    buf = ffi.new("uint8_t[]", kernels()[1].type_row_bytes(tid, x.size))
+    tt.from_float(ffi.cast("float *", ffi.from_buffer(x)), buf, x.size)
+    return buf
+
+
+def test_fp16_and_bf16_conversions_are_exact():
+    ffi, L = kernels()
+    halves = np.arange(65536, dtype=np.uint16)
+    out = np.empty(65536, np.float32)
+    L.type_get(1).to_float(ffi.from_buffer(halves), ffi.cast("float *", ffi.from_buffer(out)), 65536)
+    ref = halves.view(np.float16).astype(np.float32)
+    assert np.array_equal(np.isnan(out), np.isnan(ref)) and np.array_equal(out[~np.isnan(ref)], ref[~np.isnan(ref)])
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal(10000) * 10.0 ** rng.integers(-9, 5, 10000),
+                        [65504, 65519.99, 65520, 1e-8, 2.98e-8, -0.0, np.inf, -np.inf]]).astype(np.float32)
+    got = np.frombuffer(ffi.buffer(_row(ffi, 1, x)), np.uint16)
+    with np.errstate(over="ignore"):
+        assert np.array_equal(got, x.astype(np.float16).view(np.uint16))
+    bf = np.frombuffer(ffi.buffer(_row(ffi, 30, x[:-2])), np.uint16)
+    # bf16 round to nearest even, computed independently in integer arithmetic
+    u = x[:-2].view(np.uint32).astype(np.uint64)
+    assert np.array_equal(bf, ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16))
+
+
+def test_q8_0_layout_matches_gguf():
+    ffi, L = kernels()
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(32 * 256).astype(np.float32)
+    packed = quantize(x.reshape(1, -1), Q.Q8_0).reshape(-1)
+    out = np.empty_like(x)
+    L.type_get(8).to_float(ffi.from_buffer(packed), ffi.cast("float *", ffi.from_buffer(out)), x.size)
+    assert np.array_equal(out, dequantize(packed, Q.Q8_0).reshape(-1))
+    ours = np.frombuffer(ffi.buffer(_row(ffi, 8, x)), np.uint8).reshape(-1, 34)
+    theirs = packed.reshape(-1, 34)
+    assert np.array_equal(ours[:, :2], theirs[:, :2])  # fp16 scales identical
+    dq = ours[:, 2:].view(np.int8).astype(int) - theirs[:, 2:].view(np.int8).astype(int)
+    assert np.abs(dq).max() <= 1 and (dq != 0).mean() < 1e-3  # only rounding ties may differ (127/amax vs 1/d)
+
+
+@pytest.mark.parametrize("name", list(TYPES))
+@pytest.mark.parametrize("n", [32, 64, 576, 1536, 4096 + 32])
+def test_simd_dot_matches_reference(name, n):
+    ffi, L = kernels()
+    tid = TYPES[name]
+    tt = L.type_get(tid)
+    rng = np.random.default_rng(n + tid)
+    out = ffi.new("float[3]")
+    for _ in range(20):
+        w = _row(ffi, tid, rng.standard_normal(n).astype(np.float32))
+        x = _row(ffi, tt.vec_type, (rng.standard_normal(n) * 3).astype(np.float32))
+        tt.dot_ref(n, w, x, out)
+        tt.dot(n, w, x, out + 1)
+        tt.dot_batch(n, w, x, out + 2)
+        scale = np.sqrt(n) * 3
+        assert abs(out[1] - out[0]) <= 1e-5 * scale and abs(out[2] - out[0]) <= 1e-5 * scale, (out[0], out[1], out[2])
+
+
+@pytest.mark.parametrize("name", ["f16", "q8_0"])
+def test_tiles_equal_single_rows(name):
+    ffi, L = kernels()
+    tid = TYPES[name]
+    tt = L.type_get(tid)
+    if tt.tile == ffi.NULL:
+        pytest.skip("no tile kernel in this build")
+    n, rng = 576, np.random.default_rng(7)
+    rb = L.type_row_bytes(tid, n)
+    w = ffi.new("uint8_t[]", 2 * rb)
+    x = ffi.new("uint8_t[]", 4 * rb)
+    for r in range(2):
+        ffi.memmove(w + r * rb, _row(ffi, tid, rng.standard_normal(n).astype(np.float32)), rb)
+    for t in range(4):
+        ffi.memmove(x + t * rb, _row(ffi, tt.vec_type, rng.standard_normal(n).astype(np.float32)), rb)
+    out = ffi.new("float[8]")
+    tt.tile(n, w, rb, x, rb, out, 2)
+    one = ffi.new("float *")
+    for r in range(2):
+        for t in range(4):
+            tt.dot_batch(n, w + r * rb, x + t * rb, one)
+            assert out[t * 2 + r] == one[0]
+
+
+def test_axpy_f16_matches_reference():
+    ffi, L = kernels()
+    rng = np.random.default_rng(3)
+    for n in (64, 67, 128):
+        xv = rng.standard_normal(n).astype(np.float16)
+        y0 = rng.standard_normal(n).astype(np.float32)
+        y1 = y0.copy()
+        xh = ffi.cast("uint16_t *", ffi.from_buffer(xv))
+        L.axpy_f16_ref(n, 0.37, xh, ffi.cast("float *", ffi.from_buffer(y0)))
+        L.vec_axpy_f16(n, 0.37, xh, ffi.cast("float *", ffi.from_buffer(y1)))
+        assert np.array_equal(y0, y1)  # both fused multiply-adds
