@@ -8,7 +8,7 @@ from tqdm import tqdm
 
 from . import ConvertError
 from .arch import BLOCK_TENSORS, gguf_tensor_name, permute_qk
-from .gguf_out import OUTTYPES, atomic_output, tensor_type, write_streaming
+from .gguf_out import OUTTYPES, atomic_output, encoded, tensor_type, write_streaming
 from .hf_model import HFModel, open_model
 from .vocab import load_vocab
 
@@ -50,37 +50,99 @@ def check_tensors(m: HFModel) -> None:
         raise ConvertError(f"the checkpoint lacks {len(missing)} tensors, e.g. {missing[0]}")
 
 
-def loader(m: HFModel, name: str):
-    """A function returning tensor `name` as float32, in llama.cpp's row layout."""
+def llama_cpp_rows(m: HFModel, name: str):
+    """A function putting the rows of HF tensor `name` in llama.cpp's order (Q/K permuted for llama),
+    for float weights as for PVQ rows and their scales (permute_qk only moves whole rows)."""
     n_head = m.hparam("num_attention_heads")
     heads = {"self_attn.q_proj": n_head, "self_attn.k_proj": m.hparam("num_key_value_heads", n_head)}
     kind = name.rsplit(".", 1)[0].split(".", 3)[-1]  # model.layers.N.<kind>.weight
     if m.arch.permute_qk and kind in heads:
-        return lambda: permute_qk(m.load(name), heads[kind])
-    return lambda: m.load(name)
+        return lambda rows: permute_qk(rows, heads[kind])
+    return lambda rows: rows
+
+
+def loader(m: HFModel, name: str):
+    """A function returning tensor `name` as float32, in llama.cpp's row layout."""
+    order = llama_cpp_rows(m, name)
+    return lambda: order(m.load(name))
+
+
+def file_tensors(m: HFModel, outtype: str) -> list:
+    """The unquantized path: every tensor of the checkpoint, encoded to the output type."""
+    tensors = []
+    for name, ref in m.tensors.items():
+        gname = gguf_tensor_name(name)
+        if gname is not None:
+            qtype = tensor_type(outtype, ref.shape)
+            tensors.append((gname, ref.shape, qtype, encoded(loader(m, name), qtype)))
+    return tensors
+
+
+def quantized_tensors(m: HFModel, qm, outtype: str) -> tuple[list, dict]:
+    """The quantized path: the (rotated) model's tensors; PVQ-coded linear layers as PVQ rows plus
+    their row scales and gain-level keys, everything else encoded to the output type."""
+    from .pvq_format import VERSION, VERSION_KEY, pvq_entries
+
+    model = qm.model
+    named = {("lm_head.weight" if k == "lm_head.weight" else f"model.{k}"): v for k, v in model.globals.items()}
+    for i, block in enumerate(model.blocks):
+        named |= {f"model.layers.{i}.{k}": v for k, v in block.items()}
+    tensors, keys = [], {VERSION_KEY: VERSION} if qm.codes else {}
+    for name, w in named.items():
+        gname, order = gguf_tensor_name(name), llama_cpp_rows(m, name)
+        if name in qm.codes:
+            entries, levels = pvq_entries(gname, qm.codes[name])
+            keys |= levels
+            (pname, rows, ptype), (sname, scales, _) = entries
+            tensors.append((pname, tuple(w.shape), ptype, lambda r=order(rows): r))
+            tensors.append((sname, scales.shape, gguf.GGMLQuantizationType.F16, lambda s=order(scales): s))
+        else:
+            qtype = tensor_type(outtype, tuple(w.shape))
+            tensors.append((gname, tuple(w.shape), qtype,
+                            encoded(lambda w=w, order=order: order(w.float().numpy()), qtype)))
+    return tensors, keys
 
 
 def convert(model_path: str | Path, outfile: str | Path | None, outtype: str = "f16",
-            vocab_pre: str | None = None, progress: bool = True) -> Path:
+            vocab_pre: str | None = None, progress: bool = True, quant=None) -> Path:
+    """Write `model_path` as GGUF. quant: a quantize.QuantOptions to quantize the linear layers
+    (then `outtype` is the type of the tensors that stay unquantized)."""
     if outtype not in OUTTYPES:
         raise ConvertError(f"unknown --outtype {outtype!r}; choose from {', '.join(OUTTYPES)}")
     m = open_model(model_path)
     check_tensors(m)
     n_vocab = m.tensors["model.embed_tokens.weight"].shape[0]
     vocab = load_vocab(m.dir, n_vocab, vocab_pre)
-    out = Path(outfile) if outfile else default_output(m, outtype)
+    out = Path(outfile) if outfile else default_output(m, outtype if quant is None else quant.tag())
+    if quant is None:
+        tensors, keys = file_tensors(m, outtype), {}
+    else:
+        from .quantize import quantize_checkpoint
+        qm = quantize_checkpoint(m, quant, progress)
+        tensors, keys = quantized_tensors(m, qm, outtype)
+        keys |= qm.metadata
 
     writer = gguf.GGUFWriter(None, m.arch.gguf_name)
     add_hparams(writer, m, n_vocab)
     writer.add_file_type(OUTTYPES[outtype][1])
     vocab.write(writer)
-    tensors = []
-    for name, ref in m.tensors.items():
-        gname = gguf_tensor_name(name)
-        if gname is not None:
-            tensors.append((gname, ref.shape, tensor_type(outtype, ref.shape), loader(m, name)))
-
+    for key, value in keys.items():
+        writer.add_key_value(key, value, *_value_type(value))
     with atomic_output(out) as tmp, tqdm(total=len(tensors), unit="tensor", disable=not progress,
                                          desc=f"writing {out.name}") as bar:
         write_streaming(tmp, writer, tensors, progress=lambda name: bar.update())
     return out
+
+
+def _value_type(value) -> tuple:
+    """GGUF value type of the pvq.* metadata values: uint32, float32, string, or a float32 array."""
+    V = gguf.GGUFValueType
+    if isinstance(value, bool):
+        return (V.BOOL,)
+    if isinstance(value, int):
+        return (V.UINT32,)
+    if isinstance(value, float):
+        return (V.FLOAT32,)
+    if isinstance(value, str):
+        return (V.STRING,)
+    return V.ARRAY, V.FLOAT32

@@ -100,9 +100,10 @@ def write_streaming(path: Path, writer: gguf.GGUFWriter,
                     tensors: Sequence[tuple[str, tuple[int, ...], gguf.GGMLQuantizationType,
                                             Callable[[], np.ndarray]]],
                     progress: Callable[[str], None] = lambda name: None) -> None:
-    """Write metadata already added to `writer`, then each tensor, loading one at a time.
+    """Write metadata already added to `writer`, then each tensor, producing one at a time.
 
-    `tensors` holds (name, HF shape, GGML type, load) where load() returns the float32 data."""
+    `tensors` holds (name, shape (rows first), GGML type, produce) where produce() returns the
+    tensor's bytes as GGUF stores them (see `encoded`)."""
     for name, shape, qtype, _ in tensors:
         block, size = gguf.GGML_QUANT_SIZES[qtype]
         byte_shape = (*shape[:-1], shape[-1] // block * size)
@@ -110,8 +111,12 @@ def write_streaming(path: Path, writer: gguf.GGUFWriter,
     writer.write_header_to_file(path)
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    for name, shape, qtype, load in tensors:
-        data = encode(load(), qtype)
-        writer.write_tensor_data(data.view(np.uint8).reshape(-1))
+    for name, shape, qtype, produce in tensors:
+        writer.write_tensor_data(produce().view(np.uint8).reshape(-1))
         progress(name)
     writer.close()
+
+
+def encoded(load: Callable[[], np.ndarray], qtype: gguf.GGMLQuantizationType) -> Callable[[], np.ndarray]:
+    """A producer for write_streaming: load() gives float32 data, encoded to qtype when called."""
+    return lambda: encode(load(), qtype)

@@ -1,0 +1,73 @@
+"""The quantization pipeline end to end on the small SentencePiece Llama: the file holds exactly the
+weights the pipeline evaluated, and bad requests fail cleanly."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from models import EVAL_TEXT
+from pvq_convert.arch import gguf_tensor_name, unpermute_qk
+from pvq_convert.convert import convert
+from pvq_convert.hf_model import open_model
+from pvq_convert.pvq import dequantize_matrix
+from pvq_convert.pvq_format import read_pvq_tensors
+from pvq_convert.pvq_presets import preset
+from pvq_convert.quantize import Method, QuantOptions, quantize_checkpoint
+
+
+def test_file_holds_the_weights_the_pipeline_used(spm_model_dir, tmp_path):
+    torch.manual_seed(0)
+    opts = QuantOptions(Method("pvq", preset(3.25)), EVAL_TEXT, n_seq=2, seq_len=32)
+    hf = open_model(spm_model_dir)
+    qm = quantize_checkpoint(hf, opts, progress=False)
+    out = convert(spm_model_dir, tmp_path / "m.gguf", "f16", progress=False, quant=opts)
+    stored = read_pvq_tensors(out)
+    cfg = hf.config
+    heads = {"q_proj": cfg["num_attention_heads"], "k_proj": cfg["num_key_value_heads"]}
+    assert len(stored) == 7 * cfg["num_hidden_layers"]
+    for i, block in enumerate(qm.model.blocks):
+        for key, w in block.items():
+            if not key.endswith("proj.weight"):
+                continue
+            got = dequantize_matrix(stored[gguf_tensor_name(f"model.layers.{i}.{key}")].quantized())
+            kind = key.split(".")[1]
+            if kind in heads:
+                got = torch.from_numpy(unpermute_qk(got.numpy(), heads[kind]))
+            assert torch.equal(got, w), key
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "pvq_convert", *map(str, args), "-q"],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bits", "3.0"], "has no preset"),
+    (["--bits", "3.25"], "--calib FILE is needed"),
+    (["--bits", "3.25", "--calib", EVAL_TEXT, "--calib-seqs", "100000"], "calibration text too short"),
+    (["--bits", "3.25", "--calib", "/nonexistent.txt"], "cannot read calibration file"),
+])
+def test_bad_quantization_requests(spm_model_dir, tmp_path, args, message):
+    r = run_cli(spm_model_dir, "-o", tmp_path / "o.gguf", *args)
+    assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_rows_that_do_not_fit_the_group(spm_model_dir, tmp_path):
+    import json
+    import shutil
+
+    from models.spm_fixture import random_weights
+    from safetensors.numpy import save_file
+
+    d = tmp_path / "m"
+    shutil.copytree(spm_model_dir, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["intermediate_size"] = 252  # down_proj rows of 252 weights: not a multiple of 8
+    (d / "config.json").write_text(json.dumps(cfg))
+    save_file(random_weights(cfg, cfg["vocab_size"]), d / "model.safetensors")
+    r = run_cli(d, "-o", tmp_path / "o.gguf", "--bits", "3.25", "--no-hessian")
+    assert r.returncode == 1 and "not a multiple of the group size 8" in r.stderr, r.stderr
