@@ -21,6 +21,8 @@ setup:
 runtime:
 	$(MAKE) -C runtime
 	ln -sf $(CURDIR)/runtime/build/pvqrun $(SCRIPTS)/pvqrun
+	@# pyenv finds new commands only through its shims
+	@if command -v pyenv >/dev/null; then pyenv rehash; fi
 
 models: setup
 	$(PYTHON) -m models.smollm2
