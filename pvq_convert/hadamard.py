@@ -194,14 +194,29 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(*lead, n)
 
 
-def hadamard_transform(x: torch.Tensor) -> torch.Tensor:
-    """x -> (B ⊗ H_p) x / sqrt(r p) over the last axis, orthonormal, O(n (log p + h))."""
+# Up to this size H_p is applied as a dense +-1 matmul: p flops per element but in BLAS, faster in
+# torch than the log2(p) passes of fwht, which take over for larger p.
+DENSE_SYLVESTER_MAX = 256
+
+
+def hadamard_transform(x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    """x -> (B ⊗ H_p) x / sqrt(r p) over the last axis (B^T with transpose), orthonormal,
+    O(n (log p + h)). The transpose is the inverse, and equals the transform itself when B is
+    symmetric (Sylvester, Paley II), not for Paley I."""
     pl = plan(x.shape[-1])
-    y = fwht(x.reshape(*x.shape[:-1], pl.h, pl.p))
+    y = x.contiguous().view(*x.shape[:-1], pl.h, pl.p)  # strided views fall off BLAS's fast paths
+    if pl.p <= DENSE_SYLVESTER_MAX:
+        y = y @ _as(sylvester(pl.p), x)          # H_p is symmetric
+    else:
+        y = fwht(y)
     if pl.h > 1:
-        B = torch.from_numpy(pl.base.astype(np.float64)).to(dtype=x.dtype, device=x.device)
-        y = torch.einsum("ab,...bp->...ap", B, y)
+        B = _as(pl.base, x)
+        y = (B.T if transpose else B) @ y
     return y.reshape(x.shape) * pl.scale
+
+
+def _as(M: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(M.astype(np.float64)).to(dtype=like.dtype, device=like.device)
 
 
 def random_signs(n: int, seed: int) -> torch.Tensor:
@@ -214,3 +229,13 @@ def random_hadamard(n: int, seed: int) -> torch.Tensor:
     """Orthogonal Q = M diag(s) * scale (float64), M = hadamard_matrix(n), s = random_signs(n, seed)."""
     M = torch.from_numpy(hadamard_matrix(n).astype(np.float64))
     return M * random_signs(n, seed) * plan(n).scale
+
+
+def random_hadamard_right(W: torch.Tensor, seed: int) -> torch.Tensor:
+    """W @ random_hadamard(n, seed) without forming the matrix: rows w -> (M^T w) * s * scale."""
+    return hadamard_transform(W, transpose=True) * random_signs(W.shape[-1], seed).to(W)
+
+
+def random_hadamard_left_t(W: torch.Tensor, seed: int) -> torch.Tensor:
+    """random_hadamard(n, seed)^T @ W for W (n, k): columns w -> s * (M^T w) * scale."""
+    return hadamard_transform(W.T, transpose=True).T * random_signs(W.shape[0], seed).to(W)[:, None]

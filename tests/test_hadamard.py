@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pvq_convert.hadamard import (fwht, hadamard_matrix, hadamard_transform, paley1, paley2, plan,
-                                  random_hadamard, sylvester)
+                                  random_hadamard, random_hadamard_left_t, random_hadamard_right, sylvester)
 
 # model dimensions (SmolLM2, Llama, Qwen2) and small orders of each construction
 DIMS = [1, 2, 64, 576, 896, 1536, 4864, 11008, 14336, 12, 20, 28, 36, 44, 52, 6, 40]
@@ -52,6 +52,10 @@ def test_plan_is_orthogonal_and_fast_equals_dense(n):
         Hp = sylvester(pl.p)
         M = np.stack([np.kron(B[i // pl.p], Hp[i % pl.p]) for i in rows]).astype(np.float64) * pl.scale
     np.testing.assert_allclose(got[:, rows], x @ M.T, atol=1e-10)
+    got_t = hadamard_transform(torch.from_numpy(x), transpose=True).numpy()
+    if n <= 2048:
+        np.testing.assert_allclose(got_t, x @ M, atol=1e-10)
+    np.testing.assert_allclose(hadamard_transform(torch.from_numpy(got_t)).numpy(), x, atol=1e-10)
 
 
 def test_fwht_matches_dense_and_rejects_non_powers():
@@ -66,5 +70,8 @@ def test_random_hadamard_is_orthogonal_and_seeded():
     np.testing.assert_allclose(Q @ Q.T, np.eye(576), atol=1e-12)
     assert np.allclose(Q, random_hadamard(576, seed=7).numpy())
     assert not np.allclose(Q, random_hadamard(576, seed=8).numpy())
+    W = np.random.default_rng(1).standard_normal((576, 40))
+    np.testing.assert_allclose(random_hadamard_right(torch.from_numpy(W.T), 7).numpy(), W.T @ Q, atol=1e-10)
+    np.testing.assert_allclose(random_hadamard_left_t(torch.from_numpy(W), 7).numpy(), Q.T @ W, atol=1e-10)
     # entries all of magnitude 1/sqrt(n): the rotation spreads every coordinate evenly
     np.testing.assert_allclose(np.abs(Q), 1 / np.sqrt(576), rtol=1e-12)

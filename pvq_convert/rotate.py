@@ -1,0 +1,86 @@
+"""Coherence processing (QuaRot-style): an orthogonally rotated model with the same outputs whose
+weights look i.i.d. Gaussian, so that PVQ's Gaussian assumptions hold. docs/rotation.md has the math
+and the convention the runtime follows.
+
+1. Fold every RMSNorm gain g into the linear layers that read the norm's output (W <- W diag(g)); the
+   norm weights become 1. The final norm folds into the output layer, which therefore stops being
+   the embedding: a tied model comes out untied (lm_head is written as its own tensor).
+2. Rotate the residual stream by Q = hadamard.random_hadamard(dim, seed) (applied fast, never formed): with the residual x replaced by Q^T x,
+   the embedding rows E <- E Q, every layer reading the residual W <- W Q (q, k, v, gate, up, lm_head),
+   every layer writing it W <- Q^T W (o_proj, down_proj). RMSNorm without gain commutes with Q since
+   ||Q^T x|| = ||x|| and it subtracts no mean.
+3. Rotate the FFN hidden state: the runtime applies the orthonormal Hadamard transform H of
+   pvq_convert.hadamard to the input of down_proj, and down_proj W <- W H^T, so W H^T H f = W f.
+
+All arithmetic is float64; the tensors come back in the dtype they came in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .hadamard import hadamard_transform, random_hadamard_left_t, random_hadamard_right
+from .torch_model import Model
+
+READS_INPUT_NORM = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+READS_POST_ATTN_NORM = ("mlp.gate_proj", "mlp.up_proj")
+WRITES_RESIDUAL = ("self_attn.o_proj", "mlp.down_proj")
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """What was done to the model; docs/rotation.md maps these to the GGUF's pvq.rotation.* keys."""
+    residual: bool = True       # residual stream rotated by random_hadamard(dim, seed)
+    ffn_hadamard: bool = True   # online Hadamard before down_proj
+    seed: int = 0
+
+    @property
+    def residual_seed(self) -> int | None:
+        return self.seed if self.residual else None
+
+
+def _right(W: torch.Tensor, seed: int | None) -> torch.Tensor:    # W Q
+    return W if seed is None else random_hadamard_right(W, seed)
+
+
+def _left_t(W: torch.Tensor, seed: int | None) -> torch.Tensor:   # Q^T W
+    return W if seed is None else random_hadamard_left_t(W, seed)
+
+
+def rotate_block(w: dict[str, torch.Tensor], seed: int | None, ffn_hadamard: bool) -> dict[str, torch.Tensor]:
+    """Fold the two norms of one block and rotate its linear layers (a new dict; w is untouched).
+    seed: the residual rotation's (None: no residual rotation)."""
+    out = dict(w)
+    f64 = {k: v.to(torch.float64) for k, v in w.items()}
+    for norm, readers in (("input_layernorm.weight", READS_INPUT_NORM),
+                          ("post_attention_layernorm.weight", READS_POST_ATTN_NORM)):
+        for name in readers:
+            W = f64[name + ".weight"] * f64[norm]
+            out[name + ".weight"] = _right(W, seed).to(w[name + ".weight"].dtype)
+        out[norm] = torch.ones_like(w[norm])
+    for name in WRITES_RESIDUAL:
+        W = _left_t(f64[name + ".weight"], seed)
+        if ffn_hadamard and name == "mlp.down_proj":
+            W = hadamard_transform(W)   # each row w -> H w, i.e. W H^T
+        out[name + ".weight"] = W.to(w[name + ".weight"].dtype)
+    return out
+
+
+def rotate_globals(g: dict[str, torch.Tensor], seed: int | None) -> dict[str, torch.Tensor]:
+    """Embedding E Q, final norm folded into a separate (untied) lm_head = head diag(g) Q, norm = 1."""
+    E = g["embed_tokens.weight"]
+    head = g.get("lm_head.weight", E).to(torch.float64) * g["norm.weight"].to(torch.float64)
+    return {"embed_tokens.weight": _right(E.to(torch.float64), seed).to(E.dtype),
+            "norm.weight": torch.ones_like(g["norm.weight"]),
+            "lm_head.weight": _right(head, seed).to(E.dtype)}
+
+
+def rotate_model(model: Model, rotation: Rotation = Rotation()) -> Model:
+    """The whole model rotated (for models that fit in memory; the pipeline calls rotate_block per block)."""
+    if model.ffn_hadamard is not None:
+        raise ValueError("the model is already rotated")
+    seed = rotation.residual_seed
+    return Model(model.config, rotate_globals(model.globals, seed),
+                 [rotate_block(b, seed, rotation.ffn_hadamard) for b in model.blocks],
+                 ffn_hadamard=hadamard_transform if rotation.ffn_hadamard else None)
