@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .hadamard import hadamard_transform, random_hadamard_left_t, random_hadamard_right
+from .hadamard import hadamard_transform, plan, random_hadamard_left_t, random_hadamard_right
 from .torch_model import Model
 
 READS_INPUT_NORM = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
@@ -84,3 +84,17 @@ def rotate_model(model: Model, rotation: Rotation = Rotation()) -> Model:
     return Model(model.config, rotate_globals(model.globals, seed),
                  [rotate_block(b, seed, rotation.ffn_hadamard) for b in model.blocks],
                  ffn_hadamard=hadamard_transform if rotation.ffn_hadamard else None)
+
+
+def gguf_metadata(rotation: Rotation, n_ff: int) -> dict[str, object]:
+    """The pvq.rotation.* keys of docs/rotation.md for a model rotated with `rotation`."""
+    meta: dict[str, object] = {"pvq.rotation.norms_folded": True, "pvq.rotation.residual": rotation.residual,
+                               "pvq.rotation.seed": rotation.seed,
+                               "pvq.rotation.ffn_hadamard": rotation.ffn_hadamard}
+    if rotation.ffn_hadamard:
+        pl = plan(n_ff)
+        meta.update({"pvq.rotation.ffn_hadamard.p": pl.p,
+                     "pvq.rotation.ffn_hadamard.base": pl.base.reshape(-1).tolist(),
+                     "pvq.rotation.ffn_hadamard.scale": pl.scale,
+                     "pvq.rotation.ffn_hadamard.construction": pl.construction})
+    return meta

@@ -92,3 +92,29 @@ def test_rotating_twice_is_refused(smol64):
     small = dataclasses.replace(smol64, blocks=[], config=dataclasses.replace(smol64.config, n_layers=0))
     with pytest.raises(ValueError):
         rotate_model(rotate_model(small))
+
+
+@pytest.mark.parametrize("n_ff", [1536, 4864, 11008, 64, 6])
+def test_documented_runtime_algorithm_reproduces_the_online_transform(n_ff):
+    """docs/rotation.md's loop, written out in numpy from the metadata alone, equals hadamard_transform."""
+    import numpy as np
+    from pvq_convert.hadamard import hadamard_transform
+    from pvq_convert.rotate import gguf_metadata
+
+    meta = gguf_metadata(Rotation(seed=5), n_ff)
+    p, scale = meta["pvq.rotation.ffn_hadamard.p"], meta["pvq.rotation.ffn_hadamard.scale"]
+    base = np.array(meta["pvq.rotation.ffn_hadamard.base"], dtype=np.int8)
+    h = int(round(len(base) ** 0.5))
+    assert h * h == len(base) and h * p == n_ff and set(np.unique(base)) <= {-1, 0, 1}
+    B = base.reshape(h, h)
+    f = np.random.default_rng(n_ff).standard_normal(n_ff)
+    blocks = f.reshape(h, p).copy()
+    step = 1
+    while step < p:
+        for i in range(p):
+            if i & step == 0:
+                u, v = blocks[:, i].copy(), blocks[:, i + step].copy()
+                blocks[:, i], blocks[:, i + step] = u + v, u - v
+        step *= 2
+    y = (B.astype(np.float64) @ blocks).reshape(-1) * scale
+    np.testing.assert_allclose(y, hadamard_transform(torch.from_numpy(f)).numpy(), atol=1e-10)
