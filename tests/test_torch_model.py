@@ -87,3 +87,25 @@ def test_hook_sees_every_linear_input(model, prompt):
     c = model.config
     assert seen["self_attn.q_proj"] == (8, c.dim) and seen["self_attn.o_proj"] == (8, c.n_heads * c.head_dim)
     assert seen["mlp.down_proj"] == (8, c.ffn_dim) and len(seen) == 7
+
+
+@pytest.fixture(scope="module")
+def qwen2_dir(smollm2, tmp_path_factory):
+    from models.qwen2_fixture import build
+    return build(tmp_path_factory.mktemp("qwen2"), smollm2.hf_dir)
+
+
+@pytest.mark.parametrize("fixture", ["qwen2_dir", "spm_model_dir"])
+def test_small_models_match_llama_cpp_in_float32(fixture, request, tmp_path):
+    """Random-weight qwen2 (QKV biases, NEOX RoPE) and llama (permuted Q/K) fixtures, written as F32
+    GGUF with an F32 KV cache: no F16 rounding anywhere, so only summation order differs."""
+    from pvq_convert.convert import convert
+    hf_dir = request.getfixturevalue(fixture)
+    peer = peer_llama(convert(hf_dir, tmp_path / "m.gguf", "f32", progress=False), logits_all=True,
+                      n_ctx=128, type_k=0, type_v=0)  # 0 = GGML_TYPE_F32
+    tokens = list(range(100, 164))
+    peer.eval(tokens)
+    ref = np.asarray(peer.scores[:len(tokens)], dtype=np.float64)
+    with torch.no_grad():
+        ours = load_model(hf_dir)(tokens).double().numpy()
+    assert np.abs(ours - ref).max() < 1e-4 * np.abs(ref).max()
