@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> None:
+    from .hf_model import open_model
     from .rotate import Rotation, rotate_model
     from .torch_model import load_model
 
@@ -163,12 +164,18 @@ def _run(args) -> None:
         except (OSError, UnicodeDecodeError) as e:
             raise ConvertError(f"cannot read {args.text}: {e}") from None
     else:
-        from models import EVAL_TEXT
-        text = split_text(EVAL_TEXT.read_text(encoding="utf-8"))[1]
-    tok = gguf_tokenizer(args.tokenizer_gguf) if args.tokenizer_gguf else hf_tokenizer(args.model)
+        try:
+            from models import EVAL_TEXT
+            text = split_text(EVAL_TEXT.read_text(encoding="utf-8"))[1]
+        except (ImportError, OSError):
+            raise ConvertError("the shared eval text is not reachable from here: pass --text FILE") from None
+    hf = open_model(args.model)  # checks the directory before anything slow
+    if args.tokenizer_gguf and not Path(args.tokenizer_gguf).is_file():
+        raise ConvertError(f"{args.tokenizer_gguf} is not a file")
+    tok = gguf_tokenizer(args.tokenizer_gguf) if args.tokenizer_gguf else hf_tokenizer(hf.dir)
     token_chunks = chunks(tok.encode(text), args.ctx, args.chunks, tok)
     dtype = torch.float64 if args.float64 else torch.float32
-    base = load_model(args.model, dtype)
+    base = load_model(hf, dtype)
     if args.rotate:
         model = rotate_model(base, Rotation(seed=args.seed))
     elif args.other:

@@ -83,3 +83,10 @@ def test_cli_text_too_short(smollm2, tmp_path, capsys):
     short.write_text("Only a few words here.")
     assert main([str(smollm2.hf_dir), "--text", str(short), "--ctx", "512", "--chunks", "2"]) == 1
     assert "too short" in capsys.readouterr().err
+
+
+def test_cli_bad_paths(smollm2, tmp_path, capsys):
+    assert main([str(tmp_path / "nowhere")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main([str(smollm2.hf_dir), "--tokenizer-gguf", str(tmp_path / "none.gguf")]) == 1
+    assert "not a file" in capsys.readouterr().err
