@@ -32,6 +32,8 @@ def parser() -> argparse.ArgumentParser:
                    help="pvq, or the scalar baselines gptq / rtn (3 bits + fp16 scale per 64 at --bits 3.25, "
                         "4 at 4.25) (default: %(default)s)")
     q.add_argument("--no-hessian", action="store_true", help="pvq: plain nearest-point coding, no GPTQ feedback")
+    q.add_argument("--no-rotate", action="store_true",
+                   help="skip coherence processing (norm folding and Hadamard rotations, docs/rotation.md)")
     q.add_argument("--calib", type=Path, help="calibration text file (plain UTF-8)")
     q.add_argument("--calib-seqs", type=int, default=16, help="calibration sequences (default: %(default)s)")
     q.add_argument("--calib-len", type=int, default=512, help="tokens per sequence (default: %(default)s)")
@@ -53,7 +55,7 @@ def quant_options(args):
                     scalar_bits=int(args.bits))
     if args.calib is None and method.needs_hessian:
         raise ConvertError("--calib FILE is needed: the Hessian-aware methods calibrate on text")
-    return QuantOptions(method, args.calib, args.calib_seqs, args.calib_len)
+    return QuantOptions(method, args.calib, args.calib_seqs, args.calib_len, rotate=not args.no_rotate)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -135,7 +135,8 @@ def convert(model_path: str | Path, outfile: str | Path | None, outtype: str = "
 
 
 def _value_type(value) -> tuple:
-    """GGUF value type of the pvq.* metadata values: uint32, float32, string, or a float32 array."""
+    """GGUF value type of the pvq.* metadata values: bool, uint32, float32, string; arrays of ints
+    (the Hadamard base matrix) are int8, other arrays float32 (gain levels)."""
     V = gguf.GGUFValueType
     if isinstance(value, bool):
         return (V.BOOL,)
@@ -145,4 +146,4 @@ def _value_type(value) -> tuple:
         return (V.FLOAT32,)
     if isinstance(value, str):
         return (V.STRING,)
-    return V.ARRAY, V.FLOAT32
+    return V.ARRAY, V.INT8 if all(isinstance(v, int) for v in value) else V.FLOAT32

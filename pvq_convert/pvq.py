@@ -246,8 +246,8 @@ def nearest_point(w: torch.Tensor, K: int, weights: torch.Tensor | None = None,
         hij = Hs if full else hdiag[:, :, None] * eye
         d2 = (den[:, None, None] + (hdiag - 2 * hy)[:, :, None] + (hdiag + 2 * hy)[:, None, :] - 2 * hij)
         score = torch.where((y > 0)[:, :, None], n2 * n2 / d2.clamp_min(1e-30), torch.zeros_like(n2))
-        best = score.view(G, D * D).argmax(1)
-        gain = score.view(G, D * D)[rows, best] > (num * num / den.clamp_min(1e-30)) * (1 + 1e-6)
+        best = score.reshape(G, D * D).argmax(1)
+        gain = score.reshape(G, D * D)[rows, best] > (num * num / den.clamp_min(1e-30)) * (1 + 1e-6)
         if not bool(gain.any()):
             break
         i, j = best // D, best % D

@@ -20,6 +20,7 @@ from .hf_model import HFModel
 from .pvq import Quantized, dequantize_matrix, quantize_matrix
 from .pvq_format import Layout
 from .quantizers import PVQQuantizer, ScalarQuantizer
+from .rotate import Rotation, gguf_metadata, rotate_model
 from .torch_model import Model, load_model
 
 # Linear layers that read the same input, in the order the block computes them.
@@ -72,6 +73,7 @@ class QuantOptions:
     n_seq: int = 16
     seq_len: int = 512
     seed: int = 0
+    rotate: bool = True      # coherence processing (rotate.py) before quantizing
 
     def tag(self) -> str:
         m = self.method
@@ -89,7 +91,15 @@ def quantize_checkpoint(hf: HFModel, opts: QuantOptions, progress: bool = True) 
     calib = None
     if opts.method.needs_hessian:
         calib = calibration_tokens(hf.dir, opts.calib, opts.n_seq, opts.seq_len, opts.seed)
-    return quantize_model(load_model(hf), calib, opts.method, progress)
+    model = load_model(hf)
+    metadata = {}
+    if opts.rotate:
+        rotation = Rotation(seed=opts.seed)
+        model = rotate_model(model, rotation)
+        metadata = gguf_metadata(rotation, model.config.ffn_dim)
+    qm = quantize_model(model, calib, opts.method, progress)
+    qm.metadata = metadata
+    return qm
 
 
 def quantize_model(model: Model, calib: torch.Tensor, method: Method, progress: bool = True) -> QuantizedModel:
