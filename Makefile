@@ -36,8 +36,12 @@ test: models
 asan:
 	$(MAKE) -C runtime asan
 
+# Benchmarks (minutes each); they print their tables and the docs/ pages quote them.
 bench: models
-	$(PYTHON) -m bench.run_all
+	$(PYTHON) bench/bench_runtime.py
+	$(PYTHON) -m bench.bench_codec
+	$(PYTHON) -m bench.rd_codec
+	$(PYTHON) -m bench.quality
 
 clean:
 	$(MAKE) -C runtime clean
