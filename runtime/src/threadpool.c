@@ -1,6 +1,7 @@
 #include "threadpool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -11,7 +12,10 @@
 #define cpu_relax() ((void)0)
 #endif
 
+/* Spin this long for the next task, then sleep. When the machine is oversubscribed a spinning thread
+ * steals the core the thread it waits for needs: after YIELD_AFTER spins, waits yield the CPU. */
 #define SPINS 200000
+#define YIELD_AFTER 2000
 
 struct threadpool {
     int n;
@@ -39,7 +43,10 @@ static void *worker(void *wa) {
         int spins = 0, g;
         while ((g = atomic_load(&p->generation)) == seen && !atomic_load(&p->stop)) {
             if (++spins < SPINS) {
-                cpu_relax();
+                if (spins < YIELD_AFTER)
+                    cpu_relax();
+                else
+                    sched_yield();
                 continue;
             }
             pthread_mutex_lock(&p->mu);
@@ -105,5 +112,9 @@ void pool_run(threadpool *p, pool_task task, void *arg) {
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
     task(arg, 0, p->n);
-    while (atomic_load(&p->pending)) cpu_relax();
+    for (int spins = 0; atomic_load(&p->pending); spins++)
+        if (spins < YIELD_AFTER)
+            cpu_relax();
+        else
+            sched_yield();
 }
