@@ -79,7 +79,9 @@ def main():
              f"`python3 bench/bench_runtime.py --reps {args.reps}` on {platform.machine()}, {os.cpu_count()} CPUs, "
              f"{THREADS} threads, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; llama.cpp is llama-cpp-python "
              "measured in the same run; best of the reps. Prefill: one batch of 512 tokens of the eval text. "
-             "Decode: 128 single-token evaluations from an empty cache (llama-bench's tg128).", "",
+             "Decode: 128 single-token evaluations from an empty cache (llama-bench's tg128). "
+             f"Load average when written: {os.getloadavg()[0]:.1f} (other jobs on the machine slow both engines, "
+             "spinning thread pools most).", "",
              "| SmolLM2-135M | pp512 pvq | pp512 llama.cpp | ratio | tg128 pvq | tg128 llama.cpp | ratio |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, (opp, otg), (ppp, ptg) in rows:
