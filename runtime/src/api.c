@@ -1,4 +1,5 @@
 /* The public API (pvq.h) over model.c, vocab.c and the tokenizer. */
+#include "errmsg.h"
 #include "pvq.h"
 #include "model.h"
 #include "vocab.h"
@@ -20,12 +21,10 @@ struct pvq_context {
 };
 
 static pvq_status error(pvq_status st, char *err, size_t err_len, const char *fmt, ...) {
-    if (err_len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, err_len, fmt, ap);
-        va_end(ap);
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    err_vformat(err, err_len, fmt, ap);
+    va_end(ap);
     return st;
 }
 

@@ -1,10 +1,10 @@
 /* GGUF reader: one pass over the header with a bounds-checked cursor, then tensor checks. */
+#include "errmsg.h"
 #include "gguf.h"
 #include "types.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,17 +23,10 @@ typedef struct {
     size_t err_len;
 } cursor;
 
-static int fail(char *err, size_t err_len, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, err_len, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 static int take(cursor *c, void *out, size_t n, const char *what) {
     if ((size_t)(c->end - c->p) < n)
-        return fail(c->err, c->err_len, "truncated file: %s runs past the end", what);
+        return err_fail(c->err, c->err_len, "truncated file: %s runs past the end", what);
     memcpy(out, c->p, n);
     c->p += n;
     return 0;
@@ -43,7 +36,7 @@ static int take_str(cursor *c, gguf_str *s, const char *what) {
     uint64_t len = 0;
     if (take(c, &len, 8, what)) return -1;
     if (len > (uint64_t)(c->end - c->p))
-        return fail(c->err, c->err_len, "%s: string length %llu runs past the end of the file", what,
+        return err_fail(c->err, c->err_len, "%s: string length %llu runs past the end of the file", what,
                     (unsigned long long)len);
     s->ptr = (const char *)c->p;
     s->len = len;
@@ -60,7 +53,7 @@ static int skip_value(cursor *c, uint32_t t, const char *key) {
         return take_str(c, &s, key);
     }
     size_t n = SCALAR_SIZE[t];
-    if ((size_t)(c->end - c->p) < n) return fail(c->err, c->err_len, "truncated file: value of %s", key);
+    if ((size_t)(c->end - c->p) < n) return err_fail(c->err, c->err_len, "truncated file: value of %s", key);
     c->p += n;
     return 0;
 }
@@ -70,20 +63,20 @@ static int read_kv(cursor *c, gguf_kv *kv, uint64_t i) {
     snprintf(what, sizeof what, "key %llu", (unsigned long long)i);
     if (take_str(c, &kv->key, what)) return -1;
     if (kv->key.len == 0 || kv->key.len > MAX_NAME)
-        return fail(c->err, c->err_len, "key %llu: bad key length %llu", (unsigned long long)i,
+        return err_fail(c->err, c->err_len, "key %llu: bad key length %llu", (unsigned long long)i,
                     (unsigned long long)kv->key.len);
     char key[96];
     snprintf(key, sizeof key, "%.*s", (int)(kv->key.len < 80 ? kv->key.len : 80), kv->key.ptr);
     if (take(c, &kv->type, 4, key)) return -1;
-    if (kv->type >= GGUF_NVTYPES) return fail(c->err, c->err_len, "%s: unknown value type %u", key, kv->type);
+    if (kv->type >= GGUF_NVTYPES) return err_fail(c->err, c->err_len, "%s: unknown value type %u", key, kv->type);
     kv->n = 1;
     kv->elem_type = kv->type;
     if (kv->type == GGUF_ARRAY) {
         if (take(c, &kv->elem_type, 4, key) || take(c, &kv->n, 8, key)) return -1;
         if (kv->elem_type >= GGUF_NVTYPES || kv->elem_type == GGUF_ARRAY)
-            return fail(c->err, c->err_len, "%s: bad array element type %u", key, kv->elem_type);
+            return err_fail(c->err, c->err_len, "%s: bad array element type %u", key, kv->elem_type);
         if (kv->elem_type != GGUF_STRING && kv->n > (uint64_t)(c->end - c->p) / SCALAR_SIZE[kv->elem_type])
-            return fail(c->err, c->err_len, "%s: array of %llu elements runs past the end of the file", key,
+            return err_fail(c->err, c->err_len, "%s: array of %llu elements runs past the end of the file", key,
                         (unsigned long long)kv->n);
     }
     kv->data = c->p;
@@ -101,26 +94,26 @@ static int read_tensor_info(cursor *c, gguf_tensor *t, uint64_t i) {
     snprintf(what, sizeof what, "tensor info %llu", (unsigned long long)i);
     if (take_str(c, &t->name, what)) return -1;
     if (t->name.len == 0 || t->name.len > MAX_NAME)
-        return fail(c->err, c->err_len, "%s: bad name length %llu", what, (unsigned long long)t->name.len);
+        return err_fail(c->err, c->err_len, "%s: bad name length %llu", what, (unsigned long long)t->name.len);
     char name[96];
     snprintf(name, sizeof name, "tensor '%.*s'", (int)(t->name.len < 64 ? t->name.len : 64), t->name.ptr);
     if (take(c, &t->n_dims, 4, name)) return -1;
     if (t->n_dims < 1 || t->n_dims > GGUF_MAX_DIMS)
-        return fail(c->err, c->err_len, "%s: %u dimensions (1 to %d supported)", name, t->n_dims, GGUF_MAX_DIMS);
+        return err_fail(c->err, c->err_len, "%s: %u dimensions (1 to %d supported)", name, t->n_dims, GGUF_MAX_DIMS);
     uint64_t total = 1;
     for (uint32_t d = 0; d < GGUF_MAX_DIMS; d++) {
         uint64_t ne = 1;
         if (d < t->n_dims && take(c, &ne, 8, name)) return -1;
         if (ne == 0 || ne > (1ull << 40) || total > (1ull << 48) / ne)
-            return fail(c->err, c->err_len, "%s: absurd dimension %llu", name, (unsigned long long)ne);
+            return err_fail(c->err, c->err_len, "%s: absurd dimension %llu", name, (unsigned long long)ne);
         total *= ne;
         t->ne[d] = (int64_t)ne;
     }
     if (take(c, &t->type, 4, name) || take(c, &t->offset, 8, name)) return -1;
     const type_traits *tt = type_get(t->type);
-    if (!tt) return fail(c->err, c->err_len, "%s: unsupported tensor type %u", name, t->type);
+    if (!tt) return err_fail(c->err, c->err_len, "%s: unsupported tensor type %u", name, t->type);
     if (t->ne[0] % tt->block)
-        return fail(c->err, c->err_len, "%s: row of %lld is not a multiple of the %s block (%lld)", name,
+        return err_fail(c->err, c->err_len, "%s: row of %lld is not a multiple of the %s block (%lld)", name,
                     (long long)t->ne[0], tt->name, (long long)tt->block);
     t->nbytes = (uint64_t)type_row_bytes(t->type, t->ne[0]) * (total / (uint64_t)t->ne[0]);
     return 0;
@@ -136,13 +129,13 @@ static int cmp_names(const void *a, const void *b) {
 static int check_unique_names(gguf_file *f, char *err, size_t err_len) {
     if (f->n_tensors < 2) return 0;
     const gguf_tensor **s = malloc(f->n_tensors * sizeof *s);
-    if (!s) return fail(err, err_len, "out of memory");
+    if (!s) return err_fail(err, err_len, "out of memory");
     for (uint64_t i = 0; i < f->n_tensors; i++) s[i] = &f->tensors[i];
     qsort(s, f->n_tensors, sizeof *s, cmp_names);
     int rc = 0;
     for (uint64_t i = 1; i < f->n_tensors && !rc; i++)
         if (!cmp_names(&s[i - 1], &s[i]))
-            rc = fail(err, err_len, "duplicate tensor name '%.*s'", (int)(s[i]->name.len < 64 ? s[i]->name.len : 64),
+            rc = err_fail(err, err_len, "duplicate tensor name '%.*s'", (int)(s[i]->name.len < 64 ? s[i]->name.len : 64),
                       s[i]->name.ptr);
     free(s);
     return rc;
@@ -152,19 +145,19 @@ static int parse(gguf_file *f, char *err, size_t err_len) {
     cursor c = {f->map, (const uint8_t *)f->map + f->size, err, err_len};
     char magic[4];
     if (take(&c, magic, 4, "magic")) return -1;
-    if (memcmp(magic, "GGUF", 4)) return fail(err, err_len, "not a GGUF file (bad magic)");
+    if (memcmp(magic, "GGUF", 4)) return err_fail(err, err_len, "not a GGUF file (bad magic)");
     if (take(&c, &f->version, 4, "version")) return -1;
     if (f->version != 2 && f->version != 3)
-        return fail(err, err_len, "unsupported GGUF version %u (2 and 3 are supported)", f->version);
+        return err_fail(err, err_len, "unsupported GGUF version %u (2 and 3 are supported)", f->version);
     if (take(&c, &f->n_tensors, 8, "tensor count") || take(&c, &f->n_kv, 8, "key count")) return -1;
     /* each entry takes at least 16 (kv) or 32 (tensor info) bytes: bound counts by the file size */
     if (f->n_kv > MAX_KV || f->n_kv > f->size / 16)
-        return fail(err, err_len, "absurd key count %llu", (unsigned long long)f->n_kv);
+        return err_fail(err, err_len, "absurd key count %llu", (unsigned long long)f->n_kv);
     if (f->n_tensors > MAX_TENSORS || f->n_tensors > f->size / 32)
-        return fail(err, err_len, "absurd tensor count %llu", (unsigned long long)f->n_tensors);
+        return err_fail(err, err_len, "absurd tensor count %llu", (unsigned long long)f->n_tensors);
     f->kv = calloc(f->n_kv ? f->n_kv : 1, sizeof *f->kv);
     f->tensors = calloc(f->n_tensors ? f->n_tensors : 1, sizeof *f->tensors);
-    if (!f->kv || !f->tensors) return fail(err, err_len, "out of memory");
+    if (!f->kv || !f->tensors) return err_fail(err, err_len, "out of memory");
     for (uint64_t i = 0; i < f->n_kv; i++)
         if (read_kv(&c, &f->kv[i], i)) return -1;
     f->alignment = 32;
@@ -172,22 +165,22 @@ static int parse(gguf_file *f, char *err, size_t err_len) {
     if (al) {
         uint32_t a;
         if (gguf_get_u32(f, "general.alignment", &a) || a == 0 || (a & (a - 1)) || a > (1u << 20))
-            return fail(err, err_len, "general.alignment must be a power of two up to 1 MiB");
+            return err_fail(err, err_len, "general.alignment must be a power of two up to 1 MiB");
         f->alignment = a;
     }
     for (uint64_t i = 0; i < f->n_tensors; i++)
         if (read_tensor_info(&c, &f->tensors[i], i)) return -1;
     uint64_t header = (uint64_t)(c.p - (const uint8_t *)f->map);
     uint64_t data_start = (header + f->alignment - 1) / f->alignment * f->alignment;
-    if (f->n_tensors && data_start > f->size) return fail(err, err_len, "truncated file: no tensor data");
+    if (f->n_tensors && data_start > f->size) return err_fail(err, err_len, "truncated file: no tensor data");
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         gguf_tensor *t = &f->tensors[i];
         int nl = (int)(t->name.len < 64 ? t->name.len : 64);
         if (t->offset % f->alignment)
-            return fail(err, err_len, "tensor '%.*s': offset %llu not aligned to %llu", nl, t->name.ptr,
+            return err_fail(err, err_len, "tensor '%.*s': offset %llu not aligned to %llu", nl, t->name.ptr,
                         (unsigned long long)t->offset, (unsigned long long)f->alignment);
         if (t->offset > f->size - data_start || t->nbytes > f->size - data_start - t->offset)
-            return fail(err, err_len, "tensor '%.*s' (offset %llu, %llu bytes) lies outside the file", nl,
+            return err_fail(err, err_len, "tensor '%.*s' (offset %llu, %llu bytes) lies outside the file", nl,
                         t->name.ptr, (unsigned long long)t->offset, (unsigned long long)t->nbytes);
         t->data = (const uint8_t *)f->map + data_start + t->offset;
     }
@@ -197,27 +190,27 @@ static int parse(gguf_file *f, char *err, size_t err_len) {
 int gguf_open(gguf_file *f, const char *path, char *err, size_t err_len) {
     memset(f, 0, sizeof *f);
     int fd = open(path, O_RDONLY);
-    if (fd < 0) return fail(err, err_len, "cannot open %s: %s", path, strerror(errno));
+    if (fd < 0) return err_fail(err, err_len, "cannot open %s: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
         close(fd);
-        return fail(err, err_len, "%s is not a regular file", path);
+        return err_fail(err, err_len, "%s is not a regular file", path);
     }
     if (st.st_size < 24) {
         close(fd);
-        return fail(err, err_len, "%s: truncated file (%lld bytes, no GGUF header)", path, (long long)st.st_size);
+        return err_fail(err, err_len, "%s: truncated file (%lld bytes, no GGUF header)", path, (long long)st.st_size);
     }
     f->size = (size_t)st.st_size;
     f->map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (f->map == MAP_FAILED) {
         f->map = NULL;
-        return fail(err, err_len, "cannot map %s: %s", path, strerror(errno));
+        return err_fail(err, err_len, "cannot map %s: %s", path, strerror(errno));
     }
     char msg[400];
     if (parse(f, msg, sizeof msg)) {
         gguf_close(f);
-        return fail(err, err_len, "%s: %s", path, msg);
+        return err_fail(err, err_len, "%s: %s", path, msg);
     }
     return 0;
 }

@@ -2,30 +2,23 @@
  * CPU backend where they matter for matching its logits: activations meet weights in the weight's
  * vec_type (F16 or Q8_0), the KV cache is fp16, attention probabilities are rounded to fp16 before
  * they weight V, RMSNorm sums squares in double. */
+#include "errmsg.h"
 #include "model.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static int fail(char *err, size_t err_len, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, err_len, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 /* ---------------------------------------------------------------- loading */
 
 static int get_weight(const model *m, weight *w, const char *name, int64_t n_in, int64_t n_out, char *err,
                       size_t err_len) {
     const gguf_tensor *t = gguf_find_tensor(&m->file, name);
-    if (!t) return fail(err, err_len, "missing tensor %s", name);
+    if (!t) return err_fail(err, err_len, "missing tensor %s", name);
     if (t->n_dims != 2 || t->ne[0] != n_in || t->ne[1] != n_out)
-        return fail(err, err_len, "tensor %s has shape [%lld, %lld], expected [%lld, %lld]", name,
+        return err_fail(err, err_len, "tensor %s has shape [%lld, %lld], expected [%lld, %lld]", name,
                     (long long)t->ne[0], (long long)t->ne[1], (long long)n_in, (long long)n_out);
     w->data = t->data;
     w->type = t->type;
@@ -40,11 +33,11 @@ static int get_vector(const model *m, float **out, const char *name, int64_t n, 
                       size_t err_len) {
     const gguf_tensor *t = gguf_find_tensor(&m->file, name);
     *out = NULL;
-    if (!t) return optional ? 0 : fail(err, err_len, "missing tensor %s", name);
+    if (!t) return optional ? 0 : err_fail(err, err_len, "missing tensor %s", name);
     if (t->ne[0] != n || t->ne[1] * t->ne[2] * t->ne[3] != 1)
-        return fail(err, err_len, "tensor %s has %lld elements, expected %lld", name, (long long)t->ne[0],
+        return err_fail(err, err_len, "tensor %s has %lld elements, expected %lld", name, (long long)t->ne[0],
                     (long long)n);
-    if (!(*out = malloc((size_t)n * sizeof(float)))) return fail(err, err_len, "out of memory");
+    if (!(*out = malloc((size_t)n * sizeof(float)))) return err_fail(err, err_len, "out of memory");
     type_get(t->type)->to_float(t->data, *out, n);
     return 0;
 }
@@ -53,8 +46,8 @@ static int get_hparam(const gguf_file *f, const char *arch, const char *key, uin
                       uint32_t hi, char *err, size_t err_len) {
     char full[128];
     snprintf(full, sizeof full, "%s.%s", arch, key);
-    if (gguf_get_u32(f, full, out)) return fail(err, err_len, "missing or non-integer metadata %s", full);
-    if (*out < lo || *out > hi) return fail(err, err_len, "%s = %u is out of range [%u, %u]", full, *out, lo, hi);
+    if (gguf_get_u32(f, full, out)) return err_fail(err, err_len, "missing or non-integer metadata %s", full);
+    if (*out < lo || *out > hi) return err_fail(err, err_len, "%s = %u is out of range [%u, %u]", full, *out, lo, hi);
     return 0;
 }
 
@@ -64,7 +57,7 @@ int model_load(model *m, const char *path, char *err, size_t err_len) {
     gguf_str a;
     char arch[32] = "";
     if (gguf_get_str(&m->file, "general.architecture", &a)) {
-        fail(err, err_len, "%s: no general.architecture", path);
+        err_fail(err, err_len, "%s: no general.architecture", path);
         goto bad;
     }
     snprintf(arch, sizeof arch, "%.*s", (int)(a.len < 31 ? a.len : 31), a.ptr);
@@ -73,7 +66,7 @@ int model_load(model *m, const char *path, char *err, size_t err_len) {
     else if (!strcmp(arch, "qwen2") && a.len == 5)
         m->arch = ARCH_QWEN2;
     else {
-        fail(err, err_len, "unsupported architecture '%.*s' (llama and qwen2 are supported)",
+        err_fail(err, err_len, "unsupported architecture '%.*s' (llama and qwen2 are supported)",
              (int)(a.len < 64 ? a.len : 64), a.ptr);
         goto bad;
     }
@@ -89,7 +82,7 @@ int model_load(model *m, const char *path, char *err, size_t err_len) {
     snprintf(key, sizeof key, "%s.attention.head_count_kv", arch);
     if (gguf_get_u32(&m->file, key, &n_head_kv)) n_head_kv = n_head;
     if (n_head_kv == 0 || n_head % n_head_kv || dim % n_head || (dim / n_head) % 2) {
-        fail(err, err_len, "inconsistent heads: dim %u, %u heads, %u KV heads", dim, n_head, n_head_kv);
+        err_fail(err, err_len, "inconsistent heads: dim %u, %u heads, %u KV heads", dim, n_head, n_head_kv);
         goto bad;
     }
     m->n_layer = (int)n_layer, m->dim = (int)dim, m->n_head = (int)n_head, m->n_head_kv = (int)n_head_kv;
@@ -97,7 +90,7 @@ int model_load(model *m, const char *path, char *err, size_t err_len) {
     snprintf(key, sizeof key, "%s.rope.dimension_count", arch);
     if (gguf_get_u32(&m->file, key, &rope_dim)) rope_dim = (uint32_t)m->head_dim;
     if (rope_dim == 0 || rope_dim > (uint32_t)m->head_dim || rope_dim % 2) {
-        fail(err, err_len, "%s = %u does not fit head size %d", key, rope_dim, m->head_dim);
+        err_fail(err, err_len, "%s = %u does not fit head size %d", key, rope_dim, m->head_dim);
         goto bad;
     }
     m->rope_dim = (int)rope_dim;
@@ -105,17 +98,17 @@ int model_load(model *m, const char *path, char *err, size_t err_len) {
     if (gguf_get_f32(&m->file, key, &m->rope_base)) m->rope_base = 10000.0f;
     snprintf(key, sizeof key, "%s.attention.layer_norm_rms_epsilon", arch);
     if (gguf_get_f32(&m->file, key, &m->rms_eps)) {
-        fail(err, err_len, "missing metadata %s", key);
+        err_fail(err, err_len, "missing metadata %s", key);
         goto bad;
     }
     if (!(m->rope_base > 0.0f) || !(m->rms_eps >= 0.0f) || !isfinite(m->rope_base) || !isfinite(m->rms_eps)) {
-        fail(err, err_len, "bad rope.freq_base %g or rms epsilon %g", m->rope_base, m->rms_eps);
+        err_fail(err, err_len, "bad rope.freq_base %g or rms epsilon %g", m->rope_base, m->rms_eps);
         goto bad;
     }
 
     const gguf_tensor *emb = gguf_find_tensor(&m->file, "token_embd.weight");
     if (!emb || emb->n_dims != 2 || emb->ne[0] != dim || emb->ne[1] > (1 << 24)) {
-        fail(err, err_len, "missing or malformed token_embd.weight");
+        err_fail(err, err_len, "missing or malformed token_embd.weight");
         goto bad;
     }
     m->n_vocab = (int)emb->ne[1];
@@ -128,7 +121,7 @@ int model_load(model *m, const char *path, char *err, size_t err_len) {
     if (get_vector(m, &m->out_norm, "output_norm.weight", dim, 0, err, err_len)) goto bad;
 
     if (!(m->layers = calloc(n_layer, sizeof *m->layers))) {
-        fail(err, err_len, "out of memory");
+        err_fail(err, err_len, "out of memory");
         goto bad;
     }
     int kv_dim = m->n_head_kv * m->head_dim;
@@ -196,7 +189,7 @@ int state_new(state *s, const model *m, int n_ctx, int n_batch, int n_threads, i
     if (!s->k_cache || !s->v_cache || !s->x || !s->xb || !s->xb2 || !s->q || !s->k || !s->v || !s->hb ||
         !s->hb2 || !s->rope || !s->xq || !s->att || !s->att16 || !s->lanes || !s->logits || !s->pool) {
         state_free(s);
-        return fail(err, err_len, "out of memory for a context of %d tokens", n_ctx);
+        return err_fail(err, err_len, "out of memory for a context of %d tokens", n_ctx);
     }
     return 0;
 }
