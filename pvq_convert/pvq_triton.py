@@ -34,10 +34,6 @@ except ImportError:                     # the torch reference still works withou
 _TILE = 2048
 
 
-def triton_available() -> bool:
-    return triton is not None
-
-
 def nearest_point_fast(w: torch.Tensor, K: int, weights: torch.Tensor | None = None,
                        refine: int = 2) -> torch.Tensor:
     """pvq.nearest_point, through the Triton kernel for CUDA tensors with D a power of two <= 32,
