@@ -294,7 +294,8 @@ def encode_groups(w: torch.Tensor, K: int, levels: torch.Tensor, row_scale: torc
     weighted error too (the error is a parabola in the gain).  Returns (y (G, D) int64, code (G,)).
     """
     from .pvq_gain import nearest_level
-    y = nearest_point(w, K, weights)
+    from .pvq_triton import nearest_point_fast  # Triton on CUDA tensors, this module's search elsewhere
+    y = nearest_point_fast(w, K, weights)
     g_opt, _ = _best_gain(w, y, weights)
     code = nearest_level(g_opt / row_scale.to(torch.float32).clamp_min(1e-30), levels.to(w.device))
     return y, code
