@@ -1,0 +1,75 @@
+"""libpvq through cffi in ABI mode: the declarations come from runtime/include/pvq.h at import, the
+library is dlopen'ed. No C compiler is needed to install or import the package (see docs/python.md)."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from cffi import FFI
+
+# bindings/pvq/_lib.py -> the repository root (the package is installed in editable mode)
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+class PvqError(RuntimeError):
+    """An error reported by the runtime; .status is its pvq_status code, the message is the runtime's."""
+
+    def __init__(self, message: str, status: int = 0):
+        super().__init__(message)
+        self.status = status
+
+
+class ModelLoadError(PvqError, ValueError):
+    """The model file is missing, unreadable or malformed (a ValueError, as in llama-cpp-python)."""
+
+
+class ContextFullError(PvqError, ValueError):
+    """More tokens than the context holds (a ValueError, as in llama-cpp-python)."""
+
+
+def _first_existing(candidates, what: str, env: str) -> Path:
+    for p in candidates:
+        if p is not None and Path(p).is_file():
+            return Path(p)
+    tried = ", ".join(str(p) for p in candidates if p is not None)
+    raise ImportError(f"pvq: cannot find {what} (tried {tried}); build the runtime with `make runtime` "
+                      f"or set {env}")
+
+
+def _declarations(header: str) -> str:
+    """pvq.h without comments, preprocessor lines and the C++ guard: what cffi's cdef parses."""
+    header = re.sub(r"/\*.*?\*/", "", header, flags=re.S)
+    keep = [line for line in header.splitlines()
+            if not line.lstrip().startswith("#") and 'extern "C"' not in line and line.strip() != "}"]
+    return "\n".join(keep)
+
+
+def _load():
+    lib_path = _first_existing([os.environ.get("PVQ_LIB"), _ROOT / "runtime" / "build" / "libpvq.so"],
+                               "libpvq.so", "PVQ_LIB")
+    header_path = _first_existing([os.environ.get("PVQ_HEADER"), lib_path.parent.parent / "include" / "pvq.h",
+                                   _ROOT / "runtime" / "include" / "pvq.h"], "pvq.h", "PVQ_HEADER")
+    ffi = FFI()
+    ffi.cdef(_declarations(header_path.read_text()))
+    return ffi, ffi.dlopen(str(lib_path)), lib_path
+
+
+ffi, lib, LIB_PATH = _load()
+
+ERR_LEN = 512
+STATUS_NAMES = {0: "OK", 1: "IO", 2: "FORMAT", 3: "NOMEM", 4: "ARG", 5: "CONTEXT_FULL", 6: "UTF8", 7: "TOO_LONG"}
+
+
+def error_buffer():
+    return ffi.new("char[]", ERR_LEN)
+
+
+def check(status: int, err, exc=PvqError) -> None:
+    """Raises exc (ContextFullError for PVQ_ERR_CONTEXT_FULL) with the runtime's message unless status is OK."""
+    if status == lib.PVQ_OK:
+        return
+    if status == lib.PVQ_ERR_CONTEXT_FULL:
+        exc = ContextFullError
+    message = ffi.string(err).decode("utf-8", errors="replace") or f"pvq error {STATUS_NAMES.get(status, status)}"
+    raise exc(message, status)
