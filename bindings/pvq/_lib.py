@@ -28,13 +28,13 @@ class ContextFullError(PvqError, ValueError):
     """More tokens than the context holds (a ValueError, as in llama-cpp-python)."""
 
 
-def _first_existing(candidates, what: str, env: str) -> Path:
-    for p in candidates:
-        if p is not None and Path(p).is_file():
-            return Path(p)
-    tried = ", ".join(str(p) for p in candidates if p is not None)
-    raise ImportError(f"pvq: cannot find {what} (tried {tried}); build the runtime with `make runtime` "
-                      f"or set {env}")
+def _find(env: str, default: Path, what: str) -> Path:
+    """The file named by the environment variable env if it is set, else default."""
+    path = Path(os.environ[env]) if os.environ.get(env) else default
+    if not path.is_file():
+        how = f"{env} is set to it" if os.environ.get(env) else f"set {env} or build the runtime with `make runtime`"
+        raise ImportError(f"pvq: {what} not found at {path} ({how})")
+    return path
 
 
 def _declarations(header: str) -> str:
@@ -46,13 +46,15 @@ def _declarations(header: str) -> str:
 
 
 def _load():
-    lib_path = _first_existing([os.environ.get("PVQ_LIB"), _ROOT / "runtime" / "build" / "libpvq.so"],
-                               "libpvq.so", "PVQ_LIB")
-    header_path = _first_existing([os.environ.get("PVQ_HEADER"), lib_path.parent.parent / "include" / "pvq.h",
-                                   _ROOT / "runtime" / "include" / "pvq.h"], "pvq.h", "PVQ_HEADER")
+    lib_path = _find("PVQ_LIB", _ROOT / "runtime" / "build" / "libpvq.so", "libpvq.so")
+    header_path = _find("PVQ_HEADER", _ROOT / "runtime" / "include" / "pvq.h", "pvq.h")
     ffi = FFI()
     ffi.cdef(_declarations(header_path.read_text()))
-    return ffi, ffi.dlopen(str(lib_path)), lib_path
+    try:
+        lib = ffi.dlopen(str(lib_path))
+    except OSError as e:
+        raise ImportError(f"pvq: cannot load {lib_path}: {e}") from e
+    return ffi, lib, lib_path
 
 
 ffi, lib, LIB_PATH = _load()

@@ -18,6 +18,7 @@ from .chat import ChatTemplate
 from .gguf_meta import read_metadata
 from .textstream import TextStream
 
+_BAD_TOKEN = -2 ** 31  # pvq_token_to_piece's answer for an id outside the vocabulary
 DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED; each completion derives its own seed from it
 
 
@@ -158,11 +159,11 @@ class Llama:
         if piece is None:
             buf = ffi.new("char[]", 256)
             n = lib.pvq_token_to_piece(self._model, token, buf, 256, int(special))
-            if n < -256:  # a piece longer than the buffer
+            if n == _BAD_TOKEN:
+                raise ValueError(f"token id {token} is not in the vocabulary (0..{self._n_vocab - 1})")
+            if n < 0:  # a piece longer than the buffer
                 buf = ffi.new("char[]", -n)
                 n = lib.pvq_token_to_piece(self._model, token, buf, -n, int(special))
-            if n < 0:
-                raise ValueError(f"token id {token} is not in the vocabulary (0..{self._n_vocab - 1})")
             piece = ffi.unpack(buf, n)
             if not special:
                 self._pieces[token] = piece
@@ -388,6 +389,7 @@ class Llama:
         if isinstance(tool_choice, dict) or isinstance(function_call, dict) or response_format is not None:
             raise NotImplementedError("pvq.Llama has no grammar-constrained output (tool_choice, function_call "
                                       "by name, response_format)")
+        self._live()
         template = self._chat_template()
         prompt = template.render(messages, functions=functions, function_call=function_call, tools=tools,
                                  tool_choice=tool_choice)
