@@ -93,6 +93,27 @@ def test_library_not_found_is_an_import_error(tmp_path, lib):
     assert r.returncode != 0 and "ImportError" in r.stderr and lib in r.stderr
 
 
+def test_close_while_another_thread_generates(smollm2):
+    """close() waits for the runtime call in flight; the generating thread then gets a PvqError, not a crash."""
+    m = pvq.Llama(str(smollm2.f16_gguf), n_ctx=256, n_threads=2, verbose=False)
+    errors, started = [], threading.Event()
+
+    def work():
+        try:
+            for _ in m("Once upon a time", temperature=0, max_tokens=200, stream=True):
+                started.set()
+        except pvq.PvqError as e:
+            errors.append(e)
+        started.set()
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    started.wait(60)
+    m.close()
+    worker.join(60)
+    assert not worker.is_alive() and len(errors) == 1 and "is closed" in str(errors[0])
+
+
 def test_runtime_calls_release_the_gil(smollm2):
     """While one thread evaluates a long prompt in C, Python code in another thread keeps running."""
     m = pvq.Llama(str(smollm2.f16_gguf), n_ctx=512, n_batch=512, n_threads=1, verbose=False)

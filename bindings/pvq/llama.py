@@ -119,8 +119,9 @@ class Llama:
         return self._n_vocab
 
     def n_embd(self) -> int:
-        self._live()
-        return lib.pvq_n_embd(self._model)
+        with self._lock:
+            self._live()
+            return lib.pvq_n_embd(self._model)
 
     def token_bos(self) -> int:
         return self._bos
@@ -141,13 +142,14 @@ class Llama:
         tokens' texts such as <|im_start|>."""
         if isinstance(text, str):
             text = text.encode("utf-8")
-        self._live()
         n_out, err = ffi.new("int32_t *"), error_buffer()
         cap = len(text) + 8
         while True:
             out = ffi.new("int32_t[]", cap)
-            st = lib.pvq_tokenize(self._model, text, len(text), int(add_bos), int(special), out, cap, n_out, err,
-                                  ERR_LEN)
+            with self._lock:
+                self._live()
+                st = lib.pvq_tokenize(self._model, text, len(text), int(add_bos), int(special), out, cap, n_out,
+                                      err, ERR_LEN)
             if st != lib.PVQ_ERR_TOO_LONG:
                 break
             cap = n_out[0]
@@ -158,12 +160,14 @@ class Llama:
         piece = None if special else self._pieces[token] if 0 <= token < self._n_vocab else None
         if piece is None:
             buf = ffi.new("char[]", 256)
-            n = lib.pvq_token_to_piece(self._model, token, buf, 256, int(special))
-            if n == _BAD_TOKEN:
-                raise ValueError(f"token id {token} is not in the vocabulary (0..{self._n_vocab - 1})")
-            if n < 0:  # a piece longer than the buffer
-                buf = ffi.new("char[]", -n)
-                n = lib.pvq_token_to_piece(self._model, token, buf, -n, int(special))
+            with self._lock:
+                self._live()
+                n = lib.pvq_token_to_piece(self._model, token, buf, 256, int(special))
+                if n == _BAD_TOKEN:
+                    raise ValueError(f"token id {token} is not in the vocabulary (0..{self._n_vocab - 1})")
+                if n < 0:  # a piece longer than the buffer
+                    buf = ffi.new("char[]", -n)
+                    n = lib.pvq_token_to_piece(self._model, token, buf, -n, int(special))
             piece = ffi.unpack(buf, n)
             if not special:
                 self._pieces[token] = piece
