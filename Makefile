@@ -6,7 +6,7 @@ export PVQ_CACHE ?= $(HOME)/.cache/pvq
 NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 PEER_CMAKE_ARGS := -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'
 
-.PHONY: setup demo test models runtime asan bench clean
+.PHONY: setup demo test models runtime asan cuda bench clean
 
 # Installs every dependency from the project's own files. torch goes first, pinned to the CPU build
 # these machines carry, so that the package's own `torch==2.13.0` requirement is already satisfied.
@@ -35,6 +35,10 @@ test: models
 
 asan:
 	$(MAKE) -C runtime asan
+
+# The CUDA backend (docs/cuda.md): compiles and links with the CUDA toolkit, no GPU needed.
+cuda:
+	$(MAKE) -C runtime cuda
 
 # Benchmarks (minutes each); they print their tables and the docs/ pages quote them.
 bench: models
