@@ -30,6 +30,7 @@ def test_host_plan_and_decode_checks():
     # every layout of the test ran: the three presets' fast path, the generic path, the plans
     assert sum(l.startswith("ok") and "bit-identical to pvq_ref" in l for l in lines) == 8
     assert sum("generic path on a fast layout" in l for l in lines) == 3
+    assert sum("the GEMV's regrouped dot" in l for l in lines) == 8
     assert lines[-1] == "all host checks passed"
 
 

@@ -34,10 +34,13 @@ static void put_field(uint8_t *row, int64_t g, int W, uint64_t v)
 }
 
 /* Decodes row r of a tensor (padded buffer `data`) the way the GEMV kernel does: chunk by chunk through
- * word windows.  generic: use the enumeration even when the fast tables exist. */
-static void kernel_dequantize(const pvqd_tables *t, const pvq_gemv_plan *gp, const uint8_t *data, size_t rb,
-                              int64_t r, int64_t n, float scale, int generic, float *out, int *window_fits)
+ * word windows.  generic: use the enumeration even when the fast tables exist.  Also returns the row's
+ * dot with x in the GEMV kernel's form (factor per group, the row scale last). */
+static double kernel_dequantize(const pvqd_tables *t, const pvq_gemv_plan *gp, const uint8_t *data, size_t rb,
+                                int64_t r, int64_t n, float scale, int generic, const float *x, float *out,
+                                int *window_fits)
 {
+    float acc = 0.0f;
     const int W = t->field_bits;
     const int64_t G = n / t->D;
     const uint32_t *words = (const uint32_t *)data;
@@ -50,17 +53,26 @@ static void kernel_dequantize(const pvqd_tables *t, const pvq_gemv_plan *gp, con
         for (int j = 0; j < cnt; j++) {
             uint64_t f = pvqd_field(win, w.bit0 + (uint32_t)j * W, W);
             float *o = out + (g0 + j) * t->D;
+            const float *xg = x + (g0 + j) * t->D;
+            float d = 0.0f;
             if (t->fast && !generic) {
                 uint32_t lo, hi;
                 float s = pvqd_group8(t, f, scale, &lo, &hi);
                 for (int i = 0; i < 4; i++) o[i] = (float)pvqd_coord(lo, i) * s, o[4 + i] = (float)pvqd_coord(hi, i) * s;
+                const float factor = pvqd_factor8(t, f, &lo, &hi);
+                for (int i = 0; i < 4; i++) d += (float)pvqd_coord(lo, i) * xg[i] + (float)pvqd_coord(hi, i) * xg[4 + i];
+                acc += factor * d;
             } else {
                 int32_t y[PVQD_MAX_D];
                 float s = pvqd_group(t, f, scale, y);
                 for (int i = 0; i < t->D; i++) o[i] = (float)y[i] * s;
+                s = pvqd_group(t, f, 1.0f, y);
+                for (int i = 0; i < t->D; i++) d += (float)y[i] * xg[i];
+                acc += s * d;
             }
         }
     }
+    return (double)(scale * acc);
 }
 
 static void check_layout(int D, int K, int b, int64_t groups_hint, int rows)
@@ -92,20 +104,22 @@ static void check_layout(int D, int K, int b, int64_t groups_hint, int rows)
     pvq_cuda_tables tab;
     if (pvq_cuda_tables_build(&tab, &c)) { check(0, "tables: out of memory"); return; }
     pvqd_tables t = pvq_cuda_tables_bind(&tab, tab.blob, c.levels);
-    pvq_gemv_plan gp = pvq_gemv_plan_make(c.field_bits, rows);
-    int exact = 1, exact_generic = 1, fits = 1, dot_ok = 1;
+    pvq_gemv_plan gp = pvq_gemv_plan_make(&t, t.fast, rows, 0);
+    int exact = 1, exact_generic = 1, fits = 1, dot_ok = 1, gemv_ok = 1;
     for (int r = 0; r < rows; r++) {
         float scale = pvq_half_to_float(scales[r]);
         pvq_dequantize_row_ref(&c, data + r * rb, scale, n, ref);
-        kernel_dequantize(&t, &gp, data, rb, r, n, scale, 0, got, &fits);
+        double gemv = kernel_dequantize(&t, &gp, data, rb, r, n, scale, 0, x, got, &fits);
         exact &= !memcmp(ref, got, n * sizeof(float));
         double dot = 0, mag = 0;
         for (int64_t i = 0; i < n; i++) dot += (double)got[i] * x[i], mag += fabs((double)got[i] * x[i]);
         float dref = pvq_dot_row_ref(&c, data + r * rb, scale, n, x);
         dot_ok &= fabs(dot - dref) <= 1e-5 * mag + 1e-30;
+        gemv_ok &= fabs(gemv - dref) <= 1e-5 * mag + 1e-30;
         if (t.fast) {
-            kernel_dequantize(&t, &gp, data, rb, r, n, scale, 1, got, &fits);
+            gemv = kernel_dequantize(&t, &gp, data, rb, r, n, scale, 1, x, got, &fits);
             exact_generic &= !memcmp(ref, got, n * sizeof(float));
+            gemv_ok &= fabs(gemv - dref) <= 1e-5 * mag + 1e-30;
         }
     }
     snprintf(what, sizeof what, "D=%d K=%d b=%d W=%d %s path, %d rows of %lld (row %zu bytes): weights bit-identical to pvq_ref",
@@ -119,6 +133,14 @@ static void check_layout(int D, int K, int b, int64_t groups_hint, int rows)
     check(fits, what);
     snprintf(what, sizeof what, "D=%d K=%d b=%d: dot of decoded weights matches pvq_dot_row_ref (rel 1e-5)", D, K, b);
     check(dot_ok, what);
+    snprintf(what, sizeof what, "D=%d K=%d b=%d: the GEMV's regrouped dot (factor tables, row scale last) matches "
+             "pvq_dot_row_ref (rel 1e-5)", D, K, b);
+    check(gemv_ok, what);
+    if (t.fast) {
+        snprintf(what, sizeof what, "D=%d K=%d b=%d: GEMV shared memory with the staged tables (%zu bytes) under 48 KB",
+                 D, K, b, gp.smem_bytes);
+        check(gp.smem_bytes <= 48 * 1024, what);
+    }
     pvq_cuda_tables_free(&tab);
     pvq_codec_free(&c);
     free(data), free(ref), free(got), free(x), free(scales);
@@ -153,11 +175,15 @@ static void check_hadamard(void)
 
 static void check_launch_shapes(void)
 {
-    pvq_gemv_plan g = pvq_gemv_plan_make(26, 14336);
+    pvqd_tables t = {.D = 8, .K = 14, .gain_bits = 3, .field_bits = 26};
+    pvq_gemv_plan g = pvq_gemv_plan_make(&t, 0, 14336, 0);
     check(g.grid * PVQ_GEMV_WARPS >= 14336 && (g.grid - 1) * PVQ_GEMV_WARPS < 14336 && g.block == 128 &&
               g.smem_bytes <= 48 * 1024,
           "gemv plan: 14336 rows, 4 warps a block, shared memory under the 48 KB default");
-    g = pvq_gemv_plan_make(56, 1);
+    g = pvq_gemv_plan_make(&t, 0, 14336, 1056);
+    check(g.grid == 1056, "gemv plan: the grid is capped at the resident blocks, warps loop over rows");
+    t.field_bits = 56;
+    g = pvq_gemv_plan_make(&t, 0, 1, 0);
     check(g.grid == 1 && g.smem_bytes <= 48 * 1024, "gemv plan: widest field (56 bits) fits 48 KB");
     pvq_mma_plan m = pvq_mma_plan_make(8, 4096, 14336, 100);
     check(m.usable && m.grid_x == 224 && m.grid_y == 2 && m.smem_bytes <= 48 * 1024,

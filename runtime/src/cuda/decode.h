@@ -23,10 +23,17 @@
 typedef struct pvqd_tables {
     int D, K, gain_bits, field_bits;
     int fast;                  /* D == 8, index < 2^31, K <= 127: the table-driven path */
-    int ntab;                  /* fast: entries of cum/n2/base_lo/base_hi, a power of two > K + 1 */
-    const uint32_t *cum, *n2, *base_lo, *base_hi, *lut4; /* fast path (pvq_fast8's tables) */
+    /* fast path (pvq_fast8's tables): per k1 < ntab the class start cum, the divisor n2 and the lut4
+     * offsets; k1 of an index is bucket_k1[idx >> bucket_shift] or the next */
+    int ntab, bucket_shift, exact_div;
+    uint32_t bucket_len;
+    const uint32_t *cum, *n2, *base_lo, *base_hi, *lut4;
+    const float *inv_n2;       /* 1 / n2 in float32: exact quotients when exact_div */
+    const double *inv_n2d;     /* 1 / n2 in float64: exact quotients otherwise */
+    const uint8_t *bucket_k1;
+    const float *inv_sqrt;     /* [K * K + 1]: 1 / sqrtf(q), the GEMV's factor per sum of squares q */
     const uint64_t *count;     /* count[d * (K + 1) + k] = N(d, k): the generic path */
-    const float *levels;       /* 2^gain_bits gain levels */
+    const float *levels;       /* 2^gain_bits gain levels (per tensor) */
 } pvqd_tables;
 
 /* Field starting at bit `bit` of a window of little-endian 32-bit words (W <= 56); reads words
@@ -39,15 +46,34 @@ PVQ_HD uint64_t pvqd_field(const uint32_t *words, uint32_t bit, int W)
     return v & ((UINT64_C(1) << W) - 1);
 }
 
-/* D == 8 fast path: the point of index idx (< 2^31) as two words of four int8 coordinates. */
+/* D == 8 fast path: the point of index idx (< 2^31) as two words of four int8 coordinates.
+ * k1 from the bucket table and one compare; the quotient r / n2 from a reciprocal product, exact
+ * because (r + 1/2) / n2 lies at least 1 / (2 n2) from an integer: in float32 when r + n2 < 2^22
+ * (the codec's exact_div), in float64 otherwise (its error is below r 2^-52 / n2 <= 2^-21 / n2). */
 PVQ_HD void pvqd_point8(const pvqd_tables *t, uint32_t idx, uint32_t *lo, uint32_t *hi)
 {
-    int k1 = 0;                                 /* largest k1 with cum[k1] <= idx (cum[j > K] is 2^31 - 1) */
-    for (int step = t->ntab >> 1; step; step >>= 1)
-        if (t->cum[k1 + step] <= idx) k1 += step;
-    uint32_t r = idx - t->cum[k1], n2 = t->n2[k1], q = r / n2;
+    int k1 = t->bucket_k1[idx >> t->bucket_shift];
+    k1 += idx >= t->cum[k1 + 1];                  /* cum[j > K] = 2^31 - 1: above every index */
+    const uint32_t r = idx - t->cum[k1], n2 = t->n2[k1];
+    const uint32_t q = t->exact_div ? (uint32_t)(((float)r + 0.5f) * t->inv_n2[k1])
+                                    : (uint32_t)(((double)r + 0.5) * t->inv_n2d[k1]);
     *lo = t->lut4[t->base_lo[k1] + q];
     *hi = t->lut4[t->base_hi[k1] + (r - q * n2)];
+}
+
+/* Sum of squares of the eight int8 coordinates of a D == 8 point. */
+PVQ_HD int32_t pvqd_sumsq8(uint32_t lo, uint32_t hi)
+{
+#if defined(__CUDA_ARCH__)
+    return __dp4a((int)lo, (int)lo, __dp4a((int)hi, (int)hi, 0));
+#else
+    int32_t q = 0;
+    for (int j = 0; j < 4; j++) {
+        const int a = (int8_t)(uint8_t)(lo >> (8 * j)), b = (int8_t)(uint8_t)(hi >> (8 * j));
+        q += a * a + b * b;
+    }
+    return q;
+#endif
 }
 
 PVQ_HD int pvqd_coord(uint32_t word, int j) { return (int)(int8_t)(uint8_t)(word >> (8 * j)); }
@@ -83,16 +109,20 @@ PVQ_HD float pvqd_group_scale(const pvqd_tables *t, uint64_t field, float row_sc
     return gain / sqrtf((float)sumsq);
 }
 
-/* One D == 8 group from its field: y in two words, returns s. */
+/* One D == 8 group from its field: y in two words, returns s (the format's rounding). */
 PVQ_HD float pvqd_group8(const pvqd_tables *t, uint64_t field, float row_scale, uint32_t *lo, uint32_t *hi)
 {
     pvqd_point8(t, (uint32_t)(field >> t->gain_bits), lo, hi);
-    int32_t q = 0;
-    for (int j = 0; j < 4; j++) {
-        int a = pvqd_coord(*lo, j), b = pvqd_coord(*hi, j);
-        q += a * a + b * b;
-    }
-    return pvqd_group_scale(t, field, row_scale, q);
+    return pvqd_group_scale(t, field, row_scale, pvqd_sumsq8(*lo, *hi));
+}
+
+/* The GEMV's form of a D == 8 group: s / row_scale = level[code] * (1 / sqrt(q)) from tables, with the
+ * row scale applied once per row.  The same products regrouped: within a few float32 roundings of the
+ * format's weights (a dot product may sum in any order anyway), and no sqrt or division per group. */
+PVQ_HD float pvqd_factor8(const pvqd_tables *t, uint64_t field, uint32_t *lo, uint32_t *hi)
+{
+    pvqd_point8(t, (uint32_t)(field >> t->gain_bits), lo, hi);
+    return t->levels[field & ((1u << t->gain_bits) - 1)] * t->inv_sqrt[pvqd_sumsq8(*lo, *hi)];
 }
 
 /* One group of any layout: y[0..D), returns s. */

@@ -16,8 +16,13 @@ int pvq_cuda_tables_build(pvq_cuda_tables *t, const pvq_codec *c)
     s->D = c->D; s->K = c->K; s->gain_bits = c->gain_bits; s->field_bits = c->field_bits;
     s->fast = c->fast != NULL;
     size_t ntab = s->fast ? (size_t)c->fast->ntab : 0, lut = s->fast ? c->fast->lut4_len : 0;
-    size_t count_len = (size_t)(c->D + 1) * (size_t)(c->K + 1);
+    size_t count_len = (size_t)(c->D + 1) * (size_t)(c->K + 1), n_sqrt = (size_t)c->K * (size_t)c->K + 1;
     s->ntab = (int)ntab;
+    if (s->fast) {
+        s->bucket_shift = c->fast->bucket_shift;
+        s->exact_div = c->fast->exact_div;
+        s->bucket_len = (uint32_t)(((c->n_points - 1) >> c->fast->bucket_shift) + 1);
+    }
     size_t off = 0;
     t->off_count = off;   off = align8(off + count_len * sizeof(uint64_t));
     t->off_cum = off;     off = align8(off + ntab * sizeof(uint32_t));
@@ -25,6 +30,10 @@ int pvq_cuda_tables_build(pvq_cuda_tables *t, const pvq_codec *c)
     t->off_base_lo = off; off = align8(off + ntab * sizeof(uint32_t));
     t->off_base_hi = off; off = align8(off + ntab * sizeof(uint32_t));
     t->off_lut4 = off;    off = align8(off + lut * sizeof(uint32_t));
+    t->off_inv_n2 = off;  off = align8(off + ntab * sizeof(float));
+    t->off_inv_n2d = off; off = align8(off + ntab * sizeof(double));
+    t->off_bucket = off;  off = align8(off + s->bucket_len);
+    t->off_inv_sqrt = off; off = align8(off + (s->fast ? n_sqrt : 0) * sizeof(float));
     t->bytes = off;
     if (!(t->blob = calloc(1, t->bytes))) return -1;
     memcpy(t->blob + t->off_count, c->count, count_len * sizeof(uint64_t));
@@ -34,6 +43,12 @@ int pvq_cuda_tables_build(pvq_cuda_tables *t, const pvq_codec *c)
         memcpy(t->blob + t->off_base_lo, c->fast->base_lo, ntab * sizeof(uint32_t));
         memcpy(t->blob + t->off_base_hi, c->fast->base_hi, ntab * sizeof(uint32_t));
         memcpy(t->blob + t->off_lut4, c->fast->lut4, lut * sizeof(uint32_t));
+        memcpy(t->blob + t->off_inv_n2, c->fast->inv_n2, ntab * sizeof(float));
+        memcpy(t->blob + t->off_bucket, c->fast->bucket_k1, s->bucket_len);
+        double *inv_d = (double *)(t->blob + t->off_inv_n2d);
+        for (size_t k = 0; k < ntab; k++) inv_d[k] = c->fast->n2[k] ? 1.0 / (double)c->fast->n2[k] : 0.0;
+        float *inv_sqrt = (float *)(t->blob + t->off_inv_sqrt);
+        for (size_t q = 1; q < n_sqrt; q++) inv_sqrt[q] = 1.0f / sqrtf((float)q);
     }
     return 0;
 }
@@ -55,18 +70,31 @@ pvqd_tables pvq_cuda_tables_bind(const pvq_cuda_tables *t, const void *base, con
     s.base_lo = (const uint32_t *)(b + t->off_base_lo);
     s.base_hi = (const uint32_t *)(b + t->off_base_hi);
     s.lut4 = (const uint32_t *)(b + t->off_lut4);
+    s.inv_n2 = (const float *)(b + t->off_inv_n2);
+    s.inv_n2d = (const double *)(b + t->off_inv_n2d);
+    s.bucket_k1 = b + t->off_bucket;
+    s.inv_sqrt = (const float *)(b + t->off_inv_sqrt);
     return s;
 }
 
-pvq_gemv_plan pvq_gemv_plan_make(int field_bits, int64_t rows)
+size_t pvq_gemv_staged_bytes(const pvqd_tables *t)
+{
+    const size_t ntab = (size_t)t->ntab;
+    return ntab * sizeof(double) + 5 * ntab * sizeof(uint32_t) + ((size_t)1 << t->gain_bits) * sizeof(float) +
+           align8(t->bucket_len);
+}
+
+pvq_gemv_plan pvq_gemv_plan_make(const pvqd_tables *t, int fast, int64_t rows, unsigned max_blocks)
 {
     pvq_gemv_plan p;
     p.block = 32 * PVQ_GEMV_WARPS;
     p.grid = (unsigned)((rows + PVQ_GEMV_WARPS - 1) / PVQ_GEMV_WARPS);
+    if (max_blocks && p.grid > max_blocks) p.grid = max_blocks;
     p.chunk_groups = 32 * PVQ_GEMV_GROUPS_PER_LANE;
     /* a chunk starting at any bit offset within its first word: the window of pvqd_chunk_window */
-    p.window_words = (unsigned)((31 + (uint64_t)p.chunk_groups * (uint64_t)field_bits + 31) / 32) + 2;
-    p.smem_bytes = (size_t)PVQ_GEMV_WARPS * p.window_words * sizeof(uint32_t);
+    p.window_words = (unsigned)((31 + (uint64_t)p.chunk_groups * (uint64_t)t->field_bits + 31) / 32) + 2;
+    p.tables_offset = align8((size_t)PVQ_GEMV_WARPS * p.window_words * sizeof(uint32_t));
+    p.smem_bytes = p.tables_offset + (fast ? pvq_gemv_staged_bytes(t) : 0);
     return p;
 }
 

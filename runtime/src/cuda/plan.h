@@ -19,7 +19,8 @@ extern "C" {
  * The gain levels are per tensor and not part of the blob: every tensor of a layout shares it. */
 typedef struct pvq_cuda_tables {
     pvqd_tables shape;         /* D, K, b, W, fast, ntab; pointers unset (see pvq_cuda_tables_bind) */
-    size_t off_cum, off_n2, off_base_lo, off_base_hi, off_lut4, off_count;
+    size_t off_cum, off_n2, off_base_lo, off_base_hi, off_lut4, off_count, off_inv_n2, off_inv_n2d, off_bucket,
+        off_inv_sqrt;
     size_t bytes;
     uint8_t *blob;             /* host copy, malloc'd */
 } pvq_cuda_tables;
@@ -31,16 +32,23 @@ void pvq_cuda_tables_free(pvq_cuda_tables *t);
 pvqd_tables pvq_cuda_tables_bind(const pvq_cuda_tables *t, const void *base, const float *levels);
 
 /* Batch-1 GEMV: each warp owns rows, and walks a row in chunks of 32 lanes x GEMV_GROUPS_PER_LANE
- * groups whose bytes it first stages in its slice of shared memory. */
+ * groups whose bytes it first stages in its slice of shared memory.  On the fast path the block also
+ * copies the small tables (per-k1 tables, levels, the bucket table) to shared memory, in this order:
+ * windows, inv_n2d (8-aligned), cum, n2, base_lo, base_hi, inv_n2, levels, bucket_k1. */
 #define PVQ_GEMV_WARPS 4
 #define PVQ_GEMV_GROUPS_PER_LANE 8
 typedef struct {
     unsigned grid, block;       /* blocks of PVQ_GEMV_WARPS warps, one row per warp per step */
     int chunk_groups;           /* groups per chunk */
     unsigned window_words;      /* shared words per warp: the widest chunk window */
+    size_t tables_offset;       /* bytes of the windows, rounded to 8: where the staged tables start */
     size_t smem_bytes;          /* dynamic shared memory per block */
 } pvq_gemv_plan;
-pvq_gemv_plan pvq_gemv_plan_make(int field_bits, int64_t rows);
+/* fast: stage the fast path's tables (t->fast and not forced onto the generic path).  Warps loop over
+ * rows, so a block stages the tables once for many rows: the grid is at most max_blocks (the blocks
+ * the device runs at once, from the occupancy API; 0: one block per PVQ_GEMV_WARPS rows). */
+pvq_gemv_plan pvq_gemv_plan_make(const pvqd_tables *t, int fast, int64_t rows, unsigned max_blocks);
+size_t pvq_gemv_staged_bytes(const pvqd_tables *t);
 
 /* Prefill: tensor-core tiles (WMMA 16x16x16, fp16 in, fp32 accumulate).  A block decodes a tile of
  * PVQ_MMA_ROWS weight rows x PVQ_MMA_K columns to fp16 in shared memory, converts PVQ_MMA_TOKENS

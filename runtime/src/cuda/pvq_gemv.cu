@@ -1,85 +1,119 @@
-/* PVQ decode-GEMV for batch 1: each warp owns a row; it stages the words of a chunk of 256 groups in
- * its slice of shared memory with coalesced loads, each lane decodes 8 groups from there (decode.h)
- * and dots them with x, and a warp sum gives the row's output.  The D == 8 tables (cum, n2, bases,
- * at most 4 KB) are copied to shared memory per block; lut4 stays in global memory, where it is read
- * through the L1/L2 caches (120 KB for K = 14, 2 MB for K = 29). */
+/* PVQ decode-GEMV for batch 1: each warp owns a row at a time; it stages the words of a chunk of 256
+ * groups in its slice of shared memory with coalesced loads, each lane decodes 8 groups from there
+ * (decode.h) and dots them with x, and a warp sum times the row scale gives the row's output.  On the
+ * D == 8 fast path a block first copies the small tables (per-k1 tables, gain levels, the k1 bucket
+ * table: 2 KB for K = 14, 29 KB for K = 29) to shared memory, once for all the rows its warps visit;
+ * lut4 stays in global memory, read through L1/L2 (120 KB for K = 14, 2 MB for K = 29). */
 #include "common.cuh"
 #include "kernels.h"
 #include "plan.h"
 
 #define CHUNK (32 * PVQ_GEMV_GROUPS_PER_LANE)
 
+/* Copies the fast path's small tables to shared memory (layout of plan.h) and points t at them. */
+__device__ void stage_tables(pvqd_tables *t, unsigned char *smem)
+{
+    const int n = t->ntab;
+    double *inv_d = (double *)smem;
+    uint32_t *w = (uint32_t *)(inv_d + n);
+    uint32_t *cum = w, *n2 = w + n, *lo = w + 2 * n, *hi = w + 3 * n;
+    float *inv = (float *)(w + 4 * n), *levels = inv + n;
+    uint32_t *bucket = (uint32_t *)(levels + (1 << t->gain_bits));
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        inv_d[i] = t->inv_n2d[i], cum[i] = t->cum[i], n2[i] = t->n2[i];
+        lo[i] = t->base_lo[i], hi[i] = t->base_hi[i], inv[i] = t->inv_n2[i];
+    }
+    for (int i = threadIdx.x; i < (1 << t->gain_bits); i += blockDim.x) levels[i] = t->levels[i];
+    const uint32_t *src = (const uint32_t *)t->bucket_k1;   /* the blob pads it to 8 bytes */
+    for (uint32_t i = threadIdx.x; i < (t->bucket_len + 3) / 4; i += blockDim.x) bucket[i] = src[i];
+    __syncthreads();
+    t->inv_n2d = inv_d, t->cum = cum, t->n2 = n2, t->base_lo = lo, t->base_hi = hi, t->inv_n2 = inv;
+    t->levels = levels, t->bucket_k1 = (const uint8_t *)bucket;
+}
+
 template <bool FAST>
 __global__ void __launch_bounds__(32 * PVQ_GEMV_WARPS)
 pvq_gemv_kernel(pvqd_tables t, const uint8_t *__restrict__ data, const float *__restrict__ row_scales, int64_t rows,
-                int64_t n, size_t row_bytes, const float *__restrict__ x, float *__restrict__ y, unsigned window_words)
+                int64_t n, size_t row_bytes, const float *__restrict__ x, float *__restrict__ y, unsigned window_words,
+                size_t tables_offset)
 {
-    extern __shared__ uint32_t smem[];
+    extern __shared__ __align__(8) unsigned char smem[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    uint32_t *win = smem + warp * window_words;
-    if (FAST) {
-        uint32_t *tab = smem + PVQ_GEMV_WARPS * window_words;
-        for (int i = threadIdx.x; i < t.ntab; i += blockDim.x) {
-            tab[i] = t.cum[i];
-            tab[t.ntab + i] = t.n2[i];
-            tab[2 * t.ntab + i] = t.base_lo[i];
-            tab[3 * t.ntab + i] = t.base_hi[i];
-        }
-        __syncthreads();
-        t.cum = tab, t.n2 = tab + t.ntab, t.base_lo = tab + 2 * t.ntab, t.base_hi = tab + 3 * t.ntab;
-    }
-    const int64_t row = (int64_t)blockIdx.x * PVQ_GEMV_WARPS + warp;
-    if (row >= rows) return;
+    uint32_t *win = (uint32_t *)smem + warp * window_words;
+    if (FAST) stage_tables(&t, smem + tables_offset);
     const int W = t.field_bits, D = t.D;
     const int64_t G = n / D;
     const uint32_t *words = (const uint32_t *)data;
-    const float scale = row_scales[row];
-    float acc = 0.0f;
-    for (int64_t g0 = 0; g0 < G; g0 += CHUNK) {
-        const int cnt = G - g0 < CHUNK ? (int)(G - g0) : CHUNK;
-        const pvqd_window wd = pvqd_chunk_window((uint64_t)row * row_bytes, g0, cnt, W);
-        for (uint32_t i = lane; i < wd.count; i += 32) win[i] = __ldg(words + wd.first + i);
-        __syncwarp();
-        for (int j = lane; j < cnt; j += 32) {
-            const int64_t g = g0 + j;
-            const uint64_t f = pvqd_field(win, wd.bit0 + (uint32_t)j * W, W);
-            if (FAST) {
-                uint32_t lo, hi;
-                const float s = pvqd_group8(&t, f, scale, &lo, &hi);
-                const float4 a = __ldg((const float4 *)(x + g * 8)), b = __ldg((const float4 *)(x + g * 8) + 1);
-                const float d = (float)pvqd_coord(lo, 0) * a.x + (float)pvqd_coord(lo, 1) * a.y +
-                                (float)pvqd_coord(lo, 2) * a.z + (float)pvqd_coord(lo, 3) * a.w +
-                                (float)pvqd_coord(hi, 0) * b.x + (float)pvqd_coord(hi, 1) * b.y +
-                                (float)pvqd_coord(hi, 2) * b.z + (float)pvqd_coord(hi, 3) * b.w;
-                acc += s * d;
-            } else {
-                int32_t yv[PVQD_MAX_D];
-                const float s = pvqd_group(&t, f, scale, yv);
-                float d = 0.0f;
-                for (int i = 0; i < D; i++) d += (float)yv[i] * __ldg(x + g * D + i);
-                acc += s * d;
+    for (int64_t row = (int64_t)blockIdx.x * PVQ_GEMV_WARPS + warp; row < rows; row += (int64_t)gridDim.x * PVQ_GEMV_WARPS) {
+        float acc = 0.0f;
+        for (int64_t g0 = 0; g0 < G; g0 += CHUNK) {
+            const int cnt = G - g0 < CHUNK ? (int)(G - g0) : CHUNK;
+            const pvqd_window wd = pvqd_chunk_window((uint64_t)row * row_bytes, g0, cnt, W);
+            for (uint32_t i = lane; i < wd.count; i += 32) win[i] = __ldg(words + wd.first + i);
+            __syncwarp();
+            for (int j = lane; j < cnt; j += 32) {
+                const int64_t g = g0 + j;
+                const uint64_t f = pvqd_field(win, wd.bit0 + (uint32_t)j * W, W);
+                if (FAST) {
+                    uint32_t lo, hi;
+                    const float s = pvqd_factor8(&t, f, &lo, &hi);   /* the row scale comes last */
+                    const float4 a = __ldg((const float4 *)(x + g * 8)), b = __ldg((const float4 *)(x + g * 8) + 1);
+                    const float d = (float)pvqd_coord(lo, 0) * a.x + (float)pvqd_coord(lo, 1) * a.y +
+                                    (float)pvqd_coord(lo, 2) * a.z + (float)pvqd_coord(lo, 3) * a.w +
+                                    (float)pvqd_coord(hi, 0) * b.x + (float)pvqd_coord(hi, 1) * b.y +
+                                    (float)pvqd_coord(hi, 2) * b.z + (float)pvqd_coord(hi, 3) * b.w;
+                    acc += s * d;
+                } else {
+                    int32_t yv[PVQD_MAX_D];
+                    const float s = pvqd_group(&t, f, 1.0f, yv);
+                    float d = 0.0f;
+                    for (int i = 0; i < D; i++) d += (float)yv[i] * __ldg(x + g * D + i);
+                    acc += s * d;
+                }
             }
+            __syncwarp();
         }
-        __syncwarp();
+        acc = warp_sum(acc);
+        if (lane == 0) y[row] = row_scales[row] * acc;
     }
-    acc = warp_sum(acc);
-    if (lane == 0) y[row] = acc;
+}
+
+/* The blocks of one launch that the device runs at once (0 when the occupancy API fails). */
+template <bool FAST> static unsigned resident_blocks(size_t smem)
+{
+    int dev = 0, sms = 0, per_sm = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, pvq_gemv_kernel<FAST>, 32 * PVQ_GEMV_WARPS, smem)) {
+        cudaGetLastError();
+        return 0;
+    }
+    return (unsigned)(sms * per_sm);
 }
 
 extern "C" cudaError_t pvqk_gemv(const cuda_weight *w, const float *x, int T, float *y, int generic)
 {
-    const pvq_gemv_plan p = pvq_gemv_plan_make(w->tables.field_bits, w->n_out);
     const bool fast = w->tables.fast && !generic;
-    const size_t smem = p.smem_bytes + (fast ? 4 * (size_t)w->tables.ntab * sizeof(uint32_t) : 0);
+    const pvq_gemv_plan p0 = pvq_gemv_plan_make(&w->tables, fast, w->n_out, 0);
+    const pvq_gemv_plan p = pvq_gemv_plan_make(&w->tables, fast, w->n_out,
+                                               fast ? resident_blocks<true>(p0.smem_bytes)
+                                                    : resident_blocks<false>(p0.smem_bytes));
+    if (p.smem_bytes > 48 * 1024) {
+        cudaError_t e = fast ? cudaFuncSetAttribute(pvq_gemv_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                    (int)p.smem_bytes)
+                             : cudaFuncSetAttribute(pvq_gemv_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                    (int)p.smem_bytes);
+        if (e != cudaSuccess) return e;
+    }
     for (int t = 0; t < T; t++) {
         const float *xt = x + (size_t)t * w->n_in;
         float *yt = y + (size_t)t * w->n_out;
         if (fast)
-            pvq_gemv_kernel<true><<<p.grid, p.block, smem>>>(w->tables, w->data, w->row_scales, w->n_out, w->n_in,
-                                                             w->row_bytes, xt, yt, p.window_words);
+            pvq_gemv_kernel<true><<<p.grid, p.block, p.smem_bytes>>>(w->tables, w->data, w->row_scales, w->n_out, w->n_in,
+                                                                     w->row_bytes, xt, yt, p.window_words, p.tables_offset);
         else
-            pvq_gemv_kernel<false><<<p.grid, p.block, smem>>>(w->tables, w->data, w->row_scales, w->n_out, w->n_in,
-                                                              w->row_bytes, xt, yt, p.window_words);
+            pvq_gemv_kernel<false><<<p.grid, p.block, p.smem_bytes>>>(w->tables, w->data, w->row_scales, w->n_out,
+                                                                      w->n_in, w->row_bytes, xt, yt, p.window_words,
+                                                                      p.tables_offset);
     }
     return cudaGetLastError();
 }
