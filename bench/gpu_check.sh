@@ -3,8 +3,8 @@
 #   build; device report; kernel self test; CUDA-vs-CPU logits and greedy continuations for 3 prompts
 #   on SmolLM2 F16 and SmolLM2 PVQ; compute-sanitizer memcheck; PVQ GEMV bandwidth vs the device copy
 #   bandwidth and vs torch's fp16 matmul at batch 1; decode tokens/s of a Llama-7B-shaped PVQ model.
-# Environment: F16_GGUF, PVQ_GGUF (SmolLM2 files; PVQ_GGUF is made with pvq_convert from the HF
-#   directory in $PVQ_CACHE when missing), TOL (logit tolerance, default 1e-2), OUT (logs, default
+# Environment: F16_GGUF, PVQ_GGUF (SmolLM2 files; PVQ_GGUF is made with pvq_convert from HF_DIR, the
+#   HF directory in $PVQ_CACHE, when missing; calibration text from PVQ_SHARED_DATA), TOL (logit tolerance, default 1e-2), OUT (logs, default
 #   /tmp/pvq-gpu-check).  Exit status 0 only when every step passed; each step's log is in $OUT.
 set -u
 cd "$(dirname "$0")/.."
@@ -36,8 +36,12 @@ step info "$EXE" info || { echo "no usable GPU: nothing else can run"; exit 1; }
 step selftest "$EXE" selftest
 
 if [ ! -f "$PVQ_GGUF" ] && [ -d "$HF_DIR" ]; then
+    # calibration on the first half of the shared eval text, as bench/quality.py does
     mkdir -p "$(dirname "$PVQ_GGUF")"
-    step convert-pvq python3 -m pvq_convert "$HF_DIR" --bits 3.25 -q -o "$PVQ_GGUF"
+    step calib-text python3 -c "import sys; from models import EVAL_TEXT; from pvq_convert.eval import split_text; \
+open(sys.argv[1], 'w', encoding='utf-8').write(split_text(EVAL_TEXT.read_text(encoding='utf-8'))[0])" "$OUT/calib.txt" &&
+    step convert-pvq python3 -m pvq_convert "$HF_DIR" --bits 3.25 --calib "$OUT/calib.txt" --calib-seqs 8 -q \
+        -o "$PVQ_GGUF"
 fi
 for kind in F16 PVQ; do
     model=$([ $kind = F16 ] && echo "$F16_GGUF" || echo "$PVQ_GGUF")
