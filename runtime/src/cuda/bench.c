@@ -122,7 +122,8 @@ int pvq_cuda_bench_gemv(int reps, char *err, size_t err_len)
                 const double bytes = (double)w->row_bytes * w->n_out + 4.0 * w->n_out * 2 + 4.0 * w->n_in;
                 CK(cudaMalloc((void **)&f16, (size_t)w->n_out * w->n_in * 2 + 16));
                 CK(k_fill_uniform_f16(f16, (size_t)w->n_out * w->n_in, -0.01f, 0.01f, 3));
-                cuda_weight fw = {1 /* F16 */, 0, w->n_in, w->n_out, (size_t)w->n_in * 2, (const uint8_t *)f16, NULL, w->tables};
+                cuda_weight fw = {1 /* F16 */, 0, w->n_in, w->n_out, (size_t)w->n_in * 2, (const uint8_t *)f16, NULL,
+                                  w->tables, {0, 0}};
                 bench_job fj = {RUN_F16, &fw, x, y, 1, NULL, NULL, 0};
                 if (time_ms(&fj, reps, &f16_ms, err, err_len)) goto out;
                 cudaFree(f16);

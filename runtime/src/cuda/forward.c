@@ -152,6 +152,11 @@ static int upload_pvq(pvq_cuda_model *g, const gguf_file *f, const char *name, c
     out->row_bytes = pvq_row_bytes(&c, w->n_in);
     out->data = data, out->row_scales = dev_scales;
     out->tables = pvq_cuda_tables_bind(&L->tab, L->dev, dev_levels);
+    cudaError_t e = pvqk_prepare(out);
+    if (e != cudaSuccess) {
+        cuda_fail(err, err_len, "pvqk_prepare", e);
+        goto done;
+    }
     g->weight_bytes += wt->nbytes + (size_t)w->n_out * 2;
     rc = 0;
 done:
@@ -306,6 +311,7 @@ static int random_pvq(pvq_cuda_model *g, uint32_t type, int64_t n_in, int64_t n_
     out->type = type, out->pvq = 1, out->n_in = n_in, out->n_out = n_out, out->row_bytes = rb;
     out->data = data, out->row_scales = scales;
     out->tables = pvq_cuda_tables_bind(&L->tab, L->dev, dev_levels);
+    CK(pvqk_prepare(out));
     g->weight_bytes += rb * (size_t)n_out + (size_t)n_out * 2;
     return 0;
 }

@@ -24,8 +24,12 @@ typedef struct {
     const uint8_t *data;
     const float *row_scales;  /* PVQ only */
     pvqd_tables tables;       /* PVQ only */
+    unsigned gemv_blocks[2];  /* PVQ: the GEMV's grid cap for the fast [0] and generic [1] path (pvqk_prepare) */
 } cuda_weight;
 
+/* pvq_gemv.cu: once per PVQ weight, before pvqk_gemv: the GEMV's resident-block grid caps (occupancy
+ * API) and its shared-memory limit, so that no launch queries the device. */
+cudaError_t pvqk_prepare(cuda_weight *w);
 /* pvq_gemv.cu: y[T][n_out] = x[T][n_in] W^T, one GEMV per token (batch-1 decode path).
  * generic: take the enumeration path even when the D == 8 tables exist (the device reference). */
 cudaError_t pvqk_gemv(const cuda_weight *w, const float *x, int T, float *y, int generic);

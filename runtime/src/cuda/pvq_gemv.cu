@@ -78,32 +78,32 @@ pvq_gemv_kernel(pvqd_tables t, const uint8_t *__restrict__ data, const float *__
     }
 }
 
-/* The blocks of one launch that the device runs at once (0 when the occupancy API fails). */
-template <bool FAST> static unsigned resident_blocks(size_t smem)
+/* Grid cap and shared-memory limit of one path of a weight's GEMV. */
+template <bool FAST> static cudaError_t prepare_path(const cuda_weight *w, unsigned *blocks)
 {
+    const pvq_gemv_plan p = pvq_gemv_plan_make(&w->tables, FAST, w->n_out, 0);
     int dev = 0, sms = 0, per_sm = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, pvq_gemv_kernel<FAST>, 32 * PVQ_GEMV_WARPS, smem)) {
-        cudaGetLastError();
-        return 0;
-    }
-    return (unsigned)(sms * per_sm);
+    cudaError_t e;
+    if (p.smem_bytes > 48 * 1024 &&
+        (e = cudaFuncSetAttribute(pvq_gemv_kernel<FAST>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)p.smem_bytes)))
+        return e;
+    if ((e = cudaGetDevice(&dev)) || (e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev)) ||
+        (e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, pvq_gemv_kernel<FAST>, p.block, p.smem_bytes)))
+        return e;
+    *blocks = (unsigned)(sms * per_sm);
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t pvqk_prepare(cuda_weight *w)
+{
+    cudaError_t e = w->tables.fast ? prepare_path<true>(w, &w->gemv_blocks[0]) : cudaSuccess;
+    return e ? e : prepare_path<false>(w, &w->gemv_blocks[1]);
 }
 
 extern "C" cudaError_t pvqk_gemv(const cuda_weight *w, const float *x, int T, float *y, int generic)
 {
     const bool fast = w->tables.fast && !generic;
-    const pvq_gemv_plan p0 = pvq_gemv_plan_make(&w->tables, fast, w->n_out, 0);
-    const pvq_gemv_plan p = pvq_gemv_plan_make(&w->tables, fast, w->n_out,
-                                               fast ? resident_blocks<true>(p0.smem_bytes)
-                                                    : resident_blocks<false>(p0.smem_bytes));
-    if (p.smem_bytes > 48 * 1024) {
-        cudaError_t e = fast ? cudaFuncSetAttribute(pvq_gemv_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                    (int)p.smem_bytes)
-                             : cudaFuncSetAttribute(pvq_gemv_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                    (int)p.smem_bytes);
-        if (e != cudaSuccess) return e;
-    }
+    const pvq_gemv_plan p = pvq_gemv_plan_make(&w->tables, fast, w->n_out, w->gemv_blocks[fast ? 0 : 1]);
     for (int t = 0; t < T; t++) {
         const float *xt = x + (size_t)t * w->n_in;
         float *yt = y + (size_t)t * w->n_out;
