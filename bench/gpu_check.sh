@@ -68,6 +68,7 @@ step bench-gemv "$EXE" bench-gemv --reps 100
 step bench-torch-fp16 python3 bench/gpu_torch_fp16.py "$OUT/bench-gemv.log"
 step bench-decode-3.25 "$EXE" bench-decode --bpw 3.25 -n 256
 step bench-decode-4.25 "$EXE" bench-decode --bpw 4.25 -n 256
+step bench-decode-3.25-nograph env PVQ_CUDA_GRAPHS=0 "$EXE" bench-decode --bpw 3.25 -n 256
 
 if [ ${#failed[@]} -eq 0 ]; then echo "gpu_check: every step passed"; exit 0; fi
 echo "gpu_check: FAILED steps: ${failed[*]}"

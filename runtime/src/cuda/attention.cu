@@ -4,25 +4,25 @@
 #include "kernels.h"
 #include "plan.h"
 
-__global__ void kv_store_kernel(const float *k, const float *v, int kv_dim, int n_past, uint16_t *kc, uint16_t *vc)
+__global__ void kv_store_kernel(const float *k, const float *v, int kv_dim, const int *n_past, uint16_t *kc, uint16_t *vc)
 {
     const int t = blockIdx.x;
-    const size_t dst = ((size_t)n_past + t) * kv_dim;
+    const size_t dst = ((size_t)*n_past + t) * kv_dim;
     for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
         kc[dst + i] = float_to_half_bits(k[(size_t)t * kv_dim + i]);
         vc[dst + i] = float_to_half_bits(v[(size_t)t * kv_dim + i]);
     }
 }
 
-extern "C" cudaError_t k_kv_store(const float *k, const float *v, int T, int kv_dim, int n_past, uint16_t *k_cache,
-                                  uint16_t *v_cache)
+extern "C" cudaError_t k_kv_store(const float *k, const float *v, int T, int kv_dim, const int *n_past,
+                                  uint16_t *k_cache, uint16_t *v_cache)
 {
     kv_store_kernel<<<T, 256>>>(k, v, kv_dim, n_past, k_cache, v_cache);
     return cudaGetLastError();
 }
 
 __global__ void __launch_bounds__(PVQ_ATTN_THREADS)
-attention_kernel(const float *q, const uint16_t *kc, const uint16_t *vc, int n_past, int n_head, int n_head_kv,
+attention_kernel(const float *q, const uint16_t *kc, const uint16_t *vc, const int *n_past, int n_head, int n_head_kv,
                  int head_dim, int n_ctx, float *out)
 {
     extern __shared__ float sm[];
@@ -31,7 +31,7 @@ attention_kernel(const float *q, const uint16_t *kc, const uint16_t *vc, int n_p
     float *score = sm;                                       /* [n_ctx] */
     uint16_t *p16 = (uint16_t *)(score + n_ctx);             /* [n_ctx] */
     uint16_t *q16 = p16 + n_ctx;                             /* [head_dim] */
-    const int h = blockIdx.x, t = blockIdx.y, n_kv = n_past + t + 1, hd = head_dim;
+    const int h = blockIdx.x, t = blockIdx.y, n_kv = *n_past + t + 1, hd = head_dim;
     const int kv_dim = n_head_kv * hd, dim = n_head * hd, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const size_t koff = (size_t)(h / (n_head / n_head_kv)) * hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) q16[d] = float_to_half_bits(q[(size_t)t * dim + h * hd + d]);
@@ -66,14 +66,18 @@ attention_kernel(const float *q, const uint16_t *kc, const uint16_t *vc, int n_p
     }
 }
 
-extern "C" cudaError_t k_attention(const float *q, const uint16_t *k_cache, const uint16_t *v_cache, int T, int n_past,
-                                   int n_head, int n_head_kv, int head_dim, int n_ctx, float *out)
+extern "C" cudaError_t k_attention_prepare(int n_ctx, int head_dim)
 {
     const size_t smem = pvq_attention_smem_bytes(n_ctx, head_dim);
-    if (smem > 48 * 1024) {
-        cudaError_t e = cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess) return e;
-    }
+    return smem > 48 * 1024
+               ? cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)
+               : cudaSuccess;
+}
+
+extern "C" cudaError_t k_attention(const float *q, const uint16_t *k_cache, const uint16_t *v_cache, int T,
+                                   const int *n_past, int n_head, int n_head_kv, int head_dim, int n_ctx, float *out)
+{
+    const size_t smem = pvq_attention_smem_bytes(n_ctx, head_dim);
     attention_kernel<<<dim3(n_head, T), PVQ_ATTN_THREADS, smem>>>(q, k_cache, v_cache, n_past, n_head, n_head_kv,
                                                                   head_dim, n_ctx, out);
     return cudaGetLastError();

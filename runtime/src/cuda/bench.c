@@ -175,10 +175,11 @@ int pvq_cuda_bench_decode(uint32_t pvq_type, int n_tokens, char *err, size_t err
         if (pvq_cuda_forward(g, &tok, 1, logits, err, err_len)) goto done;
     }
     double dt = now_s() - t0;
-    printf("Llama-7B-shaped random PVQ model (type %#x, %.2f GB of weights): %d tokens decoded, %.1f tokens/s "
-           "(%.2f ms/token, weights streamed at %.0f GB/s)\n",
-           pvq_type, (double)pvq_cuda_weight_bytes(g) / 1e9, n_tokens, n_tokens / dt, 1e3 * dt / n_tokens,
-           (double)pvq_cuda_weight_bytes(g) * n_tokens / dt / 1e9);
+    printf("Llama-7B-shaped random PVQ model (type %#x, %.2f GB of weights, decode step %s): %d tokens decoded, "
+           "%.1f tokens/s (%.2f ms/token, weights streamed at %.0f GB/s)\n",
+           pvq_type, (double)pvq_cuda_weight_bytes(g) / 1e9,
+           pvq_cuda_uses_graph(g) ? "as a CUDA graph" : "launched kernel by kernel", n_tokens, n_tokens / dt,
+           1e3 * dt / n_tokens, (double)pvq_cuda_weight_bytes(g) * n_tokens / dt / 1e9);
     rc = 0;
 done:
     free(logits);

@@ -37,6 +37,9 @@ struct pvq_cuda_model {
     void **allocs;                                /* every device allocation, freed together */
     size_t n_allocs, cap_allocs, weight_bytes;
     int n_ctx, n_batch, n_past;
+    int *n_past_dev;                              /* n_past in device memory (read by the KV store and attention) */
+    cudaGraphExec_t decode_graph;                 /* one decode step (T = 1), captured at the first one */
+    int graph_off;                                /* PVQ_CUDA_GRAPHS=0, or the capture failed: direct launches */
     uint16_t *k_cache, *v_cache;                  /* [layer][n_ctx][kv_dim] fp16 */
     float *x, *xb, *xb2, *q, *k, *v, *hb, *hb2, *rope, *logits;
     int32_t *tokens;
@@ -205,6 +208,7 @@ static int load_hadamard(pvq_cuda_model *g, const gguf_file *f, char *err, size_
         return err_fail(err, err_len, "ffn_hadamard: n_ff = %d does not fit one block's shared memory", g->ffn_dim);
     if (!(g->hadamard_base = dev_upload(g, base->data, base->n, 0, err, err_len))) return -1;
     g->hadamard_h = hp.h, g->hadamard_p = hp.p, g->hadamard_scale = hp.scale;
+    CK(k_hadamard_prepare(g->ffn_dim));
     return 0;
 }
 
@@ -221,18 +225,24 @@ static int alloc_state(pvq_cuda_model *g, int n_ctx, int n_batch, char *err, siz
         !(g->hb2 = dev_alloc(g, B * g->ffn_dim * 4, err, err_len)) ||
         !(g->rope = dev_alloc(g, B * g->rope_dim * 4, err, err_len)) ||
         !(g->logits = dev_alloc(g, (size_t)g->n_vocab * 4, err, err_len)) ||
-        !(g->tokens = dev_alloc(g, B * 4, err, err_len)))
+        !(g->tokens = dev_alloc(g, B * 4, err, err_len)) || !(g->n_past_dev = dev_alloc(g, sizeof(int), err, err_len)))
         return -1;
     if (!(g->host_rope = malloc(B * g->rope_dim * 4))) return err_fail(err, err_len, "out of memory");
     if (pvq_attention_smem_bytes(n_ctx, g->head_dim) > 227 * 1024)
         return err_fail(err, err_len, "a context of %d positions does not fit the attention kernel's shared memory", n_ctx);
+    CK(k_attention_prepare(n_ctx, g->head_dim));
     return 0;
 }
 
 static pvq_cuda_model *model_new(char *err, size_t err_len)
 {
     pvq_cuda_model *g = calloc(1, sizeof *g);
-    if (!g) err_fail(err, err_len, "out of memory");
+    if (!g) {
+        err_fail(err, err_len, "out of memory");
+        return NULL;
+    }
+    const char *graphs = getenv("PVQ_CUDA_GRAPHS");
+    g->graph_off = graphs && !strcmp(graphs, "0");
     return g;
 }
 
@@ -376,6 +386,10 @@ int pvq_cuda_model_random(const pvq_cuda_random_shape *s, int n_ctx, int n_batch
         free(base);
         if (!g->hadamard_base) goto bad;
         g->hadamard_h = h, g->hadamard_p = p, g->hadamard_scale = 1.0f / sqrtf((float)h * (float)p);
+        if (k_hadamard_prepare(s->ffn_dim) != cudaSuccess) {
+            err_fail(err, err_len, "CUDA: n_ff %d does not fit the Hadamard kernel's shared memory", s->ffn_dim);
+            goto bad;
+        }
     }
     if (alloc_state(g, n_ctx, n_batch, err, err_len)) goto bad;
     *out = g;
@@ -388,6 +402,7 @@ bad:
 void pvq_cuda_model_free(pvq_cuda_model *g)
 {
     if (!g) return;
+    if (g->decode_graph) cudaGraphExecDestroy(g->decode_graph);
     for (size_t i = 0; i < g->n_allocs; i++) cudaFree(g->allocs[i]);
     for (int i = 0; i < g->n_layouts; i++) pvq_cuda_tables_free(&g->layouts[i].tab);
     free(g->allocs);
@@ -397,6 +412,7 @@ void pvq_cuda_model_free(pvq_cuda_model *g)
 }
 
 int pvq_cuda_n_past(const pvq_cuda_model *g) { return g->n_past; }
+int pvq_cuda_uses_graph(const pvq_cuda_model *g) { return g->decode_graph != NULL; }
 
 const cuda_weight *pvq_cuda_model_weight(const pvq_cuda_model *g, int layer, int which)
 {
@@ -426,18 +442,11 @@ static void rope_table(float *cs, int pos, int rope_dim, float base)
     }
 }
 
-int pvq_cuda_forward(pvq_cuda_model *g, const int32_t *tokens, int T, float *logits, char *err, size_t err_len)
+/* Every launch of a forward pass of T tokens, from the embedding rows to the last token's logits, on
+ * the (per-thread) default stream.  Reads the tokens, the rope table and n_past from device memory. */
+static int enqueue(pvq_cuda_model *g, int T, char *err, size_t err_len)
 {
-    if (T < 1 || T > g->n_batch) return err_fail(err, err_len, "%d tokens in a batch of at most %d", T, g->n_batch);
-    if (g->n_past + T > g->n_ctx)
-        return err_fail(err, err_len, "context full: %d cached + %d new > %d", g->n_past, T, g->n_ctx);
-    for (int t = 0; t < T; t++)
-        if (tokens[t] < 0 || tokens[t] >= g->n_vocab)
-            return err_fail(err, err_len, "token id %d is outside the vocabulary (%d)", tokens[t], g->n_vocab);
     const int dim = g->dim, hd = g->head_dim, kv_dim = g->n_head_kv * hd, ffn = g->ffn_dim;
-    for (int t = 0; t < T; t++) rope_table(g->host_rope + (size_t)t * g->rope_dim, g->n_past + t, g->rope_dim, g->rope_base);
-    CK(cudaMemcpy(g->rope, g->host_rope, (size_t)T * g->rope_dim * 4, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(g->tokens, tokens, (size_t)T * 4, cudaMemcpyHostToDevice));
     CK(g->tok_embd.pvq ? pvqk_dequantize_rows(&g->tok_embd, g->tokens, T, g->x) : densek_rows(&g->tok_embd, g->tokens, T, g->x));
     for (int l = 0; l < g->n_layer; l++) {
         const cuda_layer *L = &g->layers[l];
@@ -451,8 +460,8 @@ int pvq_cuda_forward(pvq_cuda_model *g, const int32_t *tokens, int T, float *log
         if (L->bv) CK(k_add_bias(g->v, L->bv, T, kv_dim));
         CK(k_rope(g->q, g->rope, T, g->n_head, hd, g->rope_dim, g->rope_neox));
         CK(k_rope(g->k, g->rope, T, g->n_head_kv, hd, g->rope_dim, g->rope_neox));
-        CK(k_kv_store(g->k, g->v, T, kv_dim, g->n_past, kc, vc));
-        CK(k_attention(g->q, kc, vc, T, g->n_past, g->n_head, g->n_head_kv, hd, g->n_ctx, g->xb));
+        CK(k_kv_store(g->k, g->v, T, kv_dim, g->n_past_dev, kc, vc));
+        CK(k_attention(g->q, kc, vc, T, g->n_past_dev, g->n_head, g->n_head_kv, hd, g->n_ctx, g->xb));
         CK(matmul(&L->wo, g->xb, T, g->xb2));
         CK(k_add(g->x, g->xb2, (size_t)T * dim));
         CK(k_rmsnorm(g->x, L->ffn_norm, T, dim, g->rms_eps, g->xb));
@@ -469,6 +478,52 @@ int pvq_cuda_forward(pvq_cuda_model *g, const int32_t *tokens, int T, float *log
     }
     CK(k_rmsnorm(g->x + (size_t)(T - 1) * dim, g->out_norm, 1, dim, g->rms_eps, g->xb));
     CK(matmul(&g->output, g->xb, 1, g->logits));
+    return 0;
+}
+
+/* One decode step (T = 1) as a CUDA graph: some 500 launches for a 7B model cost more host time than
+ * the GPU needs for them, a graph launch costs one.  Captured at the first step and replayed at every
+ * later one (positions, token and rope table are device memory).  Returns 1 when the graph ran, 0 when
+ * graphs are off or the capture failed (the caller then launches directly), -1 on an error. */
+static int run_decode_graph(pvq_cuda_model *g, char *err, size_t err_len)
+{
+    if (g->graph_off) return 0;
+    if (!g->decode_graph) {
+        cudaGraph_t graph = NULL;
+        char msg[256];
+        if (cudaStreamBeginCapture(cudaStreamPerThread, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+            cudaGetLastError();
+            g->graph_off = 1;
+            return 0;
+        }
+        int rc = enqueue(g, 1, msg, sizeof msg);
+        cudaError_t e = cudaStreamEndCapture(cudaStreamPerThread, &graph);
+        if (rc || e != cudaSuccess || cudaGraphInstantiate(&g->decode_graph, graph, 0) != cudaSuccess) {
+            g->decode_graph = NULL;
+            g->graph_off = 1;
+        }
+        if (graph) cudaGraphDestroy(graph);
+        cudaGetLastError();
+        if (g->graph_off) return 0;
+    }
+    CK(cudaGraphLaunch(g->decode_graph, cudaStreamPerThread));
+    return 1;
+}
+
+int pvq_cuda_forward(pvq_cuda_model *g, const int32_t *tokens, int T, float *logits, char *err, size_t err_len)
+{
+    if (T < 1 || T > g->n_batch) return err_fail(err, err_len, "%d tokens in a batch of at most %d", T, g->n_batch);
+    if (g->n_past + T > g->n_ctx)
+        return err_fail(err, err_len, "context full: %d cached + %d new > %d", g->n_past, T, g->n_ctx);
+    for (int t = 0; t < T; t++)
+        if (tokens[t] < 0 || tokens[t] >= g->n_vocab)
+            return err_fail(err, err_len, "token id %d is outside the vocabulary (%d)", tokens[t], g->n_vocab);
+    for (int t = 0; t < T; t++) rope_table(g->host_rope + (size_t)t * g->rope_dim, g->n_past + t, g->rope_dim, g->rope_base);
+    CK(cudaMemcpy(g->rope, g->host_rope, (size_t)T * g->rope_dim * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(g->tokens, tokens, (size_t)T * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(g->n_past_dev, &g->n_past, sizeof(int), cudaMemcpyHostToDevice));
+    int ran = T == 1 ? run_decode_graph(g, err, err_len) : 0;
+    if (ran < 0 || (!ran && enqueue(g, T, err, err_len))) return -1;
     if (logits) CK(cudaMemcpy(logits, g->logits, (size_t)g->n_vocab * 4, cudaMemcpyDeviceToHost));
     CK(cudaDeviceSynchronize());
     g->n_past += T;

@@ -37,14 +37,17 @@ __global__ void hadamard_kernel(const float *x, float *out, int h, int p, float 
     }
 }
 
+extern "C" cudaError_t k_hadamard_prepare(int n)
+{
+    const size_t smem = (size_t)n * sizeof(float);
+    return smem > 48 * 1024 ? cudaFuncSetAttribute(hadamard_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)
+                            : cudaSuccess;
+}
+
 extern "C" cudaError_t k_hadamard(const float *x, float *out, int T, int h, int p, float scale, const int8_t *base)
 {
     const int n = h * p;
     const size_t smem = (size_t)n * sizeof(float);
-    if (smem > 48 * 1024) {
-        cudaError_t e = cudaFuncSetAttribute(hadamard_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess) return e;
-    }
     const unsigned slices = h == 1 ? 1u : (unsigned)((n + HADAMARD_SLICE - 1) / HADAMARD_SLICE);
     hadamard_kernel<<<dim3(T, slices), 1024, smem>>>(x, out, h, p, scale, base);
     return cudaGetLastError();

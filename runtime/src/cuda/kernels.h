@@ -48,18 +48,22 @@ cudaError_t k_rmsnorm(const float *x, const float *g, int T, int n, float eps, f
 /* rope.cu: rotates the first rope_dim dims of each of n_heads heads of v[T][n_heads * head_dim] with
  * cs[T][rope_dim / 2][cos, sin]; neox pairs (i, i + rope_dim/2), else (2i, 2i + 1). */
 cudaError_t k_rope(float *v, const float *cs, int T, int n_heads, int head_dim, int rope_dim, int neox);
-/* attention.cu: appends k, v (T x kv_dim) to an fp16 cache at position n_past, then the causal
- * attention of q[T][n_head * head_dim] over positions 0 .. n_past + t into out. */
-cudaError_t k_kv_store(const float *k, const float *v, int T, int kv_dim, int n_past, uint16_t *k_cache,
+/* attention.cu: appends k, v (T x kv_dim) to an fp16 cache at position *n_past, then the causal
+ * attention of q[T][n_head * head_dim] over positions 0 .. *n_past + t into out.  n_past is device
+ * memory, so that a captured decode step (CUDA graph) replays at every position.  k_attention_prepare
+ * once per context size, before any launch (it raises the kernel's shared-memory limit if needed). */
+cudaError_t k_attention_prepare(int n_ctx, int head_dim);
+cudaError_t k_kv_store(const float *k, const float *v, int T, int kv_dim, const int *n_past, uint16_t *k_cache,
                        uint16_t *v_cache);
-cudaError_t k_attention(const float *q, const uint16_t *k_cache, const uint16_t *v_cache, int T, int n_past,
+cudaError_t k_attention(const float *q, const uint16_t *k_cache, const uint16_t *v_cache, int T, const int *n_past,
                         int n_head, int n_head_kv, int head_dim, int n_ctx, float *out);
 /* ffn.cu: gate = silu(gate) * up; x += y; x[t] += b (biases). */
 cudaError_t k_swiglu(float *gate, const float *up, size_t n);
 cudaError_t k_add(float *x, const float *y, size_t n);
 cudaError_t k_add_bias(float *x, const float *b, int T, int n);
 /* hadamard.cu: out[t] = H x[t], H = scale (B (x) H_p) (docs/rotation.md), base: h x h int8 on the device;
- * out must not overlap x. */
+ * out must not overlap x.  k_hadamard_prepare once per n = h * p, before any launch. */
+cudaError_t k_hadamard_prepare(int n);
 cudaError_t k_hadamard(const float *x, float *out, int T, int h, int p, float scale, const int8_t *base);
 /* fill.cu: random valid PVQ rows (benchmarks and the self test): every shape index < N(D, K). */
 cudaError_t pvqk_fill_random(uint8_t *data, int64_t rows, size_t row_bytes, int D, int gain_bits, int field_bits,

@@ -45,9 +45,13 @@ int pvq_cuda_model_random(const pvq_cuda_random_shape *s, int n_ctx, int n_batch
                           pvq_cuda_model **out, char *err, size_t err_len);
 
 /* Runs n (<= n_batch) tokens after the cached ones; logits (n_vocab floats) of the last token are
- * copied to `logits` when it is not NULL. */
+ * copied to `logits` when it is not NULL.  Single tokens replay a CUDA graph of the whole step.
+ * Kernels go to the calling thread's default stream (the library is built with per-thread default
+ * streams); a model belongs to one thread at a time. */
 int pvq_cuda_forward(pvq_cuda_model *g, const int32_t *tokens, int n, float *logits, char *err, size_t err_len);
 int pvq_cuda_n_past(const pvq_cuda_model *g);
+/* Whether decode steps run as a captured CUDA graph (PVQ_CUDA_GRAPHS=0 turns it off). */
+int pvq_cuda_uses_graph(const pvq_cuda_model *g);
 size_t pvq_cuda_weight_bytes(const pvq_cuda_model *g);
 void pvq_cuda_model_free(pvq_cuda_model *g);
 
