@@ -1,5 +1,7 @@
-/* GEMV of the ggml weight types the runtime reads (F32, F16, BF16, Q8_0) with float32 activations:
- * one warp per (row, token), lanes over consecutive elements so a warp's loads are coalesced. */
+/* GEMV of the ggml weight types the runtime reads (F32, F16, BF16, Q8_0): one warp per (row, token),
+ * lanes over consecutive elements so a warp's loads are coalesced.  As on the CPU path, activations
+ * meet F16 / BF16 weights rounded to that type; Q8_0 weights meet float32 activations (the CPU
+ * quantizes them to Q8_0 blocks: a difference of the order of 1/254 of a block's largest value). */
 #include "common.cuh"
 #include "kernels.h"
 
@@ -21,6 +23,14 @@ template <int TYPE> __device__ __forceinline__ float load_elem(const uint8_t *ro
     return half_bits_to_float(d) * (float)(int8_t)__ldg(blk + 2 + i % QK8_0);
 }
 
+/* An activation rounded to the weight type's vec_type where the CPU path rounds it. */
+template <int TYPE> __device__ __forceinline__ float vec_round(float x)
+{
+    if (TYPE == T_F16) return __half2float(__float2half_rn(x));
+    if (TYPE == T_BF16) return __bfloat162float(__float2bfloat16_rn(x));
+    return x;
+}
+
 template <int TYPE>
 __global__ void dense_gemv_kernel(const uint8_t *__restrict__ data, size_t row_bytes, int64_t rows, int64_t n,
                                   const float *__restrict__ x, float *__restrict__ y)
@@ -31,7 +41,7 @@ __global__ void dense_gemv_kernel(const uint8_t *__restrict__ data, size_t row_b
     const uint8_t *w = data + row * row_bytes;
     const float *xt = x + (size_t)blockIdx.y * n;
     float acc = 0.0f;
-    for (int64_t i = lane; i < n; i += 32) acc += load_elem<TYPE>(w, i) * __ldg(xt + i);
+    for (int64_t i = lane; i < n; i += 32) acc += load_elem<TYPE>(w, i) * vec_round<TYPE>(__ldg(xt + i));
     acc = warp_sum(acc);
     if (lane == 0) y[(size_t)blockIdx.y * rows + row] = acc;
 }
