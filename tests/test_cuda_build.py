@@ -92,6 +92,17 @@ def test_generate_falls_back_to_the_cpu_with_the_cpu_runtime_s_tokens(pvq_cuda, 
         assert r.stdout.split("\n")[:2] == ref.stdout.decode().split("\n")[:2]
 
 
+def test_ngl_0_runs_on_the_cpu_and_prints_text(pvq_cuda, smollm2):
+    """-ngl 0 asks for the CPU: no device probe, no fallback message, the CPU runtime's text."""
+    prompt = "The capital of France is"
+    r = _run(pvq_cuda, "generate", "-m", smollm2.f16_gguf, "-p", prompt, "-n", 8, "-ngl", 0)
+    assert r.returncode == 0, r.stderr
+    assert "generating on the CPU" in r.stderr and "no CUDA device" not in r.stderr
+    ref = run_pvqrun(["-m", smollm2.f16_gguf, "-p", prompt, "-n", 8, "--temp", 0, "-t", 2])
+    assert ref.returncode == 0
+    assert r.stdout == ref.stdout.decode()
+
+
 def test_bad_input_is_an_error_not_a_crash(pvq_cuda, smollm2, tmp_path):
     cases = [
         (["generate", "-m", tmp_path / "missing.gguf", "-p", "hi"], "cannot open"),
