@@ -31,6 +31,7 @@ def test_host_plan_and_decode_checks():
     assert sum(l.startswith("ok") and "bit-identical to pvq_ref" in l for l in lines) == 8
     assert sum("generic path on a fast layout" in l for l in lines) == 3
     assert sum("the GEMV's regrouped dot" in l for l in lines) == 8
+    assert sum("int8 activations identical to pvq_quantize_x_q8's" in l for l in lines) == 5
     assert lines[-1] == "all host checks passed"
 
 

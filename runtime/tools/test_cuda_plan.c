@@ -33,12 +33,25 @@ static void put_field(uint8_t *row, int64_t g, int W, uint64_t v)
     }
 }
 
+/* x quantized as the GEMV's quantize kernel does it: per step of 128, plain order, zero-padded. */
+static void kernel_quantize(const float *x, int64_t n, int8_t *xq, float *xs)
+{
+    for (int64_t s = 0; s * PVQD_Q8_STEP < n; s++) {
+        float amax = 0.0f;
+        for (int64_t i = s * PVQD_Q8_STEP; i < (s + 1) * PVQD_Q8_STEP; i++) amax = fmaxf(amax, i < n ? fabsf(x[i]) : 0.0f);
+        const float inv = pvqd_q8_inv(amax);
+        for (int64_t i = s * PVQD_Q8_STEP; i < (s + 1) * PVQD_Q8_STEP; i++) xq[i] = i < n ? pvqd_q8(x[i], inv) : 0;
+        xs[s] = amax / 127.0f;
+    }
+}
+
 /* Decodes row r of a tensor (padded buffer `data`) the way the GEMV kernel does: chunk by chunk through
  * word windows.  generic: use the enumeration even when the fast tables exist.  Also returns the row's
- * dot with x in the GEMV kernel's form (factor per group, the row scale last). */
+ * dot in the GEMV kernel's form (factor per group, the row scale last): with the int8 activations xq, xs
+ * on the fast path, with float32 x on the generic one. */
 static double kernel_dequantize(const pvqd_tables *t, const pvq_gemv_plan *gp, const uint8_t *data, size_t rb,
-                                int64_t r, int64_t n, float scale, int generic, const float *x, float *out,
-                                int *window_fits)
+                                int64_t r, int64_t n, float scale, int generic, const float *x, const int8_t *xq,
+                                const float *xs, float *out, int *window_fits)
 {
     float acc = 0.0f;
     const int W = t->field_bits;
@@ -53,21 +66,21 @@ static double kernel_dequantize(const pvqd_tables *t, const pvq_gemv_plan *gp, c
         for (int j = 0; j < cnt; j++) {
             uint64_t f = pvqd_field(win, w.bit0 + (uint32_t)j * W, W);
             float *o = out + (g0 + j) * t->D;
-            const float *xg = x + (g0 + j) * t->D;
-            float d = 0.0f;
             if (t->fast && !generic) {
                 uint32_t lo, hi;
                 float s = pvqd_group8(t, f, scale, &lo, &hi);
                 for (int i = 0; i < 4; i++) o[i] = (float)pvqd_coord(lo, i) * s, o[4 + i] = (float)pvqd_coord(hi, i) * s;
                 const float factor = pvqd_factor8(t, f, &lo, &hi);
-                for (int i = 0; i < 4; i++) d += (float)pvqd_coord(lo, i) * xg[i] + (float)pvqd_coord(hi, i) * xg[4 + i];
-                acc += factor * d;
+                uint32_t xw[2];
+                memcpy(xw, xq + (g0 + j) * 8, 8);
+                acc += factor * xs[(g0 + j) >> 4] * (float)pvqd_dot8_q8(lo, hi, xw[0], xw[1]);
             } else {
                 int32_t y[PVQD_MAX_D];
                 float s = pvqd_group(t, f, scale, y);
                 for (int i = 0; i < t->D; i++) o[i] = (float)y[i] * s;
                 s = pvqd_group(t, f, 1.0f, y);
-                for (int i = 0; i < t->D; i++) d += (float)y[i] * xg[i];
+                float d = 0.0f;
+                for (int i = 0; i < t->D; i++) d += (float)y[i] * x[(g0 + j) * t->D + i];
                 acc += s * d;
             }
         }
@@ -91,6 +104,9 @@ static void check_layout(int D, int K, int b, int64_t groups_hint, int rows)
     size_t rb = pvq_row_bytes(&c, n);
     uint8_t *data = calloc(rb * rows + 16, 1);        /* the device copy is padded by 16 bytes too */
     float *ref = malloc(n * sizeof(float)), *got = malloc(n * sizeof(float)), *x = malloc(n * sizeof(float));
+    const int64_t steps = (n + PVQD_Q8_STEP - 1) / PVQD_Q8_STEP;
+    int8_t *xq = malloc(steps * PVQD_Q8_STEP), *xq_cpu = malloc(steps * PVQD_Q8_STEP);
+    float *xs = malloc(steps * sizeof(float)), *xs_cpu = malloc(steps * sizeof(float));
     uint16_t *scales = malloc(rows * sizeof(uint16_t));
     for (int r = 0; r < rows; r++) {
         scales[r] = (uint16_t)(0x2C00 + rnd() % 0x1000);
@@ -101,6 +117,17 @@ static void check_layout(int D, int K, int b, int64_t groups_hint, int rows)
         }
     }
     for (int64_t i = 0; i < n; i++) x[i] = (float)((double)(rnd() % 2001) / 1000.0 - 1.0);
+    kernel_quantize(x, n, xq, xs);
+    int same_q8 = 1;
+    if (D == 8) {
+        /* the CPU's planes: xq_cpu[128 s + 64 h + 4 g + j] = q(x[128 s + 8 g + 4 h + j]) */
+        pvq_quantize_x_q8(x, n, xq_cpu, xs_cpu);
+        for (int64_t i = 0; i < steps * PVQD_Q8_STEP; i++) {
+            int64_t st = i / 128, k = i % 128, g = k / 8, h = k % 8 / 4, j = k % 4;
+            same_q8 &= xq[i] == xq_cpu[128 * st + 64 * h + 4 * g + j];
+        }
+        same_q8 &= !memcmp(xs, xs_cpu, steps * sizeof(float));
+    }
     pvq_cuda_tables tab;
     if (pvq_cuda_tables_build(&tab, &c)) { check(0, "tables: out of memory"); return; }
     pvqd_tables t = pvq_cuda_tables_bind(&tab, tab.blob, c.levels);
@@ -109,15 +136,18 @@ static void check_layout(int D, int K, int b, int64_t groups_hint, int rows)
     for (int r = 0; r < rows; r++) {
         float scale = pvq_half_to_float(scales[r]);
         pvq_dequantize_row_ref(&c, data + r * rb, scale, n, ref);
-        double gemv = kernel_dequantize(&t, &gp, data, rb, r, n, scale, 0, x, got, &fits);
+        double gemv = kernel_dequantize(&t, &gp, data, rb, r, n, scale, 0, x, xq, xs, got, &fits);
         exact &= !memcmp(ref, got, n * sizeof(float));
         double dot = 0, mag = 0;
         for (int64_t i = 0; i < n; i++) dot += (double)got[i] * x[i], mag += fabs((double)got[i] * x[i]);
         float dref = pvq_dot_row_ref(&c, data + r * rb, scale, n, x);
         dot_ok &= fabs(dot - dref) <= 1e-5 * mag + 1e-30;
+        /* the fast path's activations are int8: its reference is the CPU's int8 kernel */
+        if (t.fast) dref = pvq_dot_row_q8_ref(&c, data + r * rb, scale, n, xq_cpu, xs_cpu);
         gemv_ok &= fabs(gemv - dref) <= 1e-5 * mag + 1e-30;
         if (t.fast) {
-            gemv = kernel_dequantize(&t, &gp, data, rb, r, n, scale, 1, x, got, &fits);
+            dref = pvq_dot_row_ref(&c, data + r * rb, scale, n, x);
+            gemv = kernel_dequantize(&t, &gp, data, rb, r, n, scale, 1, x, xq, xs, got, &fits);
             exact_generic &= !memcmp(ref, got, n * sizeof(float));
             gemv_ok &= fabs(gemv - dref) <= 1e-5 * mag + 1e-30;
         }
@@ -134,8 +164,13 @@ static void check_layout(int D, int K, int b, int64_t groups_hint, int rows)
     snprintf(what, sizeof what, "D=%d K=%d b=%d: dot of decoded weights matches pvq_dot_row_ref (rel 1e-5)", D, K, b);
     check(dot_ok, what);
     snprintf(what, sizeof what, "D=%d K=%d b=%d: the GEMV's regrouped dot (factor tables, row scale last) matches "
-             "pvq_dot_row_ref (rel 1e-5)", D, K, b);
+             "%s (rel 1e-5)", D, K, b, t.fast ? "pvq_dot_row_q8_ref on the fast path, pvq_dot_row_ref on the generic"
+                                              : "pvq_dot_row_ref");
     check(gemv_ok, what);
+    if (D == 8) {
+        snprintf(what, sizeof what, "D=%d K=%d b=%d: int8 activations identical to pvq_quantize_x_q8's", D, K, b);
+        check(same_q8, what);
+    }
     if (t.fast) {
         snprintf(what, sizeof what, "D=%d K=%d b=%d: GEMV shared memory with the staged tables (%zu bytes) under 48 KB",
                  D, K, b, gp.smem_bytes);
@@ -143,7 +178,7 @@ static void check_layout(int D, int K, int b, int64_t groups_hint, int rows)
     }
     pvq_cuda_tables_free(&tab);
     pvq_codec_free(&c);
-    free(data), free(ref), free(got), free(x), free(scales);
+    free(data), free(ref), free(got), free(x), free(scales), free(xq), free(xq_cpu), free(xs), free(xs_cpu);
 }
 
 static void check_hadamard(void)

@@ -36,7 +36,7 @@ typedef struct {
     const float *x;
     float *y;
     int T;
-    void *dst;
+    void *dst;                /* RUN_COPY: destination; RUN_PVQ: the int8 activations' scratch */
     const void *src;
     size_t bytes;
 } bench_job;
@@ -45,7 +45,7 @@ static cudaError_t run_once(const bench_job *j)
 {
     switch (j->kind) {
     case RUN_COPY: return cudaMemcpy(j->dst, j->src, j->bytes, cudaMemcpyDeviceToDevice);
-    case RUN_PVQ: return pvqk_gemv(j->w, j->x, 1, j->y, 0);
+    case RUN_PVQ: return pvqk_gemv(j->w, j->x, 1, j->y, 0, j->dst);
     case RUN_F16: return densek_gemv(j->w, j->x, 1, j->y);
     case RUN_MMA: return pvqk_matmul_mma(j->w, j->x, j->T, j->y);
     }
@@ -89,6 +89,7 @@ int pvq_cuda_bench_gemv(int reps, char *err, size_t err_len)
     void *c0 = NULL, *c1 = NULL;
     float *x = NULL, *y = NULL;
     uint16_t *f16 = NULL;
+    void *scratch = NULL;
     pvq_cuda_model *g = NULL;
     int rc = -1;
     float copy_ms;
@@ -109,6 +110,7 @@ int pvq_cuda_bench_gemv(int reps, char *err, size_t err_len)
     CK(cudaMalloc((void **)&x, (size_t)prefill_T * 28672 * 4));
     CK(cudaMalloc((void **)&y, (size_t)prefill_T * 28672 * 4));
     CK(k_fill_uniform_f32(x, (size_t)prefill_T * 28672, -1.0f, 1.0f, 5));
+    CK(cudaMalloc(&scratch, pvqk_q8_scratch_bytes(28672)));
     for (int d = 0; d < 2; d++)
         for (int p = 0; p < 2; p++) {
             /* one layer of dim x ffn: gate is ffn x dim, down is dim x ffn */
@@ -116,7 +118,7 @@ int pvq_cuda_bench_gemv(int reps, char *err, size_t err_len)
             if (pvq_cuda_model_random(&s, 4, 1, 11, &g, err, err_len)) goto out;
             for (int which = 4; which <= 6; which += 2) {
                 const cuda_weight *w = pvq_cuda_model_weight(g, 0, which);
-                bench_job pj = {RUN_PVQ, w, x, y, 1, NULL, NULL, 0};
+                bench_job pj = {RUN_PVQ, w, x, y, 1, scratch, NULL, 0};
                 float pvq_ms, f16_ms;
                 if (time_ms(&pj, reps, &pvq_ms, err, err_len)) goto out;
                 const double bytes = (double)w->row_bytes * w->n_out + 4.0 * w->n_out * 2 + 4.0 * w->n_in;
@@ -146,7 +148,7 @@ int pvq_cuda_bench_gemv(int reps, char *err, size_t err_len)
         }
     rc = 0;
 out:
-    cudaFree(c0), cudaFree(c1), cudaFree(x), cudaFree(y), cudaFree(f16);
+    cudaFree(c0), cudaFree(c1), cudaFree(x), cudaFree(y), cudaFree(f16), cudaFree(scratch);
     pvq_cuda_model_free(g);
     return rc;
 }

@@ -116,6 +116,33 @@ PVQ_HD float pvqd_group8(const pvqd_tables *t, uint64_t field, float row_scale, 
     return pvqd_group_scale(t, field, row_scale, pvqd_sumsq8(*lo, *hi));
 }
 
+/* Activations as int8 per step of 128 values, the rule of the CPU's pvq_quantize_x_q8 (in plain order
+ * here): d = amax / 127, q_i = x_i * (127 / amax) rounded to nearest even, all 0 when amax is 0. */
+#define PVQD_Q8_STEP 128
+PVQ_HD float pvqd_q8_inv(float amax) { return amax > 0.0f ? 127.0f / amax : 0.0f; }
+PVQ_HD int8_t pvqd_q8(float x, float inv)
+{
+#if defined(__CUDA_ARCH__)
+    return (int8_t)__float2int_rn(x * inv);
+#else
+    return (int8_t)lrintf(x * inv);
+#endif
+}
+
+/* Integer dot of a D == 8 point (two words of int8) with 8 int8 activations (two words). */
+PVQ_HD int32_t pvqd_dot8_q8(uint32_t lo, uint32_t hi, uint32_t xlo, uint32_t xhi)
+{
+#if defined(__CUDA_ARCH__)
+    return __dp4a((int)lo, (int)xlo, __dp4a((int)hi, (int)xhi, 0));
+#else
+    int32_t d = 0;
+    for (int j = 0; j < 4; j++)
+        d += (int8_t)(uint8_t)(lo >> (8 * j)) * (int8_t)(uint8_t)(xlo >> (8 * j)) +
+             (int8_t)(uint8_t)(hi >> (8 * j)) * (int8_t)(uint8_t)(xhi >> (8 * j));
+    return d;
+#endif
+}
+
 /* The GEMV's form of a D == 8 group: s / row_scale = level[code] * (1 / sqrt(q)) from tables, with the
  * row scale applied once per row.  The same products regrouped: within a few float32 roundings of the
  * format's weights (a dot product may sum in any order anyway), and no sqrt or division per group. */

@@ -42,6 +42,7 @@ struct pvq_cuda_model {
     int graph_off;                                /* PVQ_CUDA_GRAPHS=0, or the capture failed: direct launches */
     uint16_t *k_cache, *v_cache;                  /* [layer][n_ctx][kv_dim] fp16 */
     float *x, *xb, *xb2, *q, *k, *v, *hb, *hb2, *rope, *logits;
+    void *q8;                                     /* the PVQ GEMV's int8 activations (pvqk_q8_scratch_bytes) */
     int32_t *tokens;
     float *host_rope;
 };
@@ -225,7 +226,8 @@ static int alloc_state(pvq_cuda_model *g, int n_ctx, int n_batch, char *err, siz
         !(g->hb2 = dev_alloc(g, B * g->ffn_dim * 4, err, err_len)) ||
         !(g->rope = dev_alloc(g, B * g->rope_dim * 4, err, err_len)) ||
         !(g->logits = dev_alloc(g, (size_t)g->n_vocab * 4, err, err_len)) ||
-        !(g->tokens = dev_alloc(g, B * 4, err, err_len)) || !(g->n_past_dev = dev_alloc(g, sizeof(int), err, err_len)))
+        !(g->tokens = dev_alloc(g, B * 4, err, err_len)) || !(g->n_past_dev = dev_alloc(g, sizeof(int), err, err_len)) ||
+        !(g->q8 = dev_alloc(g, pvqk_q8_scratch_bytes(g->ffn_dim > g->dim ? g->ffn_dim : g->dim), err, err_len)))
         return -1;
     if (!(g->host_rope = malloc(B * g->rope_dim * 4))) return err_fail(err, err_len, "out of memory");
     if (pvq_attention_smem_bytes(n_ctx, g->head_dim) > 227 * 1024)
@@ -423,11 +425,11 @@ const cuda_weight *pvq_cuda_model_weight(const pvq_cuda_model *g, int layer, int
 size_t pvq_cuda_weight_bytes(const pvq_cuda_model *g) { return g->weight_bytes; }
 
 /* Tensor cores for PVQ prefill when the tile plan applies, else one GEMV per token. */
-static cudaError_t matmul(const cuda_weight *w, const float *x, int T, float *y)
+static cudaError_t matmul(const pvq_cuda_model *g, const cuda_weight *w, const float *x, int T, float *y)
 {
     if (!w->pvq) return densek_gemv(w, x, T, y);
     if (pvq_mma_plan_make(w->tables.D, w->n_in, w->n_out, T).usable) return pvqk_matmul_mma(w, x, T, y);
-    return pvqk_gemv(w, x, T, y, 0);
+    return pvqk_gemv(w, x, T, y, 0, g->q8);
 }
 
 /* cos/sin of pos * base^(-2i/rope_dim) with theta stepped as model.c's rope_table steps it, on the host
@@ -452,9 +454,9 @@ static int enqueue(pvq_cuda_model *g, int T, char *err, size_t err_len)
         const cuda_layer *L = &g->layers[l];
         uint16_t *kc = g->k_cache + (size_t)l * g->n_ctx * kv_dim, *vc = g->v_cache + (size_t)l * g->n_ctx * kv_dim;
         CK(k_rmsnorm(g->x, L->attn_norm, T, dim, g->rms_eps, g->xb));
-        CK(matmul(&L->wq, g->xb, T, g->q));
-        CK(matmul(&L->wk, g->xb, T, g->k));
-        CK(matmul(&L->wv, g->xb, T, g->v));
+        CK(matmul(g, &L->wq, g->xb, T, g->q));
+        CK(matmul(g, &L->wk, g->xb, T, g->k));
+        CK(matmul(g, &L->wv, g->xb, T, g->v));
         if (L->bq) CK(k_add_bias(g->q, L->bq, T, dim));
         if (L->bk) CK(k_add_bias(g->k, L->bk, T, kv_dim));
         if (L->bv) CK(k_add_bias(g->v, L->bv, T, kv_dim));
@@ -462,22 +464,22 @@ static int enqueue(pvq_cuda_model *g, int T, char *err, size_t err_len)
         CK(k_rope(g->k, g->rope, T, g->n_head_kv, hd, g->rope_dim, g->rope_neox));
         CK(k_kv_store(g->k, g->v, T, kv_dim, g->n_past_dev, kc, vc));
         CK(k_attention(g->q, kc, vc, T, g->n_past_dev, g->n_head, g->n_head_kv, hd, g->n_ctx, g->xb));
-        CK(matmul(&L->wo, g->xb, T, g->xb2));
+        CK(matmul(g, &L->wo, g->xb, T, g->xb2));
         CK(k_add(g->x, g->xb2, (size_t)T * dim));
         CK(k_rmsnorm(g->x, L->ffn_norm, T, dim, g->rms_eps, g->xb));
-        CK(matmul(&L->w_gate, g->xb, T, g->hb));
-        CK(matmul(&L->w_up, g->xb, T, g->hb2));
+        CK(matmul(g, &L->w_gate, g->xb, T, g->hb));
+        CK(matmul(g, &L->w_up, g->xb, T, g->hb2));
         CK(k_swiglu(g->hb, g->hb2, (size_t)T * ffn));
         const float *down_in = g->hb;
         if (g->hadamard_h) {
             CK(k_hadamard(g->hb, g->hb2, T, g->hadamard_h, g->hadamard_p, g->hadamard_scale, g->hadamard_base));
             down_in = g->hb2;
         }
-        CK(matmul(&L->w_down, down_in, T, g->xb));
+        CK(matmul(g, &L->w_down, down_in, T, g->xb));
         CK(k_add(g->x, g->xb, (size_t)T * dim));
     }
     CK(k_rmsnorm(g->x + (size_t)(T - 1) * dim, g->out_norm, 1, dim, g->rms_eps, g->xb));
-    CK(matmul(&g->output, g->xb, 1, g->logits));
+    CK(matmul(g, &g->output, g->xb, 1, g->logits));
     return 0;
 }
 

@@ -30,9 +30,12 @@ typedef struct {
 /* pvq_gemv.cu: once per PVQ weight, before pvqk_gemv: the GEMV's resident-block grid caps (occupancy
  * API) and its shared-memory limit, so that no launch queries the device. */
 cudaError_t pvqk_prepare(cuda_weight *w);
-/* pvq_gemv.cu: y[T][n_out] = x[T][n_in] W^T, one GEMV per token (batch-1 decode path).
- * generic: take the enumeration path even when the D == 8 tables exist (the device reference). */
-cudaError_t pvqk_gemv(const cuda_weight *w, const float *x, int T, float *y, int generic);
+/* pvq_gemv.cu: y[T][n_out] = x[T][n_in] W^T, one GEMV per token (batch-1 decode path).  The D == 8
+ * fast path first quantizes x to int8 per 128 values (as the CPU kernels do) into scratch, device
+ * memory of pvqk_q8_scratch_bytes(n_in) bytes.  generic: take the enumeration path with float32 x even
+ * when the D == 8 tables exist (the device reference). */
+size_t pvqk_q8_scratch_bytes(int64_t n);
+cudaError_t pvqk_gemv(const cuda_weight *w, const float *x, int T, float *y, int generic, void *scratch);
 /* pvq_gemv.cu: rows row_ids[0..n) of W as float32 into out[n][n_in] (embedding rows, the self test). */
 cudaError_t pvqk_dequantize_rows(const cuda_weight *w, const int32_t *row_ids, int n, float *out);
 /* pvq_mma.cu: y[T][n_out] = x[T][n_in] W^T on tensor cores; cudaErrorInvalidValue when the tile plan

@@ -1,7 +1,9 @@
 /* PVQ decode-GEMV for batch 1: each warp owns a row at a time; it stages the words of a chunk of 256
  * groups in its slice of shared memory with coalesced loads, each lane decodes 8 groups from there
- * (decode.h) and dots them with x, and a warp sum times the row scale gives the row's output.  On the
- * D == 8 fast path a block first copies the small tables (per-k1 tables, gain levels, the k1 bucket
+ * (decode.h) and dots them with x, and a warp sum times the row scale gives the row's output.  The
+ * D == 8 fast path takes x as int8 per 128 values (the CPU kernels' rule, quantized here first) and
+ * dots with two dp4a; the generic path takes float32 x.  On the fast path a block first copies the
+ * small tables (per-k1 tables, gain levels, the k1 bucket
  * table: 2 KB for K = 14, 29 KB for K = 29) to shared memory, once for all the rows its warps visit;
  * lut4 stays in global memory, read through L1/L2 (120 KB for K = 14, 2 MB for K = 29). */
 #include "common.cuh"
@@ -31,11 +33,39 @@ __device__ void stage_tables(pvqd_tables *t, unsigned char *smem)
     t->levels = levels, t->bucket_k1 = (const uint8_t *)bucket;
 }
 
+/* x as int8 per step of 128 values and one float scale per step (plain order; decode.h's rule), one
+ * warp per step, 4 values per lane; the last step is zero-padded. */
+__global__ void quantize_q8_kernel(const float *__restrict__ x, int64_t n, int8_t *__restrict__ xq,
+                                   float *__restrict__ xs, int64_t steps)
+{
+    const int64_t step = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (step >= steps) return;
+    const int64_t i0 = step * PVQD_Q8_STEP + 4 * lane;
+    float v[4], amax = 0.0f;
+    for (int j = 0; j < 4; j++) {
+        v[j] = i0 + j < n ? x[i0 + j] : 0.0f;
+        amax = fmaxf(amax, fabsf(v[j]));
+    }
+    amax = warp_max(amax);
+    const float inv = pvqd_q8_inv(amax);
+    char4 q;
+    q.x = pvqd_q8(v[0], inv), q.y = pvqd_q8(v[1], inv), q.z = pvqd_q8(v[2], inv), q.w = pvqd_q8(v[3], inv);
+    *(char4 *)(xq + i0) = q;
+    if (lane == 0) xs[step] = amax / 127.0f;
+}
+
+extern "C" size_t pvqk_q8_scratch_bytes(int64_t n)
+{
+    const int64_t steps = (n + PVQD_Q8_STEP - 1) / PVQD_Q8_STEP;
+    return (size_t)steps * PVQD_Q8_STEP + (size_t)steps * sizeof(float);
+}
+
 template <bool FAST>
 __global__ void __launch_bounds__(32 * PVQ_GEMV_WARPS)
 pvq_gemv_kernel(pvqd_tables t, const uint8_t *__restrict__ data, const float *__restrict__ row_scales, int64_t rows,
-                int64_t n, size_t row_bytes, const float *__restrict__ x, float *__restrict__ y, unsigned window_words,
-                size_t tables_offset)
+                int64_t n, size_t row_bytes, const float *__restrict__ x, const int8_t *__restrict__ xq,
+                const float *__restrict__ xs, float *__restrict__ y, unsigned window_words, size_t tables_offset)
 {
     extern __shared__ __align__(8) unsigned char smem[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -57,12 +87,8 @@ pvq_gemv_kernel(pvqd_tables t, const uint8_t *__restrict__ data, const float *__
                 if (FAST) {
                     uint32_t lo, hi;
                     const float s = pvqd_factor8(&t, f, &lo, &hi);   /* the row scale comes last */
-                    const float4 a = __ldg((const float4 *)(x + g * 8)), b = __ldg((const float4 *)(x + g * 8) + 1);
-                    const float d = (float)pvqd_coord(lo, 0) * a.x + (float)pvqd_coord(lo, 1) * a.y +
-                                    (float)pvqd_coord(lo, 2) * a.z + (float)pvqd_coord(lo, 3) * a.w +
-                                    (float)pvqd_coord(hi, 0) * b.x + (float)pvqd_coord(hi, 1) * b.y +
-                                    (float)pvqd_coord(hi, 2) * b.z + (float)pvqd_coord(hi, 3) * b.w;
-                    acc += s * d;
+                    const uint2 xv = __ldg((const uint2 *)(xq + g * 8));
+                    acc += s * __ldg(xs + (g >> 4)) * (float)pvqd_dot8_q8(lo, hi, xv.x, xv.y);
                 } else {
                     int32_t yv[PVQD_MAX_D];
                     const float s = pvqd_group(&t, f, 1.0f, yv);
@@ -100,20 +126,26 @@ extern "C" cudaError_t pvqk_prepare(cuda_weight *w)
     return e ? e : prepare_path<false>(w, &w->gemv_blocks[1]);
 }
 
-extern "C" cudaError_t pvqk_gemv(const cuda_weight *w, const float *x, int T, float *y, int generic)
+extern "C" cudaError_t pvqk_gemv(const cuda_weight *w, const float *x, int T, float *y, int generic, void *scratch)
 {
     const bool fast = w->tables.fast && !generic;
     const pvq_gemv_plan p = pvq_gemv_plan_make(&w->tables, fast, w->n_out, w->gemv_blocks[fast ? 0 : 1]);
+    const int64_t steps = (w->n_in + PVQD_Q8_STEP - 1) / PVQD_Q8_STEP;
+    int8_t *xq = (int8_t *)scratch;
+    float *xs = (float *)(xq + steps * PVQD_Q8_STEP);
     for (int t = 0; t < T; t++) {
         const float *xt = x + (size_t)t * w->n_in;
         float *yt = y + (size_t)t * w->n_out;
-        if (fast)
+        if (fast) {
+            quantize_q8_kernel<<<(unsigned)((steps + 7) / 8), 256>>>(xt, w->n_in, xq, xs, steps);
             pvq_gemv_kernel<true><<<p.grid, p.block, p.smem_bytes>>>(w->tables, w->data, w->row_scales, w->n_out, w->n_in,
-                                                                     w->row_bytes, xt, yt, p.window_words, p.tables_offset);
-        else
+                                                                     w->row_bytes, NULL, xq, xs, yt, p.window_words,
+                                                                     p.tables_offset);
+        } else {
             pvq_gemv_kernel<false><<<p.grid, p.block, p.smem_bytes>>>(w->tables, w->data, w->row_scales, w->n_out,
-                                                                      w->n_in, w->row_bytes, xt, yt, p.window_words,
-                                                                      p.tables_offset);
+                                                                      w->n_in, w->row_bytes, xt, NULL, NULL, yt,
+                                                                      p.window_words, p.tables_offset);
+        }
     }
     return cudaGetLastError();
 }

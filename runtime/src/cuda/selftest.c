@@ -1,7 +1,7 @@
 /* The CUDA kernels against the host references on random data (run on a GPU machine, e.g. under
- * compute-sanitizer): PVQ dequantization bit-identical to pvq_dequantize_row_ref, the GEMV (fast and
- * generic paths) and the tensor-core prefill against pvq_dot_row_ref, the Hadamard transform against
- * its dense definition.  The dense kernels, norms, RoPE and attention are checked end to end by
+ * compute-sanitizer): PVQ dequantization bit-identical to pvq_dequantize_row_ref, the GEMV's fast path
+ * (int8 activations) against pvq_dot_row_q8_ref, its generic path and the tensor-core prefill against
+ * pvq_dot_row_ref, the Hadamard transform against its dense definition.  The dense kernels, norms, RoPE and attention are checked end to end by
  * `pvq-cuda compare` (logits against the CPU path). */
 #include "errmsg.h"
 #include "kernels.h"
@@ -66,17 +66,21 @@ static int check_layout(uint32_t type, const char *label, int *failed, char *err
     pvq_cuda_model *g = NULL;
     host_pvq h;
     memset(&h, 0, sizeof h);
-    float *x = NULL, *y = NULL, *ref = NULL, *row = NULL, *got_rows = NULL, *dx = NULL, *dy = NULL, *drows = NULL;
+    float *x = NULL, *y = NULL, *ref = NULL, *ref_q8 = NULL, *row = NULL, *got_rows = NULL, *dx = NULL, *dy = NULL;
+    float *drows = NULL, *xs = NULL;
     int32_t *ids = NULL, *dids = NULL;
+    int8_t *xq = NULL;
+    void *scratch = NULL;
     int rc = -1;
     if (pvq_cuda_model_random(&shape, 8, 1, 7, &g, err, err_len)) return -1;
     const cuda_weight *w = pvq_cuda_model_weight(g, 0, 4);   /* gate: 2816 x 1024 */
     const int64_t n = w->n_in, rows = w->n_out;
     if (fetch(w, &h, err, err_len)) goto out;
     x = malloc((size_t)T * n * 4), y = malloc((size_t)T * rows * 4), ref = malloc((size_t)T * rows * 4);
-    row = malloc((size_t)n * 4), ids = malloc((size_t)rows * 4);
+    row = malloc((size_t)n * 4), ids = malloc((size_t)rows * 4), ref_q8 = malloc((size_t)rows * 4);
     got_rows = malloc((size_t)rows * n * 4);
-    if (!x || !y || !ref || !row || !ids || !got_rows) {
+    xq = malloc((size_t)(n + 127) / 128 * 128), xs = malloc((size_t)(n + 127) / 128 * 4);
+    if (!x || !y || !ref || !row || !ids || !got_rows || !ref_q8 || !xq || !xs) {
         err_fail(err, err_len, "out of memory");
         goto out;
     }
@@ -85,6 +89,7 @@ static int check_layout(uint32_t type, const char *label, int *failed, char *err
     CK(cudaMalloc((void **)&dx, (size_t)T * n * 4));
     CK(cudaMalloc((void **)&dy, (size_t)T * rows * 4));
     CK(cudaMalloc((void **)&drows, (size_t)rows * n * 4));
+    CK(cudaMalloc(&scratch, pvqk_q8_scratch_bytes(n)));
     CK(cudaMalloc((void **)&dids, (size_t)rows * 4));
     CK(cudaMemcpy(dids, ids, (size_t)rows * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(dx, x, (size_t)T * n * 4, cudaMemcpyHostToDevice));
@@ -92,8 +97,10 @@ static int check_layout(uint32_t type, const char *label, int *failed, char *err
     CK(cudaMemcpy(got_rows, drows, (size_t)rows * n * 4, cudaMemcpyDeviceToHost));
     int exact = 1;
     double mag_max = 0;
+    if (h.c.D == 8) pvq_quantize_x_q8(x, n, xq, xs);
     for (int64_t r = 0; r < rows; r++) {
         pvq_dequantize_row_ref(&h.c, h.data + (size_t)r * w->row_bytes, h.scales[r], n, row);
+        if (h.c.D == 8) ref_q8[r] = pvq_dot_row_q8_ref(&h.c, h.data + (size_t)r * w->row_bytes, h.scales[r], n, xq, xs);
         exact &= !memcmp(row, got_rows + (size_t)r * n, (size_t)n * 4);
         for (int t = 0; t < T; t++) {
             ref[(size_t)t * rows + r] = pvq_dot_row_ref(&h.c, h.data + (size_t)r * w->row_bytes, h.scales[r], n,
@@ -108,12 +115,13 @@ static int check_layout(uint32_t type, const char *label, int *failed, char *err
     *failed += report(exact, what, 0);
     for (int generic = 0; generic <= 1; generic++) {
         if (generic && !w->tables.fast) break;
-        CK(pvqk_gemv(w, dx, 1, dy, generic));
+        const int fast = w->tables.fast && !generic;
+        CK(pvqk_gemv(w, dx, 1, dy, generic, scratch));
         CK(cudaMemcpy(y, dy, (size_t)rows * 4, cudaMemcpyDeviceToHost));
         double worst = 0;
-        for (int64_t r = 0; r < rows; r++) worst = fmax(worst, fabs((double)y[r] - ref[r]) / mag_max);
-        snprintf(what, sizeof what, "%s: GEMV (%s path) vs pvq_dot_row_ref, max err / max sum|w x| < 1e-5", label,
-                 w->tables.fast && !generic ? "fast" : "generic");
+        for (int64_t r = 0; r < rows; r++) worst = fmax(worst, fabs((double)y[r] - (fast ? ref_q8 : ref)[r]) / mag_max);
+        snprintf(what, sizeof what, "%s: GEMV (%s) vs %s, max err / max sum|w x| < 1e-5", label,
+                 fast ? "fast path, int8 x" : "generic path", fast ? "pvq_dot_row_q8_ref" : "pvq_dot_row_ref");
         *failed += report(worst < 1e-5, what, worst);
     }
     if (pvqk_matmul_mma(w, dx, T, dy) == cudaSuccess) {
@@ -129,8 +137,8 @@ static int check_layout(uint32_t type, const char *label, int *failed, char *err
     CK(cudaDeviceSynchronize());
     rc = 0;
 out:
-    cudaFree(dx), cudaFree(dy), cudaFree(drows), cudaFree(dids);
-    free(x), free(y), free(ref), free(row), free(ids), free(got_rows);
+    cudaFree(dx), cudaFree(dy), cudaFree(drows), cudaFree(dids), cudaFree(scratch);
+    free(x), free(y), free(ref), free(ref_q8), free(row), free(ids), free(got_rows), free(xq), free(xs);
     host_free(&h);
     pvq_cuda_model_free(g);
     return rc;
