@@ -46,6 +46,7 @@ bench: models
 	$(PYTHON) -m bench.bench_codec
 	$(PYTHON) -m bench.rd_codec
 	$(PYTHON) -m bench.quality
+	$(PYTHON) bench/bench_bindings.py
 
 clean:
 	$(MAKE) -C runtime clean
