@@ -5,7 +5,8 @@
 #   bandwidth and vs torch's fp16 matmul at batch 1; decode tokens/s of a Llama-7B-shaped PVQ model.
 # Environment: F16_GGUF, PVQ_GGUF (SmolLM2 files; PVQ_GGUF is made with pvq_convert from HF_DIR, the
 #   HF directory in $PVQ_CACHE, when missing; calibration text from PVQ_SHARED_DATA), TOL and PVQ_TOL
-#   (logit tolerances of the two files, default 1e-2 and 3e-2), OUT (logs, default
+#   (logit tolerances of the two files, default 1e-2 and 3e-2), ONLY (space-separated step-name prefixes
+#   to run, e.g. ONLY="selftest bench-gemv"; build and info always run), OUT (logs, default
 #   /tmp/pvq-gpu-check).  Exit status 0 only when every step passed; each step's log is in $OUT.
 set -u
 cd "$(dirname "$0")/.."
@@ -24,6 +25,11 @@ failed=()
 
 step() {   # step NAME COMMAND...: runs, logs to $OUT/NAME.log, records a failure
     local name=$1; shift
+    if [ -n "${ONLY:-}" ] && [ "$name" != build ] && [ "$name" != info ]; then
+        local want=0 p
+        for p in $ONLY; do case $name in "$p"*) want=1 ;; esac; done
+        [ $want = 1 ] || return 0
+    fi
     echo "=== $name: $*"
     "$@" > "$OUT/$name.log" 2>&1
     local rc=$?
