@@ -10,6 +10,13 @@
 
 enum ggml_type_id { T_F32 = 0, T_F16 = 1, T_Q8_0 = 8, T_BF16 = 30 };
 
+/* PVQ: one id per layout, 0x50000000 | D << 20 | b << 16 | K (docs/format.md). All valid ids share one
+ * row of traits whose per-layout parts (row bytes, the codec with its gain levels, the row scales)
+ * come from the id and the file: a PVQ weight carries them in model.h's `weight.pvq`. Its products
+ * do not fit dot_fn (they need the codec and the row scale) and run in pvq_matmul.c. */
+#define T_PVQ 0x50000000u
+static inline int type_is_pvq(uint32_t id) { return (id & 0xF0000000u) == T_PVQ; }
+
 #define QK8_0 32
 typedef struct {
     uint16_t d; /* fp16 scale */
@@ -40,7 +47,7 @@ typedef struct {
     tile_fn tile;           /* dot_batch on a 2x4 tile, or NULL */
 } type_traits;
 
-/* NULL for an unknown id. */
+/* NULL for an unknown id (or a PVQ id with out-of-range parameters). */
 const type_traits *type_get(uint32_t id);
 /* Bytes of a row of n elements; 0 when n is not a whole number of blocks. */
 size_t type_row_bytes(uint32_t id, int64_t n);

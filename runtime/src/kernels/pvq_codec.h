@@ -74,6 +74,8 @@ void pvq_codec_free(pvq_codec *c);
 
 /* Bytes of a row of n weights, or 0 when n is not a positive multiple of the block. */
 size_t pvq_row_bytes(const pvq_codec *c, int64_t n);
+/* The same from the type id alone (no tables built): 0 also for an invalid id. */
+size_t pvq_type_row_bytes(uint32_t type_id, int64_t n);
 
 /* Checks every field of a row: shape index < N(D, K) (every gain code is valid by construction).
  * Returns -1 when the row is valid, else the first bad group. */
