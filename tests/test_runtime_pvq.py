@@ -262,3 +262,175 @@ def test_hadamard_plan_rejects_bad_metadata(bad, message):
     rc = L.hadamard_plan_init(c, 1536, bad.get("p", pl.p), _f(ffi, base, "int8_t *"), base.size,
                               bad.get("scale", pl.scale), err, 256)
     assert rc == -1 and message in ffi.string(err).decode()
+
+
+# ---------------------------------------------------------------- SmolLM2 at PVQ 3.25 bits
+
+# Plain nearest-point coding (no Hessian): the fastest PVQ conversion, with the rotation and so the online
+# Hadamard transform, which is what the runtime has to get right; the Hessian only changes which codes.
+N_CTX, N_CHUNKS = 256, 3
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,"]
+N_GREEDY = 16
+
+
+@pytest.fixture(scope="module")
+def pvq_smollm2(smollm2):
+    """SmolLM2 converted by `python -m pvq_convert --bits 3.25 --no-hessian`, cached by the converter's inputs."""
+    from models.smollm2 import pvq_gguf
+    return pvq_gguf(3.25)
+
+
+def torch_model_of(path, hf_dir):
+    """The converter's torch model with the file's weights as the runtime sees them (PVQ tensors decoded,
+    F16 ones widened, Q/K rows back in HF order) and the online Hadamard when the file asks for it."""
+    import gguf
+    import torch
+
+    from pvq_convert.arch import hf_tensor_name, unpermute_qk
+    from pvq_convert.hadamard import hadamard_transform
+    from pvq_convert.hf_model import open_model
+    from pvq_convert.pvq import dequantize_matrix
+    from pvq_convert.pvq_format import SCALE_SUFFIX, read_pvq_tensors
+    from pvq_convert.torch_model import Config, Model
+
+    cfg = Config.from_hf(open_model(hf_dir))
+    reader = gguf.GGUFReader(path)
+    pvq = read_pvq_tensors(path)
+    glob, blocks = {}, [{} for _ in range(cfg.n_layers)]
+    for t in reader.tensors:
+        if t.name.endswith(SCALE_SUFFIX):
+            continue
+        w = dequantize_matrix(pvq[t.name].quantized()).numpy() if t.name in pvq else np.array(t.data, np.float32)
+        name = hf_tensor_name(t.name)
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            w = unpermute_qk(w, cfg.n_heads if "q_proj" in name else cfg.n_kv_heads)
+        w = torch.from_numpy(np.ascontiguousarray(w, np.float32))
+        if name.startswith("model.layers."):
+            i, rest = name.removeprefix("model.layers.").split(".", 1)
+            blocks[int(i)][rest] = w
+        else:
+            glob[name.removeprefix("model.")] = w
+    field = reader.fields.get("pvq.rotation.ffn_hadamard")
+    rotated = field is not None and bool(field.contents())
+    return Model(cfg, glob, blocks, ffn_hadamard=hadamard_transform if rotated else None)
+
+
+@pytest.fixture(scope="module")
+def pvq_pair(pvq_smollm2, smollm2):
+    """(runtime model through libpvq, torch model of the same file)."""
+    from runtime_clib import Model
+    rt = Model(pvq_smollm2, n_ctx=N_CTX, n_threads=2)
+    yield rt, torch_model_of(pvq_smollm2, smollm2.hf_dir)
+    rt.close()
+
+
+def test_pvq_file_is_what_the_runtime_loads(pvq_smollm2):
+    """The converted file is PVQ with the online Hadamard, and the runtime says so."""
+    from runtime_clib import run_pvqrun
+    r = run_pvqrun(["-m", pvq_smollm2, "-p", "Hi", "-n", "1", "-v", "-t", "2"])
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"weights pvq" in r.stderr and b"ffn Hadamard 12 x 128" in r.stderr
+
+
+def test_perplexity_matches_converter_fake_quant(pvq_smollm2, pvq_pair, eval_text, tmp_path):
+    """`pvqrun --perplexity` within 0.5% of pvq_convert.eval's score of the same file's weights in torch."""
+    import re
+
+    import torch
+
+    from pvq_convert.eval import Tokenizer, chunks, score, split_text
+    from runtime_clib import run_pvqrun
+    rt, tm = pvq_pair
+    text = split_text(eval_text)[1]
+    (tmp_path / "eval.txt").write_text(text, encoding="utf-8")
+    r = run_pvqrun(["-m", pvq_smollm2, "-f", tmp_path / "eval.txt", "--perplexity", "-c", N_CTX, "--chunks", N_CHUNKS,
+                    "-t", "2"], timeout=600)
+    assert r.returncode == 0, r.stderr.decode()
+    ppl_rt = float(re.search(rb"perplexity: ([0-9.]+) over %d chunks" % N_CHUNKS, r.stdout).group(1))
+    # the same tokens: the runtime's tokenizer, llama-perplexity's chunking as pvq_convert.eval does it
+    with_bos = rt.tokenize(text, add_special=True)
+    plain = rt.tokenize(text, add_special=False)
+    tok = Tokenizer(None, len(with_bos) > len(plain), with_bos[0] if len(with_bos) > len(plain) else None)
+    with torch.no_grad():
+        s = score(lambda ids: tm(ids), chunks(with_bos, N_CTX, N_CHUNKS, tok))
+    assert abs(ppl_rt / s.ppl - 1) < 0.005, (ppl_rt, s.ppl)
+
+
+def test_greedy_matches_converter_torch_model(pvq_pair):
+    """Greedy continuations (prompt as a batch, then int8-activation decode) agree with the torch model's."""
+    import torch
+    rt, tm = pvq_pair
+    for prompt in PROMPTS:
+        ids = rt.tokenize(prompt)
+        got = rt.greedy(ids, N_GREEDY)
+        want = []
+        with torch.no_grad():
+            for _ in range(N_GREEDY):
+                want.append(int(tm(ids + want)[-1].argmax()))
+        assert got == want, prompt
+
+
+# ---------------------------------------------------------------- hostile PVQ files
+
+def _tiny_pvq(tmp_path, mutate: str | None = None):
+    """A 2-layer random llama whose linear layers are PVQ 3.25 (rotated by nothing), with one defect."""
+    import gguf
+    import torch
+
+    from pvq_convert.gguf_out import copy_fields
+    from pvq_convert.pvq import quantize_matrix
+    from pvq_convert.pvq_format import pvq_entries
+    from runtime_clib import tiny_gguf
+    src = tiny_gguf(tmp_path / "tiny-f16.gguf")
+    reader = gguf.GGUFReader(src)
+    out = tmp_path / f"tiny-pvq-{mutate}.gguf"
+    w = gguf.GGUFWriter(str(out), "llama")
+    copy_fields(reader, w, skip={"general.architecture"})
+    w.add_uint32("pvq.version", 1)
+    for t in reader.tensors:
+        data = np.array(t.data)
+        if not (t.name.startswith("blk.") and data.ndim == 2):
+            w.add_tensor(t.name, data, raw_dtype=t.tensor_type)
+            continue
+        entries, keys = pvq_entries(t.name, quantize_matrix(torch.from_numpy(data.astype(np.float32)), 8, 14, 3))
+        (pname, rows, ptype), (sname, scales, _) = entries
+        (lname, levels), = keys.items()
+        target = t.name == "blk.1.ffn_down.weight"
+        if target and mutate == "bad_index":
+            rows = rows.copy()
+            rows[3, :4] = 0xFF  # group 0 of row 3: shape index 2^23 - 1 >= N(8, 14)
+        if target and mutate == "bad_levels":
+            levels = levels[::-1]
+        if target and mutate == "nan_scale":
+            scales = scales.copy()
+            scales[5] = np.float16(np.inf)
+        w.add_tensor(pname, rows, raw_dtype=ptype)
+        if not (target and mutate == "no_scales"):
+            w.add_tensor(sname, scales)
+        if not (target and mutate == "no_levels"):
+            w.add_array(lname, levels)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
+
+
+def test_tiny_pvq_model_runs(tmp_path):
+    from runtime_clib import run_pvqrun
+    r = run_pvqrun(["-m", _tiny_pvq(tmp_path), "-p", "the", "-n", "4", "-t", "2"], variant="build-asan")
+    assert r.returncode == 0, r.stderr.decode()
+
+
+@pytest.mark.parametrize("mutate, message", [
+    ("no_scales", b"has no row scales (tensor blk.1.ffn_down.weight.pvq_scale)"),
+    ("no_levels", b"has no gain levels (metadata pvq.gain_levels.blk.1.ffn_down.weight)"),
+    ("bad_levels", b"is not finite, non-negative and increasing"),
+    ("bad_index", b"blk.1.ffn_down.weight: PVQ tensor: row 3 group 0: shape index 8388607 >= N(8,14)"),
+    ("nan_scale", b"blk.1.ffn_down.weight: PVQ tensor: row 5 has a non-finite scale"),
+])
+def test_hostile_pvq_tensor_is_a_clear_error(tmp_path, mutate, message):
+    from runtime_clib import run_pvqrun
+    r = run_pvqrun(["-m", _tiny_pvq(tmp_path, mutate), "-p", "the", "-n", "4"], variant="build-asan")
+    assert r.returncode == 1, (r.returncode, r.stderr.decode())
+    assert message in r.stderr, r.stderr.decode()

@@ -62,10 +62,18 @@ int32_t pvq_n_layer(const pvq_model *pm) { return pm->m.n_layer; }
 
 void pvq_model_describe(const pvq_model *pm, char *buf, size_t len) {
     const model *m = &pm->m;
-    snprintf(buf, len, "%s: %d layers, dim %d, ffn %d, %d heads (%d kv), vocab %d, weights %s, output %s, kernels %s",
+    char wtype[96] = "", rot[48] = "";
+    const pvq_layout *l = m->layers[0].wq.pvq.layout;
+    if (l)
+        snprintf(wtype, sizeof wtype, "pvq D=%d K=%d b=%d (%s kernels)", l->codec.D, l->codec.K, l->codec.gain_bits,
+                 l->k.name);
+    else
+        snprintf(wtype, sizeof wtype, "%s", type_get(m->layers[0].wq.type)->name);
+    if (m->ffn_hadamard.base) snprintf(rot, sizeof rot, ", ffn Hadamard %d x %d", m->ffn_hadamard.h, m->ffn_hadamard.p);
+    snprintf(buf, len, "%s: %d layers, dim %d, ffn %d, %d heads (%d kv), vocab %d, weights %s, output %s%s, kernels %s",
              m->arch == ARCH_LLAMA ? "llama" : "qwen2", m->n_layer, m->dim, m->ffn_dim, m->n_head, m->n_head_kv,
-             m->n_vocab, type_get(m->layers[0].wq.type)->name,
-             m->output.data == m->tok_embd.data ? "tied" : type_get(m->output.type)->name, type_simd_name());
+             m->n_vocab, wtype, m->output.data == m->tok_embd.data ? "tied" : type_get(m->output.type)->name, rot,
+             type_simd_name());
 }
 
 int32_t pvq_token_bos(const pvq_model *pm) { return tokenizer_bos(pm->tok); }
