@@ -116,6 +116,17 @@ class RandomPVQ:
         ref = np.empty(self.rows, np.float32)
         if self.layout.k.matvec_q8 == ffi.NULL:  # no integer path (D != 8)
             return y, None, xs
+        # the repacked layout: the same integer products without decoding
+        self.repacked = {}
+        prb = L.pvq_repacked_row_bytes(self.n)
+        packed = np.empty((self.rows, prb), np.uint8)
+        for r in range(self.rows):
+            L.pvq_repack_row(ffi.addressof(self.layout, "codec"), _f(ffi, self.data[r * self.row_bytes:], "uint8_t *"),
+                             float(self.scales[r]), self.n, _f(ffi, packed[r], "uint8_t *"))
+        for kind in ("ref", "avx2") if "avx2" in open("/proc/cpuinfo").read() else ("ref",):
+            fn = getattr(L, f"pvq_dot_repacked_{kind}")
+            self.repacked[kind] = np.array([fn(_f(ffi, packed[r], "uint8_t *"), self.n, _f(ffi, xq, "int8_t *"),
+                                               _f(ffi, xs)) for r in range(self.rows)], np.float32)
         L.pvq_matvec_q8_ref(ffi.addressof(self.layout, "codec"), _f(ffi, self.data, "uint8_t *"),
                             _f(ffi, self.scales, "uint16_t *"), self.rows, self.n, _f(ffi, xq, "int8_t *"),
                             _f(ffi, xs), _f(ffi, ref))
@@ -158,7 +169,8 @@ def test_decode_product_against_reference(layout, shape):
     absterms = np.abs(W) @ np.abs(x.astype(np.float64))
     if t.layout.k.matvec_q8 != t.ffi.NULL:
         # same integer products, float sums in another order: a few ulps of the sum of |terms|
-        np.testing.assert_array_less(np.abs(y - ref), 1e-5 * absterms + 1e-30)
+        for got in (y, *t.repacked.values()):
+            np.testing.assert_array_less(np.abs(got - ref), 1e-5 * absterms + 1e-30)
         # each x_i moves by at most half its block's step xs / 2 when rounded to int8
         step = np.repeat(xs, 128)[:n].astype(np.float64)
         bound = np.abs(W) @ (step / 2) + 1e-5 * absterms
@@ -356,10 +368,16 @@ def test_perplexity_matches_converter_fake_quant(pvq_smollm2, pvq_pair, eval_tex
     assert abs(ppl_rt / s.ppl - 1) < 0.005, (ppl_rt, s.ppl)
 
 
-def test_greedy_matches_converter_torch_model(pvq_pair):
-    """Greedy continuations (prompt as a batch, then int8-activation decode) agree with the torch model's."""
+@pytest.mark.parametrize("repack", [False, True], ids=["native", "repacked"])
+def test_greedy_matches_converter_torch_model(pvq_pair, pvq_smollm2, repack):
+    """Greedy continuations (prompt as a batch, then int8-activation decode, from the PVQ fields or from the
+    repacked rows) agree with the torch model's."""
     import torch
+
+    from runtime_clib import Model
     rt, tm = pvq_pair
+    if repack:
+        rt = Model(pvq_smollm2, n_ctx=N_CTX, n_threads=2, pvq_repack=True)
     for prompt in PROMPTS:
         ids = rt.tokenize(prompt)
         got = rt.greedy(ids, N_GREEDY)
@@ -368,6 +386,8 @@ def test_greedy_matches_converter_torch_model(pvq_pair):
             for _ in range(N_GREEDY):
                 want.append(int(tm(ids + want)[-1].argmax()))
         assert got == want, prompt
+    if repack:
+        rt.close()
 
 
 # ---------------------------------------------------------------- hostile PVQ files

@@ -26,7 +26,8 @@ static int get_weight(model *m, weight *w, const char *name, int64_t n_in, int64
     w->n_out = n_out;
     w->row_bytes = type_row_bytes(t->type, n_in);
     memset(&w->pvq, 0, sizeof w->pvq);
-    if (type_is_pvq(t->type)) return pvq_weight_load(&w->pvq, &m->pvq_layouts, &m->file, t, err, err_len);
+    if (type_is_pvq(t->type))
+        return pvq_weight_load(&w->pvq, &m->pvq_layouts, &m->file, t, m->pvq_repack, err, err_len);
     return 0;
 }
 
@@ -71,8 +72,9 @@ static int load_ffn_hadamard(model *m, char *err, size_t err_len) {
                               err_len);
 }
 
-int model_load(model *m, const char *path, char *err, size_t err_len) {
+int model_load(model *m, const char *path, int pvq_repack, char *err, size_t err_len) {
     memset(m, 0, sizeof *m);
+    m->pvq_repack = pvq_repack;
     if (gguf_open(&m->file, path, err, err_len)) return -1;
     gguf_str a;
     char arch[32] = "";
@@ -184,7 +186,11 @@ void model_free(model *m) {
         for (int l = 0; l < m->n_layer; l++) {
             layer *L = &m->layers[l];
             free(L->attn_norm), free(L->ffn_norm), free(L->bq), free(L->bk), free(L->bv);
+            weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+            for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) pvq_weight_free(&ws[i]->pvq);
         }
+    if (m->output.data != m->tok_embd.data) pvq_weight_free(&m->output.pvq);
+    pvq_weight_free(&m->tok_embd.pvq);
     free(m->layers);
     free(m->out_norm);
     pvq_layouts_free(&m->pvq_layouts);

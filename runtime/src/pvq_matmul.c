@@ -40,8 +40,26 @@ void pvq_layouts_free(pvq_layouts *set) {
     memset(set, 0, sizeof *set);
 }
 
-int pvq_weight_load(pvq_weight *pw, pvq_layouts *set, const gguf_file *f, const gguf_tensor *t, char *err,
-                    size_t err_len) {
+/* Rows in the repacked layout, for decode without decoding. */
+static int repack(pvq_weight *pw, const uint8_t *data, int64_t n, int64_t rows) {
+    const pvq_codec *c = &pw->layout->codec;
+    size_t rb = pvq_row_bytes(c, n);
+    pw->repacked_row_bytes = pvq_repacked_row_bytes(n);
+    if (!(pw->repacked = malloc(pw->repacked_row_bytes * (size_t)rows))) return -1;
+    for (int64_t r = 0; r < rows; r++)
+        pvq_repack_row(c, data + (size_t)r * rb, pvq_half_to_float(pw->scales[r]), n,
+                       pw->repacked + (size_t)r * pw->repacked_row_bytes);
+    pw->dot_repacked = pvq_avx2_supported() ? pvq_dot_repacked_avx2 : pvq_dot_repacked_ref;
+    return 0;
+}
+
+void pvq_weight_free(pvq_weight *pw) {
+    free(pw->repacked);
+    memset(pw, 0, sizeof *pw);
+}
+
+int pvq_weight_load(pvq_weight *pw, pvq_layouts *set, const gguf_file *f, const gguf_tensor *t, int repack_rows,
+                    char *err, size_t err_len) {
     memset(pw, 0, sizeof *pw);
     char name[256], key[300], why[200];
     snprintf(name, sizeof name, "%.*s", (int)(t->name.len < 200 ? t->name.len : 200), t->name.ptr);
@@ -72,6 +90,8 @@ int pvq_weight_load(pvq_weight *pw, pvq_layouts *set, const gguf_file *f, const 
         return err_fail(err, err_len, "%s: %s", name, why);
     pw->layout = l;
     pw->scales = st->data;
+    if (repack_rows && l->k.matvec_q8 && repack(pw, t->data, n, rows))
+        return err_fail(err, err_len, "out of memory repacking %s", name);
     return 0;
 }
 
@@ -88,6 +108,12 @@ void pvq_matvec_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes
                      const float *x, const void *xq, float *y) {
     const pvq_layout *l = pw->layout;
     if (r1 <= r0) return;
+    if (pw->repacked) {
+        const float *xs = (const float *)((const uint8_t *)xq + (size_t)(n + 127) / 128 * 128);
+        for (int64_t r = r0; r < r1; r++)
+            y[r] = pw->dot_repacked(pw->repacked + (size_t)r * pw->repacked_row_bytes, n, xq, xs);
+        return;
+    }
     if (l->k.matvec_q8) {
         const float *xs = (const float *)((const uint8_t *)xq + (size_t)(n + 127) / 128 * 128);
         l->k.matvec_q8(&l->codec, data + (size_t)r0 * row_bytes, pw->scales + r0, r1 - r0, n, xq, xs, y + r0);

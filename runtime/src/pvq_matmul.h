@@ -30,17 +30,24 @@ typedef struct {
     int n;
 } pvq_layouts;
 
+typedef float (*pvq_dot_repacked_fn)(const uint8_t *prow, int64_t n, const int8_t *xq, const float *xs);
+
 /* What a PVQ weight carries besides its rows; layout is NULL for the other types. */
 typedef struct {
     const pvq_layout *layout;
     const uint16_t *scales; /* n_out fp16 row scales, the "<name>.pvq_scale" tensor in the mapping */
+    uint8_t *repacked;      /* owned: the rows in the repacked layout (pvq_codec.h), or NULL */
+    size_t repacked_row_bytes;
+    pvq_dot_repacked_fn dot_repacked;
 } pvq_weight;
 
 /* For tensor t of type PVQ with rows of n: finds "<name>.pvq_scale" and "pvq.gain_levels.<name>",
- * checks them and every field of every row, and shares or builds the layout in `set`.
- * Returns 0, or -1 with a message naming the tensor. */
-int pvq_weight_load(pvq_weight *pw, pvq_layouts *set, const gguf_file *f, const gguf_tensor *t, char *err,
-                    size_t err_len);
+ * checks them and every field of every row, and shares or builds the layout in `set`. With repack, a
+ * D == 8 weight also gets its rows in the repacked layout (12 bits per weight of RAM besides the mapping)
+ * that decode then reads instead of the PVQ fields. Returns 0, or -1 with a message naming the tensor. */
+int pvq_weight_load(pvq_weight *pw, pvq_layouts *set, const gguf_file *f, const gguf_tensor *t, int repack,
+                    char *err, size_t err_len);
+void pvq_weight_free(pvq_weight *pw);
 void pvq_layouts_free(pvq_layouts *set);
 
 /* Bytes pvq_quantize_x writes for n activations. */
