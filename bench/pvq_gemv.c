@@ -2,7 +2,8 @@
  * through the runtime's decode path (pvq_quantize_x + pvq_matvec_rows on the runtime's thread pool), against
  * the machine's read bandwidth measured in the same run (threads summing a buffer larger than the caches).
  * Prints one JSON line: weight bytes, median seconds, effective GB/s of weight bytes, read GB/s.
- * usage: pvq_gemv type_id rows n threads repeats */
+ * With "repacked", decode reads the repacked rows (pvq_codec.h) instead; the GB/s still count the PVQ bytes.
+ * usage: pvq_gemv type_id rows n threads repeats [repacked] */
 #define _POSIX_C_SOURCE 199309L
 #include "pvq_matmul.h"
 #include "threadpool.h"
@@ -58,8 +59,8 @@ static void read_share(void *arg, int ith, int nth) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 6) {
-        fprintf(stderr, "usage: %s type_id rows n threads repeats\n", argv[0]);
+    if (argc != 6 && !(argc == 7 && !strcmp(argv[6], "repacked"))) {
+        fprintf(stderr, "usage: %s type_id rows n threads repeats [repacked]\n", argv[0]);
         return 2;
     }
     uint32_t id = (uint32_t)strtoul(argv[1], NULL, 0);
@@ -108,7 +109,14 @@ int main(int argc, char **argv) {
     }
     for (int64_t i = 0; i < n; i++) x[i] = (float)((i * 7919) % 2001 - 1000) / 1000.0f;
     for (size_t i = 0; i < read_n; i++) big[i] = (float)(i & 1023);
-    pvq_weight w = {&layout, scales};
+    pvq_weight w = {&layout, scales, NULL, 0, NULL};
+    if (argc == 7) {
+        w.repacked_row_bytes = pvq_repacked_row_bytes(n);
+        if (!(w.repacked = malloc(w.repacked_row_bytes * (size_t)rows))) return 1;
+        for (int64_t r = 0; r < rows; r++)
+            pvq_repack_row(&layout.codec, data + (size_t)r * rb, 1.0f, n, w.repacked + (size_t)r * w.repacked_row_bytes);
+        w.dot_repacked = pvq_avx2_supported() ? pvq_dot_repacked_avx2 : pvq_dot_repacked_ref;
+    }
     threadpool *pool = pool_new(threads);
     if (!pool) return 1;
 
@@ -129,12 +137,13 @@ int main(int argc, char **argv) {
     qsort(t_gemv, (size_t)reps, sizeof(double), cmp_double);
     qsort(t_read, (size_t)reps, sizeof(double), cmp_double);
     double bytes = (double)rb * (double)rows + 2.0 * (double)rows, tg = t_gemv[reps / 2], tr = t_read[reps / 2];
-    printf("{\"rows\": %lld, \"n\": %lld, \"kernel\": \"%s\", \"threads\": %d, \"weight_bytes\": %.0f, "
+    printf("{\"rows\": %lld, \"n\": %lld, \"kernel\": \"%s%s\", \"threads\": %d, \"weight_bytes\": %.0f, "
            "\"bits_per_weight\": %.4f, \"gemv_s\": %.6f, \"gemv_gbps\": %.3f, \"weights_per_s\": %.4g, "
            "\"read_gbps\": %.3f, \"checksum\": %g}\n",
-           (long long)rows, (long long)n, layout.k.name, threads, bytes, 8 * bytes / ((double)rows * (double)n), tg,
+           (long long)rows, (long long)n, layout.k.name, w.repacked ? " repacked" : "", threads, bytes, 8 * bytes / ((double)rows * (double)n), tg,
            bytes / tg / 1e9, (double)rows * (double)n / tg, (double)read_n * 4 / tr / 1e9, (double)y[0] + rt.sums[0]);
     pool_free(pool);
+    free(w.repacked);
     pvq_codec_free(&layout.codec);
     return 0;
 }

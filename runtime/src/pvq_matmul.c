@@ -132,7 +132,13 @@ void pvq_matmul_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes
         for (int64_t i = 0; i < nr; i++)
             l->k.dequantize(&l->codec, data + (size_t)(r + i) * row_bytes, pvq_half_to_float(pw->scales[r + i]), n,
                             tile + i * n);
-        for (int t = 0; t < T; t++)
-            for (int64_t i = 0; i < nr; i++) f32->dot_batch(n, tile + i * n, x + (int64_t)t * n, &out[t * out_stride + r + i]);
+        int t = 0;
+        size_t row = (size_t)n * sizeof(float);
+        for (; t + TILE_COLS <= T; t += TILE_COLS) /* 2 rows x 4 tokens per call; an odd last row goes below */
+            for (int64_t i = 0; i + TILE_ROWS <= nr; i += TILE_ROWS)
+                tile_f32(n, tile + i * n, row, x + (int64_t)t * n, row, &out[t * out_stride + r + i], (size_t)out_stride);
+        for (int64_t i = 0; i < nr; i++)
+            for (int u = i < nr / TILE_ROWS * TILE_ROWS ? t : 0; u < T; u++)
+                f32->dot_batch(n, tile + i * n, x + (int64_t)u * n, &out[u * out_stride + r + i]);
     }
 }

@@ -82,4 +82,16 @@ const char *type_simd_name(void) {
     return simd_name;
 }
 
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+const tile_fn tile_f32 = tile_f32_avx2;
+#else
+static void tile_f32_ref(int64_t n, const void *w, size_t w_stride, const void *x, size_t x_stride, float *out,
+                         size_t out_stride) {
+    for (int r = 0; r < TILE_ROWS; r++)
+        for (int t = 0; t < TILE_COLS; t++)
+            dot_f32_ref(n, (const uint8_t *)w + r * w_stride, (const uint8_t *)x + t * x_stride, &out[t * out_stride + r]);
+}
+const tile_fn tile_f32 = tile_f32_ref;
+#endif
+
 void vec_axpy_f16(int64_t n, float a, const uint16_t *x, float *y) { AXPY_F16(n, a, x, y); }

@@ -96,6 +96,10 @@ void tile_f16_avx512(int64_t n, const void *w, size_t w_stride, const void *x, s
                      size_t out_stride);
 void tile_q8_0_avx2(int64_t n, const void *w, size_t w_stride, const void *x, size_t x_stride, float *out,
                     size_t out_stride);
+void tile_f32_avx2(int64_t n, const void *w, size_t w_stride, const void *x, size_t x_stride, float *out,
+                   size_t out_stride);
+/* The 2x4 f32 tile of this build (dot_f32 by dot_f32 without AVX2), for PVQ rows decoded to floats. */
+extern const tile_fn tile_f32;
 void dot_q8_0_vnni(int64_t n, const void *w, const void *x, float *out);
 
 #endif
