@@ -368,26 +368,33 @@ def test_perplexity_matches_converter_fake_quant(pvq_smollm2, pvq_pair, eval_tex
     assert abs(ppl_rt / s.ppl - 1) < 0.005, (ppl_rt, s.ppl)
 
 
+@pytest.fixture(scope="module")
+def torch_greedy(pvq_pair):
+    """The torch model's greedy continuations of PROMPTS (token ids from the runtime's tokenizer)."""
+    import torch
+    rt, tm = pvq_pair
+    out = {}
+    with torch.no_grad():
+        for prompt in PROMPTS:
+            ids, cont = rt.tokenize(prompt), []
+            for _ in range(N_GREEDY):
+                cont.append(int(tm(ids + cont)[-1].argmax()))
+            out[prompt] = cont
+    return out
+
+
 @pytest.mark.parametrize("repack", [False, True], ids=["native", "repacked"])
-def test_greedy_matches_converter_torch_model(pvq_pair, pvq_smollm2, repack):
+def test_greedy_matches_converter_torch_model(pvq_pair, pvq_smollm2, torch_greedy, repack):
     """Greedy continuations (prompt as a batch, then int8-activation decode, from the PVQ fields or from the
     repacked rows) agree with the torch model's."""
-    import torch
-
     from runtime_clib import Model
-    rt, tm = pvq_pair
-    if repack:
-        rt = Model(pvq_smollm2, n_ctx=N_CTX, n_threads=2, pvq_repack=True)
-    for prompt in PROMPTS:
-        ids = rt.tokenize(prompt)
-        got = rt.greedy(ids, N_GREEDY)
-        want = []
-        with torch.no_grad():
-            for _ in range(N_GREEDY):
-                want.append(int(tm(ids + want)[-1].argmax()))
-        assert got == want, prompt
-    if repack:
-        rt.close()
+    rt = Model(pvq_smollm2, n_ctx=N_CTX, n_threads=2, pvq_repack=True) if repack else pvq_pair[0]
+    try:
+        for prompt in PROMPTS:
+            assert rt.greedy(rt.tokenize(prompt), N_GREEDY) == torch_greedy[prompt], prompt
+    finally:
+        if repack:
+            rt.close()
 
 
 # ---------------------------------------------------------------- hostile PVQ files
