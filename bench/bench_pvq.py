@@ -10,7 +10,7 @@
    against the read bandwidth measured in the same run.
 Writes the tables into docs/benchmarks.md between the pvq-bench markers.
 
-    python3 bench/bench_pvq.py [--reps 5] [--no-write]
+    python3 bench/bench_pvq.py [--reps 5] [--bits 3.25 4.25] [--no-write]
 """
 from __future__ import annotations
 
@@ -112,10 +112,11 @@ def gemv(type_id: int, rows: int, n: int, threads: int, reps: int, repacked: boo
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--bits", type=float, nargs="+", default=[3.25, 4.25], help="PVQ presets to run")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     sm = ensure()
-    pvq = {"PVQ 3.25": pvq_gguf(3.25), "PVQ 4.25": pvq_gguf(4.25)}
+    pvq = {f"PVQ {b}": pvq_gguf(b) for b in args.bits}
     files = pvq | {f"{n} repacked": p for n, p in pvq.items()} | {t: peer_gguf(sm.f16_gguf, t) for t in PEER_TYPES}
     tok = Model(sm.f16_gguf, n_ctx=16, logits_all=False)
     prompt = tok.tokenize(EVAL_TEXT.read_text()[:20000])[:N_PREFILL]
@@ -139,7 +140,7 @@ def main():
 
     when = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
     lines = [BEGIN, "",
-             f"`python3 bench/bench_pvq.py --reps {args.reps}` on {platform.machine()}, {os.cpu_count()} CPUs, "
+             f"`python3 bench/bench_pvq.py --reps {args.reps} --bits {' '.join(map(str, args.bits))}` on {platform.machine()}, {os.cpu_count()} CPUs, "
              f"{THREADS} threads, {when}; medians of the reps, every engine timed once per rep in turn. "
              f"Load average when written: {os.getloadavg()[0]:.1f} (the machine is shared: other jobs slow "
              "every engine, and these figures are noisy).", "",
