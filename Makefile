@@ -43,6 +43,7 @@ cuda:
 # Benchmarks (minutes each); they print their tables and the docs/ pages quote them.
 bench: models
 	$(PYTHON) bench/bench_runtime.py
+	$(PYTHON) bench/bench_pvq.py
 	$(PYTHON) -m bench.bench_codec
 	$(PYTHON) -m bench.rd_codec
 	$(PYTHON) -m bench.quality

@@ -178,3 +178,27 @@ def _tokenizer_config(meta: dict) -> dict:
 if __name__ == "__main__":
     p = ensure()
     print(f"SmolLM2-135M-Instruct ready:\n  HF directory  {p.hf_dir}\n  F16 reference {p.f16_gguf}")
+
+
+def pvq_gguf(bits: float, extra_args: tuple[str, ...] = ("--no-hessian",)) -> Path:
+    """SmolLM2 converted by `python -m pvq_convert --bits BITS *extra_args`, made once per set of converter
+    inputs (the arguments, the converter's own source, the checkpoint) and kept in the cache."""
+    import hashlib
+
+    import pvq_convert
+    paths = ensure()
+    args = ["--bits", str(bits), *extra_args]
+    h = hashlib.sha256(" ".join(args).encode())
+    for src in sorted(Path(pvq_convert.__file__).parent.glob("*.py")):
+        h.update(src.read_bytes())
+    for f in sorted(paths.hf_dir.iterdir()):
+        st = f.stat()
+        h.update(f"{f.name}-{st.st_size}-{int(st.st_mtime)}".encode())
+    out = HERE / f"pvq-{bits}{''.join(extra_args).replace('--', '-')}-{h.hexdigest()[:12]}.gguf"
+    if not out.exists():
+        tmp = out.with_suffix(".tmp.gguf")
+        cmd = [sys.executable, "-m", "pvq_convert", str(paths.hf_dir), *args, "-o", str(tmp)]
+        print("$ python", " ".join(cmd[1:]), file=sys.stderr, flush=True)
+        subprocess.run(cmd, check=True)
+        tmp.replace(out)
+    return out

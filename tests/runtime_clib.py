@@ -57,11 +57,13 @@ def lib(variant: str = "build"):
 class Model:
     """A loaded model and one context, through the C API."""
 
-    def __init__(self, path, n_ctx=512, n_threads=2, logits_all=True):
+    def __init__(self, path, n_ctx=512, n_threads=2, logits_all=True, pvq_repack=False):
         ffi, L = self.ffi, self.L = lib()
         self.err = ffi.new("char[512]")
         pm = ffi.new("pvq_model **")
-        self._check(L.pvq_model_load(str(path).encode(), pm, self.err, 512))
+        mp = L.pvq_model_default_params()
+        mp.pvq_repack = int(pvq_repack)
+        self._check(L.pvq_model_load_params(str(path).encode(), ffi.new("pvq_model_params *", mp), pm, self.err, 512))
         self.m = pm[0]
         p = L.pvq_context_default_params()
         p.n_ctx, p.n_batch, p.n_threads, p.logits_all = n_ctx, n_ctx, n_threads, int(logits_all)

@@ -28,12 +28,23 @@ static pvq_status error(pvq_status st, char *err, size_t err_len, const char *fm
     return st;
 }
 
+pvq_model_params pvq_model_default_params(void) {
+    pvq_model_params p = {0};
+    return p;
+}
+
 pvq_status pvq_model_load(const char *path, pvq_model **out, char *err, size_t err_len) {
+    pvq_model_params p = pvq_model_default_params();
+    return pvq_model_load_params(path, &p, out, err, err_len);
+}
+
+pvq_status pvq_model_load_params(const char *path, const pvq_model_params *params, pvq_model **out, char *err,
+                                 size_t err_len) {
     *out = NULL;
     pvq_model *pm = calloc(1, sizeof *pm);
     if (!pm) return error(PVQ_ERR_NOMEM, err, err_len, "out of memory");
     char msg[512];
-    if (model_load(&pm->m, path, msg, sizeof msg)) {
+    if (model_load(&pm->m, path, params->pvq_repack, msg, sizeof msg)) {
         free(pm);
         /* model_load reports I/O problems as "cannot open/map ..." */
         return error(strncmp(msg, "cannot ", 7) ? PVQ_ERR_FORMAT : PVQ_ERR_IO, err, err_len, "%s", msg);
@@ -62,10 +73,19 @@ int32_t pvq_n_layer(const pvq_model *pm) { return pm->m.n_layer; }
 
 void pvq_model_describe(const pvq_model *pm, char *buf, size_t len) {
     const model *m = &pm->m;
-    snprintf(buf, len, "%s: %d layers, dim %d, ffn %d, %d heads (%d kv), vocab %d, weights %s, output %s, kernels %s",
+    char wtype[96] = "", rot[48] = "";
+    const pvq_layout *l = m->layers[0].wq.pvq.layout;
+    if (l)
+        snprintf(wtype, sizeof wtype, "pvq D=%d K=%d b=%d (%s kernels)", l->codec.D, l->codec.K, l->codec.gain_bits,
+                 l->k.name);
+    else
+        snprintf(wtype, sizeof wtype, "%s", type_get(m->layers[0].wq.type)->name);
+    if (l && m->layers[0].wq.pvq.repacked) strncat(wtype, ", repacked", sizeof wtype - strlen(wtype) - 1);
+    if (m->ffn_hadamard.base) snprintf(rot, sizeof rot, ", ffn Hadamard %d x %d", m->ffn_hadamard.h, m->ffn_hadamard.p);
+    snprintf(buf, len, "%s: %d layers, dim %d, ffn %d, %d heads (%d kv), vocab %d, weights %s, output %s%s, kernels %s",
              m->arch == ARCH_LLAMA ? "llama" : "qwen2", m->n_layer, m->dim, m->ffn_dim, m->n_head, m->n_head_kv,
-             m->n_vocab, type_get(m->layers[0].wq.type)->name,
-             m->output.data == m->tok_embd.data ? "tied" : type_get(m->output.type)->name, type_simd_name());
+             m->n_vocab, wtype, m->output.data == m->tok_embd.data ? "tied" : type_get(m->output.type)->name, rot,
+             type_simd_name());
 }
 
 int32_t pvq_token_bos(const pvq_model *pm) { return tokenizer_bos(pm->tok); }

@@ -115,6 +115,9 @@ static int read_tensor_info(cursor *c, gguf_tensor *t, uint64_t i) {
     if (t->ne[0] % tt->block)
         return err_fail(c->err, c->err_len, "%s: row of %lld is not a multiple of the %s block (%lld)", name,
                     (long long)t->ne[0], tt->name, (long long)tt->block);
+    if (type_row_bytes(t->type, t->ne[0]) == 0) /* PVQ: the block depends on the layout in the id */
+        return err_fail(c->err, c->err_len, "%s: row of %lld is not a whole number of blocks of %s type %#x", name,
+                    (long long)t->ne[0], tt->name, t->type);
     t->nbytes = (uint64_t)type_row_bytes(t->type, t->ne[0]) * (total / (uint64_t)t->ne[0]);
     return 0;
 }

@@ -13,7 +13,7 @@
 
 /* ---------------------------------------------------------------- loading */
 
-static int get_weight(const model *m, weight *w, const char *name, int64_t n_in, int64_t n_out, char *err,
+static int get_weight(model *m, weight *w, const char *name, int64_t n_in, int64_t n_out, char *err,
                       size_t err_len) {
     const gguf_tensor *t = gguf_find_tensor(&m->file, name);
     if (!t) return err_fail(err, err_len, "missing tensor %s", name);
@@ -25,6 +25,9 @@ static int get_weight(const model *m, weight *w, const char *name, int64_t n_in,
     w->n_in = n_in;
     w->n_out = n_out;
     w->row_bytes = type_row_bytes(t->type, n_in);
+    memset(&w->pvq, 0, sizeof w->pvq);
+    if (type_is_pvq(t->type))
+        return pvq_weight_load(&w->pvq, &m->pvq_layouts, &m->file, t, m->pvq_repack, err, err_len);
     return 0;
 }
 
@@ -34,6 +37,8 @@ static int get_vector(const model *m, float **out, const char *name, int64_t n, 
     const gguf_tensor *t = gguf_find_tensor(&m->file, name);
     *out = NULL;
     if (!t) return optional ? 0 : err_fail(err, err_len, "missing tensor %s", name);
+    if (!type_get(t->type)->to_float)
+        return err_fail(err, err_len, "tensor %s is %s: vectors must be a float type", name, type_get(t->type)->name);
     if (t->ne[0] != n || t->ne[1] * t->ne[2] * t->ne[3] != 1)
         return err_fail(err, err_len, "tensor %s has %lld elements, expected %lld", name, (long long)t->ne[0],
                     (long long)n);
@@ -51,8 +56,25 @@ static int get_hparam(const gguf_file *f, const char *arch, const char *key, uin
     return 0;
 }
 
-int model_load(model *m, const char *path, char *err, size_t err_len) {
+/* The online transform of pvq.rotation.ffn_hadamard (docs/rotation.md), when the file asks for it. */
+static int load_ffn_hadamard(model *m, char *err, size_t err_len) {
+    int on = 0;
+    if (gguf_get_bool(&m->file, "pvq.rotation.ffn_hadamard", &on) || !on) return 0;
+    uint32_t p;
+    float scale;
+    const gguf_kv *base = gguf_find_kv(&m->file, "pvq.rotation.ffn_hadamard.base");
+    if (gguf_get_u32(&m->file, "pvq.rotation.ffn_hadamard.p", &p) ||
+        gguf_get_f32(&m->file, "pvq.rotation.ffn_hadamard.scale", &scale) || !base || base->type != GGUF_ARRAY ||
+        base->elem_type != GGUF_I8)
+        return err_fail(err, err_len, "pvq.rotation.ffn_hadamard is set but its p (uint32), base (int8 array) or "
+                                      "scale (float32) is missing or mistyped");
+    return hadamard_plan_init(&m->ffn_hadamard, m->ffn_dim, p, (const int8_t *)base->data, base->n, scale, err,
+                              err_len);
+}
+
+int model_load(model *m, const char *path, int pvq_repack, char *err, size_t err_len) {
     memset(m, 0, sizeof *m);
+    m->pvq_repack = pvq_repack;
     if (gguf_open(&m->file, path, err, err_len)) return -1;
     gguf_str a;
     char arch[32] = "";
@@ -113,6 +135,12 @@ int model_load(model *m, const char *path, char *err, size_t err_len) {
     }
     m->n_vocab = (int)emb->ne[1];
     if (get_weight(m, &m->tok_embd, "token_embd.weight", dim, m->n_vocab, err, err_len)) goto bad;
+    if (!type_get(m->tok_embd.type)->to_float) {
+        err_fail(err, err_len, "token_embd.weight is %s: the embedding must be a float or Q8_0 type",
+                 type_get(m->tok_embd.type)->name);
+        goto bad;
+    }
+    if (load_ffn_hadamard(m, err, err_len)) goto bad;
     if (gguf_find_tensor(&m->file, "output.weight")) {
         if (get_weight(m, &m->output, "output.weight", dim, m->n_vocab, err, err_len)) goto bad;
     } else {
@@ -158,9 +186,15 @@ void model_free(model *m) {
         for (int l = 0; l < m->n_layer; l++) {
             layer *L = &m->layers[l];
             free(L->attn_norm), free(L->ffn_norm), free(L->bq), free(L->bk), free(L->bv);
+            weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+            for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) pvq_weight_free(&ws[i]->pvq);
         }
+    if (m->output.data != m->tok_embd.data) pvq_weight_free(&m->output.pvq);
+    pvq_weight_free(&m->tok_embd.pvq);
     free(m->layers);
     free(m->out_norm);
+    pvq_layouts_free(&m->pvq_layouts);
+    hadamard_plan_free(&m->ffn_hadamard);
     gguf_close(&m->file);
     memset(m, 0, sizeof *m);
 }
@@ -185,9 +219,13 @@ int state_new(state *s, const model *m, int n_ctx, int n_batch, int n_threads, i
     s->att16 = malloc((size_t)n_threads * (n_ctx + m->head_dim) * 2);
     s->lanes = malloc((size_t)n_threads * 64 * m->head_dim * 4);
     s->logits = malloc((logits_all ? B : 1) * m->n_vocab * 4);
+    s->pvq_xq = malloc(pvq_xq_bytes((int64_t)wide));
+    s->pvq_tile_floats = PVQ_TILE_ROWS * wide;
+    s->pvq_tile = malloc((size_t)n_threads * s->pvq_tile_floats * 4);
     s->pool = pool_new(n_threads);
     if (!s->k_cache || !s->v_cache || !s->x || !s->xb || !s->xb2 || !s->q || !s->k || !s->v || !s->hb ||
-        !s->hb2 || !s->rope || !s->xq || !s->att || !s->att16 || !s->lanes || !s->logits || !s->pool) {
+        !s->hb2 || !s->rope || !s->xq || !s->att || !s->att16 || !s->lanes || !s->logits || !s->pvq_xq ||
+        !s->pvq_tile || !s->pool) {
         state_free(s);
         return err_fail(err, err_len, "out of memory for a context of %d tokens", n_ctx);
     }
@@ -198,7 +236,7 @@ void state_free(state *s) {
     if (s->pool) pool_free(s->pool);
     free(s->k_cache), free(s->v_cache), free(s->x), free(s->xb), free(s->xb2), free(s->q), free(s->k);
     free(s->v), free(s->hb), free(s->hb2), free(s->rope), free(s->xq), free(s->att), free(s->att16), free(s->lanes);
-    free(s->logits);
+    free(s->logits), free(s->pvq_xq), free(s->pvq_tile);
     memset(s, 0, sizeof *s);
 }
 
@@ -210,8 +248,10 @@ typedef struct {
     const weight *w[3];
     float *out[3];
     const float *x; /* [T][n_in] */
-    void *xq;       /* x converted to the weights' vec_type */
+    void *xq;       /* x converted to the weights' vec_type (PVQ, one token: pvq_quantize_x) */
     size_t xq_row;  /* bytes per converted row */
+    float *tile;    /* PVQ batches: per-thread rows decoded to f32, tile_floats each */
+    size_t tile_floats;
 } matmul_task;
 
 static void convert_task(void *arg, int ith, int nth) {
@@ -254,11 +294,43 @@ static void matmul_rows(void *arg, int ith, int nth) {
     }
 }
 
-/* out_i[T][n_out_i] = x[T][n_in] . w_i^T for the given weights (same n_in and type). */
+/* PVQ weights: a share of the rows of every weight per thread (whole tiles for batches). */
+static void pvq_matmul_task(void *arg, int ith, int nth) {
+    matmul_task *mt = arg;
+    int64_t total = 0;
+    for (int i = 0; i < mt->nw; i++) total += mt->w[i]->n_out;
+    int64_t per = (total + nth - 1) / nth;
+    if (mt->T > 1) per = (per + PVQ_TILE_ROWS - 1) / PVQ_TILE_ROWS * PVQ_TILE_ROWS;
+    int64_t r0 = per * ith, r1 = r0 + per < total ? r0 + per : total, base = 0;
+    for (int i = 0; i < mt->nw; base += mt->w[i++]->n_out) {
+        const weight *w = mt->w[i];
+        int64_t lo = (r0 > base ? r0 : base) - base, hi = (r1 < base + w->n_out ? r1 : base + w->n_out) - base;
+        if (mt->T == 1)
+            pvq_matvec_rows(&w->pvq, w->data, w->row_bytes, w->n_in, lo, hi, mt->x, mt->xq, mt->out[i]);
+        else
+            pvq_matmul_rows(&w->pvq, w->data, w->row_bytes, w->n_in, lo, hi, mt->x, mt->T, mt->out[i], w->n_out,
+                            mt->tile + (size_t)ith * mt->tile_floats);
+    }
+}
+
+/* out_i[T][n_out_i] = x[T][n_in] . w_i^T for the given weights (same n_in). */
 static void matmul(state *s, const float *x, int T, int nw, const weight *w0, float *o0, const weight *w1,
                    float *o1, const weight *w2, float *o2) {
+    const weight *w[3] = {w0, w1, w2};
+    float *o[3] = {o0, o1, o2};
+    for (int i = 1; i < nw; i++)
+        if (w[i]->type != w0->type) { /* one task reads x in one type: mixed files run weight by weight */
+            for (int j = 0; j < nw; j++) matmul(s, x, T, 1, w[j], o[j], NULL, NULL, NULL, NULL);
+            return;
+        }
+    if (w0->pvq.layout) {
+        matmul_task mt = {nw, T, {w0, w1, w2}, {o0, o1, o2}, x, s->pvq_xq, 0, s->pvq_tile, s->pvq_tile_floats};
+        if (T == 1) pvq_quantize_x(x, w0->n_in, s->pvq_xq);
+        pool_run(s->pool, pvq_matmul_task, &mt);
+        return;
+    }
     matmul_task mt = {nw, T, {w0, w1, w2}, {o0, o1, o2}, x, s->xq,
-                      type_row_bytes(type_get(w0->type)->vec_type, w0->n_in)};
+                      type_row_bytes(type_get(w0->type)->vec_type, w0->n_in), NULL, 0};
     if (T == 1)
         convert_task(&mt, 0, 1);
     else
@@ -367,6 +439,26 @@ static void attention(void *arg, int ith, int nth) {
     }
 }
 
+typedef struct {
+    const model *m;
+    state *s;
+    int T;
+} hadamard_task;
+
+static void hadamard_rows(void *arg, int ith, int nth) {
+    hadamard_task *ht = arg;
+    for (int t = ith; t < ht->T; t += nth) hadamard_apply(&ht->m->ffn_hadamard, ht->s->hb + (size_t)t * ht->m->ffn_dim);
+}
+
+/* down_proj's input f <- H f for each token (the converter stored W_down H^T). */
+static void ffn_hadamard(const model *m, state *s, int T) {
+    hadamard_task ht = {m, s, T};
+    if (T == 1)
+        hadamard_rows(&ht, 0, 1);
+    else
+        pool_run(s->pool, hadamard_rows, &ht);
+}
+
 static float silu(float x) { return x / (1.0f + expf(-x)); }
 
 void forward(const model *m, state *s, const int32_t *tokens, int T) {
@@ -403,6 +495,7 @@ void forward(const model *m, state *s, const int32_t *tokens, int T) {
         for (int t = 0; t < T; t++) rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, L->ffn_norm, dim, m->rms_eps);
         matmul(s, s->xb, T, 2, &L->w_gate, s->hb, &L->w_up, s->hb2, NULL, NULL);
         for (size_t i = 0; i < (size_t)T * ffn; i++) s->hb[i] = silu(s->hb[i]) * s->hb2[i];
+        if (m->ffn_hadamard.base) ffn_hadamard(m, s, T);
         matmul(s, s->hb, T, 1, &L->w_down, s->xb, NULL, NULL, NULL, NULL);
         for (size_t i = 0; i < (size_t)T * dim; i++) s->x[i] += s->xb[i];
     }

@@ -3,6 +3,8 @@
 #define PVQ_MODEL_H
 
 #include "gguf.h"
+#include "hadamard.h"
+#include "pvq_matmul.h"
 #include "threadpool.h"
 #include "types.h"
 
@@ -16,6 +18,7 @@ typedef struct {
     uint32_t type;
     int64_t n_in, n_out;
     size_t row_bytes;
+    pvq_weight pvq;      /* codec and row scales of a PVQ weight (pvq.layout NULL otherwise) */
 } weight;
 
 typedef struct {
@@ -32,6 +35,9 @@ typedef struct {
     weight tok_embd, output;  /* output may be tok_embd (tied) */
     float *out_norm;
     layer *layers;
+    pvq_layouts pvq_layouts;     /* the codecs the PVQ weights share */
+    int pvq_repack;              /* PVQ weights also held in the repacked layout for decode */
+    hadamard_plan ffn_hadamard;  /* applied to down_proj's input when .base is set (pvq.rotation.ffn_hadamard) */
     gguf_file file;
 } model;
 
@@ -46,11 +52,15 @@ typedef struct {
     uint16_t *att16;             /* [n_threads][n_ctx + head_dim] probabilities and query as fp16 */
     float *lanes;                /* [n_threads][64][head_dim] partial sums of probabilities . V */
     float *logits;               /* [logits_all ? n_batch : 1][n_vocab] */
+    void *pvq_xq;                /* one token's activations as the PVQ decode kernels read them */
+    float *pvq_tile;             /* [n_threads][pvq_tile_floats] PVQ rows decoded for a batch */
+    size_t pvq_tile_floats;      /* PVQ_TILE_ROWS * the widest n_in */
     int n_logits;                /* rows of logits written by the last forward */
     threadpool *pool;
 } state;
 
-int model_load(model *m, const char *path, char *err, size_t err_len);
+/* pvq_repack: also expand PVQ weights into the repacked layout (pvq_matmul.h) for faster decode. */
+int model_load(model *m, const char *path, int pvq_repack, char *err, size_t err_len);
 void model_free(model *m);
 
 int state_new(state *s, const model *m, int n_ctx, int n_batch, int n_threads, int logits_all, char *err,

@@ -1,7 +1,7 @@
 /* Tensor types as ggml lays them out, one row of traits per type. A weight row is dotted with an
  * activation vector that was first converted to the type's vec_type (as ggml does: F16 weights meet
  * F16 activations, Q8_0 weights meet activations quantized to Q8_0 per block of 32). Adding a type
- * (PVQ) means adding one row to the table in types.c. */
+ * means adding one row to the table in types.c; PVQ's row is special (see T_PVQ). */
 #ifndef PVQ_TYPES_H
 #define PVQ_TYPES_H
 
@@ -9,6 +9,13 @@
 #include <stdint.h>
 
 enum ggml_type_id { T_F32 = 0, T_F16 = 1, T_Q8_0 = 8, T_BF16 = 30 };
+
+/* PVQ: one id per layout, 0x50000000 | D << 20 | b << 16 | K (docs/format.md). All valid ids share one
+ * row of traits whose per-layout parts (row bytes, the codec with its gain levels, the row scales)
+ * come from the id and the file: a PVQ weight carries them in model.h's `weight.pvq`. Its products
+ * do not fit dot_fn (they need the codec and the row scale) and run in pvq_matmul.c. */
+#define T_PVQ 0x50000000u
+static inline int type_is_pvq(uint32_t id) { return (id & 0xF0000000u) == T_PVQ; }
 
 #define QK8_0 32
 typedef struct {
@@ -40,7 +47,7 @@ typedef struct {
     tile_fn tile;           /* dot_batch on a 2x4 tile, or NULL */
 } type_traits;
 
-/* NULL for an unknown id. */
+/* NULL for an unknown id (or a PVQ id with out-of-range parameters). */
 const type_traits *type_get(uint32_t id);
 /* Bytes of a row of n elements; 0 when n is not a whole number of blocks. */
 size_t type_row_bytes(uint32_t id, int64_t n);
@@ -89,6 +96,10 @@ void tile_f16_avx512(int64_t n, const void *w, size_t w_stride, const void *x, s
                      size_t out_stride);
 void tile_q8_0_avx2(int64_t n, const void *w, size_t w_stride, const void *x, size_t x_stride, float *out,
                     size_t out_stride);
+void tile_f32_avx2(int64_t n, const void *w, size_t w_stride, const void *x, size_t x_stride, float *out,
+                   size_t out_stride);
+/* The 2x4 f32 tile of this build (dot_f32 by dot_f32 without AVX2), for PVQ rows decoded to floats. */
+extern const tile_fn tile_f32;
 void dot_q8_0_vnni(int64_t n, const void *w, const void *x, float *out);
 
 #endif

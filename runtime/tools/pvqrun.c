@@ -11,7 +11,7 @@
 
 typedef struct {
     const char *model, *prompt, *file, *kld_base;
-    int n_predict, n_threads, n_ctx, n_batch, print_ids, perplexity, kld, chunks, verbose;
+    int n_predict, n_threads, n_ctx, n_batch, print_ids, perplexity, kld, chunks, verbose, pvq_repack;
     pvq_sampler_params sp;
 } options;
 
@@ -39,6 +39,8 @@ static void usage(FILE *o) {
             "                            with --kl-divergence: compare against FILE\n"
             "  --kl-divergence           KL divergence from the base saved in --kl-divergence-base\n"
             "  -v, --verbose             describe the model and report timings\n"
+            "  --pvq-repack              hold PVQ weights also as int8 points + group scales (1.5 bytes per\n"
+            "                            weight of RAM) for a faster decode\n"
             "  -h, --help                this text\n");
 }
 
@@ -83,6 +85,7 @@ static int parse_args(int argc, char **argv, options *o) {
         if (IS("--perplexity")) { o->perplexity = 1; continue; }
         if (IS("--kl-divergence")) { o->kld = 1; continue; }
         if (IS("-v") || IS("--verbose")) { o->verbose = 1; continue; }
+        if (IS("--pvq-repack")) { o->pvq_repack = 1; continue; }
         if (i + 1 >= argc) {
             fprintf(stderr, "error: %s needs a value (or is unknown; see --help)\n", a);
             return -1;
@@ -417,7 +420,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     pvq_model *m = NULL;
-    if (pvq_model_load(o.model, &m, err, sizeof err)) {
+    pvq_model_params mp = pvq_model_default_params();
+    mp.pvq_repack = o.pvq_repack;
+    if (pvq_model_load_params(o.model, &mp, &m, err, sizeof err)) {
         fprintf(stderr, "error: %s\n", err);
         free(text);
         return 1;

@@ -25,6 +25,14 @@ static int bit_length(uint64_t v)
     return n;
 }
 
+/* The fewest groups whose W-bit fields fill whole bytes: 8 / gcd(W, 8). */
+static int block_groups(int W)
+{
+    int g = 8;
+    while (W % 2 == 0 && g > 1) { W /= 2; g /= 2; }
+    return g;
+}
+
 int pvq_type_params(uint32_t type_id, int *D, int *K, int *gain_bits, char *err, size_t errlen)
 {
     if ((type_id & 0xF0000000u) != PVQ_TYPE_BASE)
@@ -215,9 +223,7 @@ int pvq_codec_init(pvq_codec *c, uint32_t type_id, const float *levels, size_t n
         return fail(err, errlen, "PVQ D=%d K=%d b=%d: field of %d bits exceeds %d", D, K, b,
                     c->field_bits, PVQ_MAX_FIELD_BITS);
     }
-    int g = 8, w = c->field_bits;
-    while (w % 2 == 0 && g > 1) { w /= 2; g /= 2; }
-    c->block_groups = g;
+    c->block_groups = block_groups(c->field_bits);
     memcpy(c->levels, levels, n_levels * sizeof(float));
     c->fast = build_fast8(c);
     return 0;
@@ -235,6 +241,19 @@ size_t pvq_row_bytes(const pvq_codec *c, int64_t n)
     int64_t block = (int64_t)c->block_groups * c->D;
     if (n <= 0 || n % block) return 0;
     return (size_t)(n / block) * (size_t)(c->block_groups * c->field_bits / 8);
+}
+
+size_t pvq_type_row_bytes(uint32_t type_id, int64_t n)
+{
+    int D, K, b;
+    if (pvq_type_params(type_id, &D, &K, &b, NULL, 0)) return 0;
+    uint64_t *count = count_table(D, K, PVQ_MAX_FIELD_BITS - b);
+    if (!count) return 0;
+    pvq_codec c = {.D = D, .K = K, .gain_bits = b};
+    c.field_bits = bit_length(count[D * (K + 1) + K] - 1) + b;
+    free(count);
+    c.block_groups = block_groups(c.field_bits);
+    return c.field_bits > PVQ_MAX_FIELD_BITS ? 0 : pvq_row_bytes(&c, n);
 }
 
 int64_t pvq_validate_row(const pvq_codec *c, const uint8_t *row, int64_t n)

@@ -74,6 +74,8 @@ void pvq_codec_free(pvq_codec *c);
 
 /* Bytes of a row of n weights, or 0 when n is not a positive multiple of the block. */
 size_t pvq_row_bytes(const pvq_codec *c, int64_t n);
+/* The same from the type id alone (no tables built): 0 also for an invalid id. */
+size_t pvq_type_row_bytes(uint32_t type_id, int64_t n);
 
 /* Checks every field of a row: shape index < N(D, K) (every gain code is valid by construction).
  * Returns -1 when the row is valid, else the first bad group. */
@@ -86,6 +88,10 @@ int pvq_validate_tensor(const pvq_codec *c, const uint8_t *data, size_t nbytes, 
 
 /* Pyramid point of one shape index (index < N(D,K)); the scalar reference of the enumeration. */
 void pvq_decode_point(const pvq_codec *c, uint64_t index, int32_t *y);
+
+/* One group of a row: its point y (D values) and its weight scale s = scale * level / ||y|| rounded as the
+ * format says, so that weight i is (float) y_i * s. */
+float pvq_group_ref(const pvq_codec *c, const uint8_t *row, int64_t g, float scale, int32_t *y);
 
 /* Scalar reference kernels.  row: pvq_row_bytes(c, n) bytes; scale: the row's fp16 scale as float. */
 void pvq_dequantize_row_ref(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, float *out);
@@ -135,6 +141,15 @@ void pvq_matvec_q8_avx2(const pvq_codec *c, const uint8_t *data, const uint16_t 
                         int64_t n, const int8_t *xq, const float *xs, float *y);
 void pvq_matvec_q8_avx512(const pvq_codec *c, const uint8_t *data, const uint16_t *scales_f16, int64_t rows,
                           int64_t n, const int8_t *xq, const float *xs, float *y);
+/* The repacked layout of a D == 8 row (an optional in-memory form for faster decode; the file stays PVQ):
+ * per step of 16 groups, the points as int8 in the planes pvq_quantize_x_q8 uses for x (128 bytes:
+ * pt[64 h + 4 g + j] = y_g[4 h + j]), then the 16 group scales s as float32 (64 bytes); the last step is
+ * zero-padded.  The integer products equal the PVQ kernels'; only the decoding is gone. */
+size_t pvq_repacked_row_bytes(int64_t n);
+void pvq_repack_row(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, uint8_t *out);
+float pvq_dot_repacked_ref(const uint8_t *prow, int64_t n, const int8_t *xq, const float *xs);
+float pvq_dot_repacked_avx2(const uint8_t *prow, int64_t n, const int8_t *xq, const float *xs);
+
 /* IEEE half (as stored in F16 tensors) to float, exactly. */
 float pvq_half_to_float(uint16_t h);
 

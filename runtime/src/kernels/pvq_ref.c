@@ -3,8 +3,7 @@
 
 #include <math.h>
 
-/* One group: its point y and its weight scale s = scale * level / ||y||, rounded as the format says. */
-static float group(const pvq_codec *c, const uint8_t *row, int64_t g, float scale, int32_t *y)
+float pvq_group_ref(const pvq_codec *c, const uint8_t *row, int64_t g, float scale, int32_t *y)
 {
     uint64_t f = pvq_read_field(row, g, c->field_bits);
     pvq_decode_point(c, f >> c->gain_bits, y);
@@ -19,7 +18,7 @@ void pvq_dequantize_groups_ref(const pvq_codec *c, const uint8_t *row, int64_t g
 {
     int32_t y[PVQ_MAX_D];
     for (int64_t g = g0; g < g1; g++) {
-        float s = group(c, row, g, scale, y);
+        float s = pvq_group_ref(c, row, g, scale, y);
         for (int i = 0; i < c->D; i++) out[g * c->D + i] = (float)y[i] * s;
     }
 }
@@ -30,7 +29,7 @@ float pvq_dot_groups_ref(const pvq_codec *c, const uint8_t *row, int64_t g0, int
     int32_t y[PVQ_MAX_D];
     float acc = 0.0f;
     for (int64_t g = g0; g < g1; g++) {
-        float s = group(c, row, g, scale, y), t = 0.0f;
+        float s = pvq_group_ref(c, row, g, scale, y), t = 0.0f;
         for (int i = 0; i < c->D; i++) t += (float)y[i] * x[g * c->D + i];
         acc += s * t;
     }
@@ -69,7 +68,7 @@ float pvq_dot_groups_q8_ref(const pvq_codec *c, const uint8_t *row, int64_t g0, 
     int32_t y[8];
     float acc = 0.0f;
     for (int64_t g = g0; g < g1; g++) {
-        float s = group(c, row, g, scale, y);
+        float s = pvq_group_ref(c, row, g, scale, y);
         int64_t st = g / 16, gl = g % 16;
         int32_t d = 0;
         for (int i = 0; i < 8; i++) d += y[i] * xq[st * 128 + 64 * (i / 4) + 4 * gl + i % 4];

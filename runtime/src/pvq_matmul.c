@@ -1,0 +1,144 @@
+/* PVQ weights in the runtime: loading and the row-range products (see pvq_matmul.h). */
+#include "pvq_matmul.h"
+#include "errmsg.h"
+#include "types.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PVQ_FORMAT_VERSION 1
+
+/* Finds or builds the layout of (type id, levels) in set. */
+static const pvq_layout *layout_for(pvq_layouts *set, uint32_t type_id, const float *levels, size_t n_levels,
+                                    char *err, size_t err_len) {
+    for (int i = 0; i < set->n; i++) {
+        const pvq_codec *c = &set->items[i]->codec;
+        uint32_t id = T_PVQ | (uint32_t)c->D << 20 | (uint32_t)c->gain_bits << 16 | (uint32_t)c->K;
+        if (id == type_id && !memcmp(c->levels, levels, n_levels * sizeof(float))) return set->items[i];
+    }
+    pvq_layout **grown = realloc(set->items, (size_t)(set->n + 1) * sizeof *grown);
+    if (!grown) return err_fail(err, err_len, "out of memory"), NULL;
+    set->items = grown;
+    pvq_layout *l = calloc(1, sizeof *l);
+    if (!l) return err_fail(err, err_len, "out of memory"), NULL;
+    if (pvq_codec_init(&l->codec, type_id, levels, n_levels, err, err_len)) {
+        free(l);
+        return NULL;
+    }
+    pvq_select_kernels(&l->codec, &l->k);
+    set->items[set->n++] = l;
+    return l;
+}
+
+void pvq_layouts_free(pvq_layouts *set) {
+    for (int i = 0; i < set->n; i++) {
+        pvq_codec_free(&set->items[i]->codec);
+        free(set->items[i]);
+    }
+    free(set->items);
+    memset(set, 0, sizeof *set);
+}
+
+/* Rows in the repacked layout, for decode without decoding. */
+static int repack(pvq_weight *pw, const uint8_t *data, int64_t n, int64_t rows) {
+    const pvq_codec *c = &pw->layout->codec;
+    size_t rb = pvq_row_bytes(c, n);
+    pw->repacked_row_bytes = pvq_repacked_row_bytes(n);
+    if (!(pw->repacked = malloc(pw->repacked_row_bytes * (size_t)rows))) return -1;
+    for (int64_t r = 0; r < rows; r++)
+        pvq_repack_row(c, data + (size_t)r * rb, pvq_half_to_float(pw->scales[r]), n,
+                       pw->repacked + (size_t)r * pw->repacked_row_bytes);
+    pw->dot_repacked = pvq_avx2_supported() ? pvq_dot_repacked_avx2 : pvq_dot_repacked_ref;
+    return 0;
+}
+
+void pvq_weight_free(pvq_weight *pw) {
+    free(pw->repacked);
+    memset(pw, 0, sizeof *pw);
+}
+
+int pvq_weight_load(pvq_weight *pw, pvq_layouts *set, const gguf_file *f, const gguf_tensor *t, int repack_rows,
+                    char *err, size_t err_len) {
+    memset(pw, 0, sizeof *pw);
+    char name[256], key[300], why[200];
+    snprintf(name, sizeof name, "%.*s", (int)(t->name.len < 200 ? t->name.len : 200), t->name.ptr);
+    uint32_t version;
+    if (gguf_get_u32(f, "pvq.version", &version) || version != PVQ_FORMAT_VERSION)
+        return err_fail(err, err_len, "%s is PVQ but pvq.version is missing or not %d", name, PVQ_FORMAT_VERSION);
+    int64_t n = t->ne[0], rows = t->ne[1];
+
+    snprintf(key, sizeof key, "%s.pvq_scale", name);
+    const gguf_tensor *st = gguf_find_tensor(f, key);
+    if (!st) return err_fail(err, err_len, "PVQ tensor %s has no row scales (tensor %s)", name, key);
+    if (st->type != T_F16 || st->ne[0] != rows || st->ne[1] * st->ne[2] * st->ne[3] != 1)
+        return err_fail(err, err_len, "%s must be F16 with %lld values (one per row of %s)", key, (long long)rows, name);
+
+    snprintf(key, sizeof key, "pvq.gain_levels.%s", name);
+    const gguf_kv *kv = gguf_find_kv(f, key);
+    int D, K, b;
+    if (pvq_type_params(t->type, &D, &K, &b, why, sizeof why)) return err_fail(err, err_len, "%s: %s", name, why);
+    if (!kv) return err_fail(err, err_len, "PVQ tensor %s has no gain levels (metadata %s)", name, key);
+    if (kv->type != GGUF_ARRAY || kv->elem_type != GGUF_F32 || kv->n != (1u << b))
+        return err_fail(err, err_len, "%s must be an array of %d float32 (gain bits %d)", key, 1 << b, b);
+    float levels[1 << PVQ_MAX_GAIN_BITS];
+    memcpy(levels, kv->data, kv->n * sizeof(float)); /* the mapping does not align array values */
+
+    const pvq_layout *l = layout_for(set, t->type, levels, kv->n, why, sizeof why);
+    if (!l) return err_fail(err, err_len, "%s: %s", name, why);
+    if (pvq_validate_tensor(&l->codec, t->data, t->nbytes, n, rows, st->data, why, sizeof why))
+        return err_fail(err, err_len, "%s: %s", name, why);
+    pw->layout = l;
+    pw->scales = st->data;
+    if (repack_rows && l->k.matvec_q8 && repack(pw, t->data, n, rows))
+        return err_fail(err, err_len, "out of memory repacking %s", name);
+    return 0;
+}
+
+size_t pvq_xq_bytes(int64_t n) {
+    size_t steps = (size_t)(n + 127) / 128;
+    return steps * 128 + steps * sizeof(float);
+}
+
+void pvq_quantize_x(const float *x, int64_t n, void *xq) {
+    pvq_quantize_x_q8(x, n, xq, (float *)((uint8_t *)xq + (size_t)(n + 127) / 128 * 128));
+}
+
+void pvq_matvec_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes, int64_t n, int64_t r0, int64_t r1,
+                     const float *x, const void *xq, float *y) {
+    const pvq_layout *l = pw->layout;
+    if (r1 <= r0) return;
+    if (pw->repacked) {
+        const float *xs = (const float *)((const uint8_t *)xq + (size_t)(n + 127) / 128 * 128);
+        for (int64_t r = r0; r < r1; r++)
+            y[r] = pw->dot_repacked(pw->repacked + (size_t)r * pw->repacked_row_bytes, n, xq, xs);
+        return;
+    }
+    if (l->k.matvec_q8) {
+        const float *xs = (const float *)((const uint8_t *)xq + (size_t)(n + 127) / 128 * 128);
+        l->k.matvec_q8(&l->codec, data + (size_t)r0 * row_bytes, pw->scales + r0, r1 - r0, n, xq, xs, y + r0);
+        return;
+    }
+    for (int64_t r = r0; r < r1; r++) /* layouts without an integer kernel (D != 8) */
+        y[r] = l->k.dot(&l->codec, data + (size_t)r * row_bytes, pvq_half_to_float(pw->scales[r]), n, x);
+}
+
+void pvq_matmul_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes, int64_t n, int64_t r0, int64_t r1,
+                     const float *x, int T, float *out, int64_t out_stride, float *tile) {
+    const pvq_layout *l = pw->layout;
+    const type_traits *f32 = type_get(T_F32);
+    for (int64_t r = r0; r < r1; r += PVQ_TILE_ROWS) {
+        int64_t nr = r1 - r < PVQ_TILE_ROWS ? r1 - r : PVQ_TILE_ROWS;
+        for (int64_t i = 0; i < nr; i++)
+            l->k.dequantize(&l->codec, data + (size_t)(r + i) * row_bytes, pvq_half_to_float(pw->scales[r + i]), n,
+                            tile + i * n);
+        int t = 0;
+        size_t row = (size_t)n * sizeof(float);
+        for (; t + TILE_COLS <= T; t += TILE_COLS) /* 2 rows x 4 tokens per call; an odd last row goes below */
+            for (int64_t i = 0; i + TILE_ROWS <= nr; i += TILE_ROWS)
+                tile_f32(n, tile + i * n, row, x + (int64_t)t * n, row, &out[t * out_stride + r + i], (size_t)out_stride);
+        for (int64_t i = 0; i < nr; i++)
+            for (int u = i < nr / TILE_ROWS * TILE_ROWS ? t : 0; u < T; u++)
+                f32->dot_batch(n, tile + i * n, x + (int64_t)u * n, &out[u * out_stride + r + i]);
+    }
+}

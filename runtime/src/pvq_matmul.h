@@ -1,0 +1,68 @@
+/* PVQ weights in the runtime: loading (the codec of a layout and gain-level set, shared between the
+ * tensors that use it; the row scales; validation of every field before use) and the row-range
+ * products the forward pass runs on its threads.
+ *
+ * Precision. Decode (one token) quantizes the activations to int8 per 128 values with one float
+ * scale (pvq_quantize_x_q8, like llama.cpp's Q8 activations for its k-quants) and runs the codec's
+ * integer dot (AVX-512 VBMI+VNNI, else AVX2, else the reference): the weights stay int8 pyramid
+ * points, so the product is exact in integers and only x's rounding (relative 1/254 of the block
+ * maximum per value) and the float sums remain. Batches (prompt processing, perplexity) decode a tile
+ * of PVQ_TILE_ROWS rows once to float32 (the format's exact weights) and dot it with every token's
+ * f32 activations: no activation rounding, the decode cost shared by the batch. */
+#ifndef PVQ_PVQ_MATMUL_H
+#define PVQ_PVQ_MATMUL_H
+
+#include "gguf.h"
+#include "kernels/pvq_codec.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* A layout with its gain levels, and the kernels chosen for it. */
+typedef struct {
+    pvq_codec codec;
+    pvq_kernels k;
+} pvq_layout;
+
+/* The distinct layouts of a model (a model has a few: one per layout and row length). */
+typedef struct {
+    pvq_layout **items;
+    int n;
+} pvq_layouts;
+
+typedef float (*pvq_dot_repacked_fn)(const uint8_t *prow, int64_t n, const int8_t *xq, const float *xs);
+
+/* What a PVQ weight carries besides its rows; layout is NULL for the other types. */
+typedef struct {
+    const pvq_layout *layout;
+    const uint16_t *scales; /* n_out fp16 row scales, the "<name>.pvq_scale" tensor in the mapping */
+    uint8_t *repacked;      /* owned: the rows in the repacked layout (pvq_codec.h), or NULL */
+    size_t repacked_row_bytes;
+    pvq_dot_repacked_fn dot_repacked;
+} pvq_weight;
+
+/* For tensor t of type PVQ with rows of n: finds "<name>.pvq_scale" and "pvq.gain_levels.<name>",
+ * checks them and every field of every row, and shares or builds the layout in `set`. With repack, a
+ * D == 8 weight also gets its rows in the repacked layout (12 bits per weight of RAM besides the mapping)
+ * that decode then reads instead of the PVQ fields. Returns 0, or -1 with a message naming the tensor. */
+int pvq_weight_load(pvq_weight *pw, pvq_layouts *set, const gguf_file *f, const gguf_tensor *t, int repack,
+                    char *err, size_t err_len);
+void pvq_weight_free(pvq_weight *pw);
+void pvq_layouts_free(pvq_layouts *set);
+
+/* Bytes pvq_quantize_x writes for n activations. */
+size_t pvq_xq_bytes(int64_t n);
+/* x as the decode kernels read it: int8 values, then one float scale per 128. */
+void pvq_quantize_x(const float *x, int64_t n, void *xq);
+
+#define PVQ_TILE_ROWS 16
+
+/* y[r] for rows r0 <= r < r1 of one token: x (f32) and xq (pvq_quantize_x of x). */
+void pvq_matvec_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes, int64_t n, int64_t r0, int64_t r1,
+                     const float *x, const void *xq, float *y);
+/* out[t * out_stride + r] for rows r0 <= r < r1 and tokens t < T of x[T][n] (f32); tile holds
+ * PVQ_TILE_ROWS * n floats. */
+void pvq_matmul_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes, int64_t n, int64_t r0, int64_t r1,
+                     const float *x, int T, float *out, int64_t out_stride, float *tile);
+
+#endif

@@ -1,0 +1,463 @@
+"""PVQ in the C runtime: its row-range products against the codec's scalar reference on random PVQ tensors,
+the online Hadamard transform (optimized = reference bit for bit; both against float64 numpy), SmolLM2
+converted to PVQ 3.25 bits run by pvqrun against the converter's own torch model (perplexity, greedy
+continuations), and hostile PVQ files."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from runtime_clib import RUNTIME, lib
+
+# The structs of the codec header, for cffi: taken from the header itself so they cannot drift.
+def _codec_cdef() -> str:
+    text = (RUNTIME / "src" / "kernels" / "pvq_codec.h").read_text()
+    defines = dict(re.findall(r"#define\s+(PVQ_\w+)\s+(\w+)", text))
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    text = text[:text.index("static inline")]
+    text = "\n".join(l for l in text.splitlines() if not l.startswith("#"))
+    for k, v in defines.items():
+        text = re.sub(rf"\b{k}\b", v, text)
+    return re.sub(r"\[(\d+) << (\d+)\]", lambda m: f"[{int(m[1]) << int(m[2])}]", text)
+
+
+CDEF = _codec_cdef() + """
+typedef struct { pvq_codec codec; pvq_kernels k; } pvq_layout;
+typedef struct { const pvq_layout *layout; const uint16_t *scales; } pvq_weight;
+size_t pvq_xq_bytes(int64_t n);
+void pvq_quantize_x(const float *x, int64_t n, void *xq);
+void pvq_matvec_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes, int64_t n, int64_t r0, int64_t r1,
+                     const float *x, const void *xq, float *y);
+void pvq_matmul_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes, int64_t n, int64_t r0, int64_t r1,
+                     const float *x, int T, float *out, int64_t out_stride, float *tile);
+typedef struct { int n, h, p; float scale; int8_t *base; } hadamard_plan;
+int hadamard_plan_init(hadamard_plan *pl, int64_t n, int64_t p, const int8_t *base, uint64_t n_base, float scale,
+                       char *err, size_t err_len);
+void hadamard_plan_free(hadamard_plan *pl);
+void hadamard_ref(const hadamard_plan *pl, float *x);
+void hadamard_avx2(const hadamard_plan *pl, float *x);
+void hadamard_apply(const hadamard_plan *pl, float *x);
+const char *type_simd_name(void);
+"""
+_K = None
+
+
+def kernels():
+    global _K
+    if _K is None:
+        ffi, L = lib()
+        ffi.cdef(CDEF)
+        _K = (ffi, L)
+    return _K
+
+
+def _f(ffi, a: np.ndarray, ctype: str = "float *"):
+    return ffi.cast(ctype, ffi.from_buffer(a))
+
+
+class RandomPVQ:
+    """A random PVQ tensor (uniform shape indices and gain codes, random fp16 row scales) with its layout
+    loaded by the runtime's codec and kernels."""
+
+    def __init__(self, D: int, K: int, b: int, rows: int, n: int, seed: int):
+        ffi, L = self.ffi, self.L = kernels()
+        rng = np.random.default_rng(seed)
+        self.type_id = 0x50000000 | D << 20 | b << 16 | K
+        self.layout = ffi.new("pvq_layout *")
+        self.levels = np.sort(rng.uniform(0.05, 1.0, 1 << b)).astype(np.float32)
+        err = ffi.new("char[256]")
+        assert L.pvq_codec_init(ffi.addressof(self.layout, "codec"), self.type_id, _f(ffi, self.levels),
+                                len(self.levels), err, 256) == 0, ffi.string(err)
+        L.pvq_select_kernels(ffi.addressof(self.layout, "codec"), ffi.addressof(self.layout, "k"))
+        c = self.layout.codec
+        self.n, self.rows, self.row_bytes = n, rows, L.pvq_row_bytes(ffi.addressof(self.layout, "codec"), n)
+        W, G = c.field_bits, n // D
+        data = bytearray()
+        for _ in range(rows):
+            v = 0
+            for g in range(G):
+                field = int(rng.integers(0, c.n_points)) << b | int(rng.integers(0, 1 << b))
+                v |= field << (g * W)
+            data += v.to_bytes(self.row_bytes, "little")
+        self.data = np.frombuffer(bytes(data), np.uint8).copy()
+        self.scales = (rng.uniform(0.5, 2.0, rows) * rng.choice([-1, 1], rows)).astype(np.float16)
+        self.weight = ffi.new("pvq_weight *", {"layout": self.layout, "scales": _f(ffi, self.scales, "uint16_t *")})
+
+    def __del__(self):
+        self.L.pvq_codec_free(self.ffi.addressof(self.layout, "codec"))
+
+    @property
+    def kernel_name(self) -> str:
+        return self.ffi.string(self.layout.k.name).decode()
+
+    def dequantize_ref(self) -> np.ndarray:
+        ffi, L = self.ffi, self.L
+        out = np.empty((self.rows, self.n), np.float32)
+        for r in range(self.rows):
+            L.pvq_dequantize_row_ref(ffi.addressof(self.layout, "codec"), _f(ffi, self.data[r * self.row_bytes:], "uint8_t *"),
+                                     float(self.scales[r]), self.n, _f(ffi, out[r]))
+        return out
+
+    def matvec(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(runtime decode product, the codec's scalar int8 reference on the same activations, xq scales)."""
+        ffi, L = self.ffi, self.L
+        xq = np.zeros(L.pvq_xq_bytes(self.n), np.uint8)
+        L.pvq_quantize_x(_f(ffi, x), self.n, _f(ffi, xq, "void *"))
+        y = np.full(self.rows, np.nan, np.float32)
+        # two ranges, as two threads split the rows
+        half = self.rows // 2
+        for r0, r1 in ((0, half), (half, self.rows)):
+            L.pvq_matvec_rows(self.weight, _f(ffi, self.data, "uint8_t *"), self.row_bytes, self.n, r0, r1,
+                              _f(ffi, x), _f(ffi, xq, "void *"), _f(ffi, y))
+        steps = (self.n + 127) // 128
+        xs = xq[steps * 128:].view(np.float32)
+        ref = np.empty(self.rows, np.float32)
+        if self.layout.k.matvec_q8 == ffi.NULL:  # no integer path (D != 8)
+            return y, None, xs
+        # the repacked layout: the same integer products without decoding
+        self.repacked = {}
+        prb = L.pvq_repacked_row_bytes(self.n)
+        packed = np.empty((self.rows, prb), np.uint8)
+        for r in range(self.rows):
+            L.pvq_repack_row(ffi.addressof(self.layout, "codec"), _f(ffi, self.data[r * self.row_bytes:], "uint8_t *"),
+                             float(self.scales[r]), self.n, _f(ffi, packed[r], "uint8_t *"))
+        for kind in ("ref", "avx2") if "avx2" in open("/proc/cpuinfo").read() else ("ref",):
+            fn = getattr(L, f"pvq_dot_repacked_{kind}")
+            self.repacked[kind] = np.array([fn(_f(ffi, packed[r], "uint8_t *"), self.n, _f(ffi, xq, "int8_t *"),
+                                               _f(ffi, xs)) for r in range(self.rows)], np.float32)
+        L.pvq_matvec_q8_ref(ffi.addressof(self.layout, "codec"), _f(ffi, self.data, "uint8_t *"),
+                            _f(ffi, self.scales, "uint16_t *"), self.rows, self.n, _f(ffi, xq, "int8_t *"),
+                            _f(ffi, xs), _f(ffi, ref))
+        return y, ref, xs
+
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        """The runtime's batch product out[T, rows] (rows decoded once per tile, f32 activations)."""
+        ffi, L = self.ffi, self.L
+        T = x.shape[0]
+        out = np.full((T, self.rows), np.nan, np.float32)
+        tile = np.empty(16 * self.n, np.float32)
+        third = self.rows // 3
+        for r0, r1 in ((0, third), (third, self.rows)):
+            L.pvq_matmul_rows(self.weight, _f(ffi, self.data, "uint8_t *"), self.row_bytes, self.n, r0, r1,
+                              _f(ffi, np.ascontiguousarray(x)), T, _f(ffi, out), self.rows, _f(ffi, tile))
+        return out
+
+
+# (D, K, b): the 2.25 / 3.25 / 4.25 presets (D = 8: integer kernels), and D = 16 (reference only)
+LAYOUTS = [(8, 6, 3), (8, 14, 3), (8, 29, 4), (16, 10, 4)]
+SHAPES = [(64, 576), (48, 1536), (20, 96), (33, 4096)]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: "D%d-K%d-b%d" % l)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "%dx%d" % s)
+def test_decode_product_against_reference(layout, shape):
+    """Decode (int8 activations): equal to the codec's scalar int8 reference up to float summation order, and
+    within the error that rounding x to int8 can cause of the exact product."""
+    D, K, b = layout
+    rows, n = shape
+    if kernels()[1].pvq_type_row_bytes(0x50000000 | D << 20 | b << 16 | K, n) == 0:
+        pytest.skip("row length not a whole number of the layout's blocks")
+    t = RandomPVQ(D, K, b, rows, n, seed=rows * n + K)
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * np.exp(rng.normal(0, 1, n))).astype(np.float32)  # uneven magnitudes
+    W = t.dequantize_ref().astype(np.float64)
+    exact = W @ x.astype(np.float64)
+    y, ref, xs = t.matvec(x)
+    assert np.isfinite(y).all()
+    absterms = np.abs(W) @ np.abs(x.astype(np.float64))
+    if t.layout.k.matvec_q8 != t.ffi.NULL:
+        # same integer products, float sums in another order: a few ulps of the sum of |terms|
+        for got in (y, *t.repacked.values()):
+            np.testing.assert_array_less(np.abs(got - ref), 1e-5 * absterms + 1e-30)
+        # each x_i moves by at most half its block's step xs / 2 when rounded to int8
+        step = np.repeat(xs, 128)[:n].astype(np.float64)
+        bound = np.abs(W) @ (step / 2) + 1e-5 * absterms
+        np.testing.assert_array_less(np.abs(y - exact), bound)
+        # and the typical error is far below that bound (random rounding errors cancel)
+        assert np.sqrt(np.mean((y - exact) ** 2)) < 0.2 * np.sqrt(np.mean(bound ** 2))
+    else:
+        np.testing.assert_array_less(np.abs(y - exact), 1e-5 * absterms + 1e-30)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS[1:3], ids=lambda l: "D%d-K%d-b%d" % l)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "%dx%d" % s)
+def test_batch_product_against_reference(layout, shape):
+    """Prefill (f32 activations, rows decoded to float once per tile): the exact weights, so the product
+    equals the float64 one up to float32 summation."""
+    rows, n = shape
+    t = RandomPVQ(*layout, rows, n, seed=rows + n)
+    x = np.random.default_rng(1).standard_normal((5, n)).astype(np.float32)
+    W = t.dequantize_ref().astype(np.float64)
+    out = t.matmul(x)
+    exact = x.astype(np.float64) @ W.T
+    absterms = np.abs(x.astype(np.float64)) @ np.abs(W).T
+    np.testing.assert_array_less(np.abs(out - exact), 1e-5 * absterms + 1e-30)
+
+
+def test_kernel_choice_is_reported():
+    """The fast layouts use the best integer kernel of this CPU, and the description says which."""
+    ffi, L = kernels()
+    t = RandomPVQ(8, 14, 3, 4, 64, seed=0)
+    flags = open("/proc/cpuinfo").read()
+    want = "avx512" if all(f in flags for f in ("avx512vbmi", "avx512vnni", "avx512bw")) else \
+        "avx2" if "avx2" in flags else "scalar"
+    assert t.kernel_name == want
+    name = ffi.string(L.type_simd_name()).decode()
+    assert {"avx512": "PVQ AVX-512", "avx2": "PVQ AVX2", "scalar": "PVQ scalar"}[want] in name
+    assert RandomPVQ(16, 10, 4, 4, 128, seed=0).kernel_name == "ref"
+
+
+# ---------------------------------------------------------------- online Hadamard
+
+HADAMARD_DIMS = [576, 1536, 896, 4864, 4096, 14336, 11008, 1000, 96, 24, 6]
+
+
+def _plan(n):
+    from pvq_convert.hadamard import plan
+    ffi, L = kernels()
+    pl = plan(n)
+    base = np.ascontiguousarray(pl.base.reshape(-1), dtype=np.int8)
+    c = ffi.new("hadamard_plan *")
+    err = ffi.new("char[256]")
+    rc = L.hadamard_plan_init(c, n, pl.p, _f(ffi, base, "int8_t *"), base.size, pl.scale, err, 256)
+    assert rc == 0, ffi.string(err)
+    return c, pl
+
+
+@pytest.mark.parametrize("n", HADAMARD_DIMS)
+def test_hadamard_matches_numpy_and_reference(n):
+    from pvq_convert.hadamard import hadamard_matrix
+    ffi, L = kernels()
+    c, pl = _plan(n)
+    try:
+        x = np.random.default_rng(n).standard_normal((3, n)).astype(np.float32)
+        x[2] *= np.exp(np.random.default_rng(0).normal(0, 2, n)).astype(np.float32)  # outlier-heavy row
+        want = (hadamard_matrix(n).astype(np.float64) @ x.astype(np.float64).T).T * pl.scale
+        for kind in ("ref", "avx2", "apply"):
+            y = x.copy()
+            for row in y:
+                getattr(L, f"hadamard_{kind}")(c, _f(ffi, row))
+            if kind == "ref":
+                ref = y
+                # float32 rounding (2^-24 relative) in each of log2(p) butterfly levels, h-term sums and the
+                # scale, on values of the size of the (orthonormal) output's rms = the input's; 8x margin
+                rms = np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=1, keepdims=True))
+                tol = 8 * 2.0 ** -24 * (np.log2(pl.p) + pl.h + 1) * rms
+                assert (np.abs(y - want) < tol).all()
+            else:
+                assert np.array_equal(y.view(np.uint32), ref.view(np.uint32)), kind
+    finally:
+        L.hadamard_plan_free(c)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(p=96), "does not give the FFN width"),
+    (dict(base_len=143), "not a square"),
+    (dict(entry=2), "not -1, 0 or 1"),
+    (dict(flip=True), "not orthogonal"),
+    (dict(scale=0.5), "is not 1/sqrt"),
+])
+def test_hadamard_plan_rejects_bad_metadata(bad, message):
+    from pvq_convert.hadamard import plan
+    ffi, L = kernels()
+    pl = plan(1536)
+    base = pl.base.reshape(-1).astype(np.int8).copy()
+    if "entry" in bad:
+        base[5] = bad["entry"]
+    if bad.get("flip"):
+        base[13] = -base[13]
+    base = base[:bad.get("base_len", base.size)]
+    c = ffi.new("hadamard_plan *")
+    err = ffi.new("char[256]")
+    rc = L.hadamard_plan_init(c, 1536, bad.get("p", pl.p), _f(ffi, base, "int8_t *"), base.size,
+                              bad.get("scale", pl.scale), err, 256)
+    assert rc == -1 and message in ffi.string(err).decode()
+
+
+# ---------------------------------------------------------------- SmolLM2 at PVQ 3.25 bits
+
+# Plain nearest-point coding (no Hessian): the fastest PVQ conversion, with the rotation and so the online
+# Hadamard transform, which is what the runtime has to get right; the Hessian only changes which codes.
+N_CTX, N_CHUNKS = 256, 3
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,"]
+N_GREEDY = 16
+
+
+@pytest.fixture(scope="module")
+def pvq_smollm2(smollm2):
+    """SmolLM2 converted by `python -m pvq_convert --bits 3.25 --no-hessian`, cached by the converter's inputs."""
+    from models.smollm2 import pvq_gguf
+    return pvq_gguf(3.25)
+
+
+def torch_model_of(path, hf_dir):
+    """The converter's torch model with the file's weights as the runtime sees them (PVQ tensors decoded,
+    F16 ones widened, Q/K rows back in HF order) and the online Hadamard when the file asks for it."""
+    import gguf
+    import torch
+
+    from pvq_convert.arch import hf_tensor_name, unpermute_qk
+    from pvq_convert.hadamard import hadamard_transform
+    from pvq_convert.hf_model import open_model
+    from pvq_convert.pvq import dequantize_matrix
+    from pvq_convert.pvq_format import SCALE_SUFFIX, read_pvq_tensors
+    from pvq_convert.torch_model import Config, Model
+
+    cfg = Config.from_hf(open_model(hf_dir))
+    reader = gguf.GGUFReader(path)
+    pvq = read_pvq_tensors(path)
+    glob, blocks = {}, [{} for _ in range(cfg.n_layers)]
+    for t in reader.tensors:
+        if t.name.endswith(SCALE_SUFFIX):
+            continue
+        w = dequantize_matrix(pvq[t.name].quantized()).numpy() if t.name in pvq else np.array(t.data, np.float32)
+        name = hf_tensor_name(t.name)
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            w = unpermute_qk(w, cfg.n_heads if "q_proj" in name else cfg.n_kv_heads)
+        w = torch.from_numpy(np.ascontiguousarray(w, np.float32))
+        if name.startswith("model.layers."):
+            i, rest = name.removeprefix("model.layers.").split(".", 1)
+            blocks[int(i)][rest] = w
+        else:
+            glob[name.removeprefix("model.")] = w
+    field = reader.fields.get("pvq.rotation.ffn_hadamard")
+    rotated = field is not None and bool(field.contents())
+    return Model(cfg, glob, blocks, ffn_hadamard=hadamard_transform if rotated else None)
+
+
+@pytest.fixture(scope="module")
+def pvq_pair(pvq_smollm2, smollm2):
+    """(runtime model through libpvq, torch model of the same file)."""
+    from runtime_clib import Model
+    rt = Model(pvq_smollm2, n_ctx=N_CTX, n_threads=2)
+    yield rt, torch_model_of(pvq_smollm2, smollm2.hf_dir)
+    rt.close()
+
+
+def test_pvq_file_is_what_the_runtime_loads(pvq_smollm2):
+    """The converted file is PVQ with the online Hadamard, and the runtime says so."""
+    from runtime_clib import run_pvqrun
+    r = run_pvqrun(["-m", pvq_smollm2, "-p", "Hi", "-n", "1", "-v", "-t", "2"])
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"weights pvq" in r.stderr and b"ffn Hadamard 12 x 128" in r.stderr
+
+
+def test_perplexity_matches_converter_fake_quant(pvq_smollm2, pvq_pair, eval_text, tmp_path):
+    """`pvqrun --perplexity` within 0.5% of pvq_convert.eval's score of the same file's weights in torch."""
+    import re
+
+    import torch
+
+    from pvq_convert.eval import Tokenizer, chunks, score, split_text
+    from runtime_clib import run_pvqrun
+    rt, tm = pvq_pair
+    text = split_text(eval_text)[1]
+    (tmp_path / "eval.txt").write_text(text, encoding="utf-8")
+    r = run_pvqrun(["-m", pvq_smollm2, "-f", tmp_path / "eval.txt", "--perplexity", "-c", N_CTX, "--chunks", N_CHUNKS,
+                    "-t", "2"], timeout=600)
+    assert r.returncode == 0, r.stderr.decode()
+    ppl_rt = float(re.search(rb"perplexity: ([0-9.]+) over %d chunks" % N_CHUNKS, r.stdout).group(1))
+    # the same tokens: the runtime's tokenizer, llama-perplexity's chunking as pvq_convert.eval does it
+    with_bos = rt.tokenize(text, add_special=True)
+    plain = rt.tokenize(text, add_special=False)
+    tok = Tokenizer(None, len(with_bos) > len(plain), with_bos[0] if len(with_bos) > len(plain) else None)
+    with torch.no_grad():
+        s = score(lambda ids: tm(ids), chunks(with_bos, N_CTX, N_CHUNKS, tok))
+    assert abs(ppl_rt / s.ppl - 1) < 0.005, (ppl_rt, s.ppl)
+
+
+@pytest.fixture(scope="module")
+def torch_greedy(pvq_pair):
+    """The torch model's greedy continuations of PROMPTS (token ids from the runtime's tokenizer)."""
+    import torch
+    rt, tm = pvq_pair
+    out = {}
+    with torch.no_grad():
+        for prompt in PROMPTS:
+            ids, cont = rt.tokenize(prompt), []
+            for _ in range(N_GREEDY):
+                cont.append(int(tm(ids + cont)[-1].argmax()))
+            out[prompt] = cont
+    return out
+
+
+@pytest.mark.parametrize("repack", [False, True], ids=["native", "repacked"])
+def test_greedy_matches_converter_torch_model(pvq_pair, pvq_smollm2, torch_greedy, repack):
+    """Greedy continuations (prompt as a batch, then int8-activation decode, from the PVQ fields or from the
+    repacked rows) agree with the torch model's."""
+    from runtime_clib import Model
+    rt = Model(pvq_smollm2, n_ctx=N_CTX, n_threads=2, pvq_repack=True) if repack else pvq_pair[0]
+    try:
+        for prompt in PROMPTS:
+            assert rt.greedy(rt.tokenize(prompt), N_GREEDY) == torch_greedy[prompt], prompt
+    finally:
+        if repack:
+            rt.close()
+
+
+# ---------------------------------------------------------------- hostile PVQ files
+
+def _tiny_pvq(tmp_path, mutate: str | None = None):
+    """A 2-layer random llama whose linear layers are PVQ 3.25 (rotated by nothing), with one defect."""
+    import gguf
+    import torch
+
+    from pvq_convert.gguf_out import copy_fields
+    from pvq_convert.pvq import quantize_matrix
+    from pvq_convert.pvq_format import pvq_entries
+    from runtime_clib import tiny_gguf
+    src = tiny_gguf(tmp_path / "tiny-f16.gguf")
+    reader = gguf.GGUFReader(src)
+    out = tmp_path / f"tiny-pvq-{mutate}.gguf"
+    w = gguf.GGUFWriter(str(out), "llama")
+    copy_fields(reader, w, skip={"general.architecture"})
+    w.add_uint32("pvq.version", 1)
+    for t in reader.tensors:
+        data = np.array(t.data)
+        if not (t.name.startswith("blk.") and data.ndim == 2):
+            w.add_tensor(t.name, data, raw_dtype=t.tensor_type)
+            continue
+        entries, keys = pvq_entries(t.name, quantize_matrix(torch.from_numpy(data.astype(np.float32)), 8, 14, 3))
+        (pname, rows, ptype), (sname, scales, _) = entries
+        (lname, levels), = keys.items()
+        target = t.name == "blk.1.ffn_down.weight"
+        if target and mutate == "bad_index":
+            rows = rows.copy()
+            rows[3, :4] = 0xFF  # group 0 of row 3: shape index 2^23 - 1 >= N(8, 14)
+        if target and mutate == "bad_levels":
+            levels = levels[::-1]
+        if target and mutate == "nan_scale":
+            scales = scales.copy()
+            scales[5] = np.float16(np.inf)
+        w.add_tensor(pname, rows, raw_dtype=ptype)
+        if not (target and mutate == "no_scales"):
+            w.add_tensor(sname, scales)
+        if not (target and mutate == "no_levels"):
+            w.add_array(lname, levels)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
+
+
+def test_tiny_pvq_model_runs(tmp_path):
+    from runtime_clib import run_pvqrun
+    r = run_pvqrun(["-m", _tiny_pvq(tmp_path), "-p", "the", "-n", "4", "-t", "2"], variant="build-asan")
+    assert r.returncode == 0, r.stderr.decode()
+
+
+@pytest.mark.parametrize("mutate, message", [
+    ("no_scales", b"has no row scales (tensor blk.1.ffn_down.weight.pvq_scale)"),
+    ("no_levels", b"has no gain levels (metadata pvq.gain_levels.blk.1.ffn_down.weight)"),
+    ("bad_levels", b"is not finite, non-negative and increasing"),
+    ("bad_index", b"blk.1.ffn_down.weight: PVQ tensor: row 3 group 0: shape index 8388607 >= N(8,14)"),
+    ("nan_scale", b"blk.1.ffn_down.weight: PVQ tensor: row 5 has a non-finite scale"),
+])
+def test_hostile_pvq_tensor_is_a_clear_error(tmp_path, mutate, message):
+    from runtime_clib import run_pvqrun
+    r = run_pvqrun(["-m", _tiny_pvq(tmp_path, mutate), "-p", "the", "-n", "4"], variant="build-asan")
+    assert r.returncode == 1, (r.returncode, r.stderr.decode())
+    assert message in r.stderr, r.stderr.decode()
