@@ -219,7 +219,7 @@ static int cmd_generate(const options *o)
         goto done;
     }
     if (on_gpu) {
-        if (model_load(&m, o->model, err, sizeof err)) {
+        if (model_load(&m, o->model, 0, err, sizeof err)) {
             fprintf(stderr, "error: %s\n", err);
             goto done;
         }
@@ -289,7 +289,7 @@ static int cmd_compare(const options *o)
     path cpu, gpu;
     int rc = EXIT_USAGE, have_model = 0, have_cpu = 0, have_gpu = 0;
     int32_t n_prompt = 0, *prompt = NULL;
-    if (pvq_model_load(o->model, &pm, err, sizeof err) || model_load(&m, o->model, err, sizeof err)) {
+    if (pvq_model_load(o->model, &pm, err, sizeof err) || model_load(&m, o->model, 0, err, sizeof err)) {
         fprintf(stderr, "error: %s\n", err);
         goto done;
     }
