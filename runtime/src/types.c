@@ -9,10 +9,12 @@
 #define F16_TILE tile_f16_avx512
 #else
 #define F16_DOT dot_f16_avx2
-#define F16_DOT_BATCH dot_f16_avx2
-#define F16_TILE NULL
+#define F16_DOT_BATCH dot_f16_avx2_batch
+#define F16_TILE tile_f16_avx2
 #endif
 #define TO_F16 f32_to_f16_row_f16c
+#define EXP exp_avx2
+#define SWIGLU swiglu_avx2
 #define AXPY_F16 axpy_f16_avx2
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define Q8_DOT dot_q8_0_vnni
@@ -28,6 +30,8 @@
 #define F16_TILE NULL
 #define TO_F16 f32_to_f16_row
 #define AXPY_F16 axpy_f16_ref
+#define EXP exp_row_ref
+#define SWIGLU swiglu_ref
 #define Q8_DOT dot_q8_0_ref
 #define SIMD_NAME "scalar"
 #endif
@@ -57,3 +61,5 @@ size_t type_row_bytes(uint32_t id, int64_t n) {
 const char *type_simd_name(void) { return SIMD_NAME; }
 
 void vec_axpy_f16(int64_t n, float a, const uint16_t *x, float *y) { AXPY_F16(n, a, x, y); }
+void vec_exp(int64_t n, float *y, const float *x) { EXP(n, y, x); }
+void vec_swiglu(int64_t n, float *y, const float *gate, const float *up) { SWIGLU(n, y, gate, up); }
