@@ -285,14 +285,15 @@ static void rope_table(float *cs, int pos, int rope_dim, float base) {
     }
 }
 
-/* The rotation as llama.cpp's build computes it: its compiler fuses the cos product into each sum. */
+/* The rotation as llama.cpp's build computes it: its compiler fuses the first product of each sum
+ * (x0 cos, x0 sin) into one fused multiply-add. */
 static void rope(float *v, const float *cs, int rope_dim, int neox) {
     int half = rope_dim / 2;
     for (int i = 0; i < half; i++) {
         int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
         float x0 = v[a], x1 = v[b], c = cs[2 * i], s = cs[2 * i + 1];
         v[a] = fmaf(x0, c, -(x1 * s));
-        v[b] = fmaf(x1, c, x0 * s);
+        v[b] = fmaf(x0, s, x1 * c);
     }
 }
 
