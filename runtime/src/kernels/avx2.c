@@ -68,27 +68,35 @@ void dot_f16_avx2_batch(int64_t n, const void *w, const void *x, float *out) {
 void tile_f16_avx2(int64_t n, const void *w, size_t w_stride, const void *x, size_t x_stride, float *out,
                    size_t out_stride) {
     if (n % 8) {
+        #pragma GCC unroll 4
         for (int r = 0; r < 2; r++)
+            #pragma GCC unroll 4
             for (int t = 0; t < 4; t++)
                 dot_f16_avx2(n, (const uint8_t *)w + r * w_stride, (const uint8_t *)x + t * x_stride,
                              &out[t * out_stride + r]);
         return;
     }
     __m256 acc[2][4];
+    #pragma GCC unroll 4
     for (int r = 0; r < 2; r++)
+        #pragma GCC unroll 4
         for (int t = 0; t < 4; t++) acc[r][t] = _mm256_setzero_ps();
     const uint16_t *w0 = w, *w1 = (const uint16_t *)((const uint8_t *)w + w_stride);
     const uint16_t *xr[4];
+    #pragma GCC unroll 4
     for (int t = 0; t < 4; t++) xr[t] = (const uint16_t *)((const uint8_t *)x + t * x_stride);
     for (int64_t i = 0; i < n; i += 8) {
         __m256 a0 = load_f16(w0 + i), a1 = load_f16(w1 + i);
+        #pragma GCC unroll 4
         for (int t = 0; t < 4; t++) {
             __m256 b = load_f16(xr[t] + i);
             acc[0][t] = _mm256_fmadd_ps(a0, b, acc[0][t]);
             acc[1][t] = _mm256_fmadd_ps(a1, b, acc[1][t]);
         }
     }
+    #pragma GCC unroll 4
     for (int r = 0; r < 2; r++)
+        #pragma GCC unroll 4
         for (int t = 0; t < 4; t++) out[t * out_stride + r] = hsum8(acc[r][t]);
 }
 
@@ -190,17 +198,23 @@ void dot_q8_0_avx2(int64_t n, const void *w, const void *x, float *out) {
 void tile_q8_0_avx2(int64_t n, const void *w, size_t w_stride, const void *x, size_t x_stride, float *out,
                     size_t out_stride) {
     __m256 acc[2][4];
+    #pragma GCC unroll 4
     for (int r = 0; r < 2; r++)
+        #pragma GCC unroll 4
         for (int t = 0; t < 4; t++) acc[r][t] = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / QK8_0; i++)
+        #pragma GCC unroll 4
         for (int r = 0; r < 2; r++) {
             const block_q8_0 *a = (const block_q8_0 *)((const uint8_t *)w + r * w_stride) + i;
+            #pragma GCC unroll 4
             for (int t = 0; t < 4; t++) {
                 const block_q8_0 *b = (const block_q8_0 *)((const uint8_t *)x + t * x_stride) + i;
                 acc[r][t] = _mm256_fmadd_ps(q8_scale(a, b), _mm256_cvtepi32_ps(q8_products(a->qs, b->qs)), acc[r][t]);
             }
         }
+    #pragma GCC unroll 4
     for (int r = 0; r < 2; r++)
+        #pragma GCC unroll 4
         for (int t = 0; t < 4; t++) out[t * out_stride + r] = hsum8(acc[r][t]);
 }
 
