@@ -38,7 +38,7 @@
 
 static const type_traits TRAITS[] = {
     {T_F32, "f32", 1, 4, T_F32, f32_to_f32_row, f32_copy_row, dot_f32_ref, SIMD(dot_f32_ref, dot_f32_avx2),
-     SIMD(dot_f32_ref, dot_f32_avx2), NULL},
+     SIMD(dot_f32_ref, dot_f32_avx2_batch), NULL},
     {T_F16, "f16", 1, 2, T_F16, f16_to_f32_row, TO_F16, dot_f16_ref, F16_DOT, F16_DOT_BATCH, F16_TILE},
     {T_BF16, "bf16", 1, 2, T_BF16, bf16_to_f32_row, f32_to_bf16_row, dot_bf16_ref,
      SIMD(dot_bf16_ref, dot_bf16_avx2), SIMD(dot_bf16_ref, dot_bf16_avx2), NULL},

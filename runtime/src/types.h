@@ -99,6 +99,7 @@ void dot_bf16_ref(int64_t n, const void *w, const void *x, float *out);
 void dot_q8_0_ref(int64_t n, const void *w, const void *x, float *out);
 
 void dot_f32_avx2(int64_t n, const void *w, const void *x, float *out);
+void dot_f32_avx2_batch(int64_t n, const void *w, const void *x, float *out);
 void dot_f16_avx2(int64_t n, const void *w, const void *x, float *out);
 void dot_f16_avx2_batch(int64_t n, const void *w, const void *x, float *out);
 void tile_f16_avx2(int64_t n, const void *w, size_t w_stride, const void *x, size_t x_stride, float *out,

@@ -20,17 +20,29 @@ static float hadd_sum8(__m256 v) {
     return _mm_cvtss_f32(_mm_hadd_ps(s, s));
 }
 
+/* llama.cpp's orders for F32, as for F16 below: ggml_vec_dot_f32 (four accumulators, the tail fused into
+ * a float sum) for single rows, tinyBLAS (one accumulator) for batches. */
 void dot_f32_avx2(int64_t n, const void *w, const void *x, float *out) {
     const float *a = w, *b = x;
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    for (; i + 32 <= n; i += 32)
+        for (int j = 0; j < 4; j++)
+            s[j] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8 * j), _mm256_loadu_ps(b + i + 8 * j), s[j]);
+    float sum = hadd_sum8(_mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3])));
+    for (; i < n; i++) sum = fmaf(a[i], b[i], sum);
+    *out = sum;
+}
+
+void dot_f32_avx2_batch(int64_t n, const void *w, const void *x, float *out) {
+    if (n % 8) {
+        dot_f32_avx2(n, w, x, out);
+        return;
     }
-    float s = hsum8(_mm256_add_ps(s0, s1));
-    for (; i < n; i++) s += a[i] * b[i];
-    *out = s;
+    const float *a = w, *b = x;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    *out = hsum8(acc);
 }
 
 static inline __m256 load_f16(const uint16_t *p) {
