@@ -2,7 +2,7 @@
 decode of 128 tokens on SmolLM2-135M F16 and Q8_0 with 2 threads. Medians of --reps repetitions, ours and
 the peer's alternating. Writes the table into docs/benchmarks.md (the section between the runtime markers).
 
-    python3 bench/bench_runtime.py [--reps 5] [--no-write]
+    python3 bench/bench_runtime.py [--reps 5] [--no-write] [--threads 2] [--cpu-time]
 """
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ from models.smollm2 import ensure  # noqa: E402
 from runtime_clib import Model, q8_0_gguf  # noqa: E402
 
 BEGIN, END = "<!-- runtime-bench:begin -->", "<!-- runtime-bench:end -->"
-N_PREFILL, N_DECODE, THREADS = 512, 128, 2
+N_PREFILL, N_DECODE = 512, 128
+THREADS = 2  # --threads
+CLOCK = time.perf_counter  # --cpu-time: time.process_time, tokens per CPU-second
 
 
 class Ours:
@@ -53,14 +55,14 @@ class Peer:
 def one_rep(engine, prompt):
     """(prefill tok/s, decode tok/s) of one repetition."""
     engine.reset()
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     engine.eval(prompt)
-    pp = N_PREFILL / (time.perf_counter() - t0)
+    pp = N_PREFILL / (CLOCK() - t0)
     engine.reset()
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     for i in range(N_DECODE):
         engine.eval([prompt[i % len(prompt)]])
-    return pp, N_DECODE / (time.perf_counter() - t0)
+    return pp, N_DECODE / (CLOCK() - t0)
 
 
 def bench_pair(path, prompt, reps):
@@ -76,10 +78,17 @@ def bench_pair(path, prompt, reps):
 
 
 def main():
+    global THREADS, CLOCK
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--threads", type=int, default=THREADS)
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="tokens per CPU-second of this process (use with --threads 1): less sensitive to other load")
     args = ap.parse_args()
+    THREADS = args.threads
+    if args.cpu_time:
+        CLOCK = time.process_time
     sm = ensure()
     files = {"F16": sm.f16_gguf, "Q8_0": q8_0_gguf(sm.f16_gguf)}
     m = Model(files["F16"], n_ctx=16, logits_all=False)
@@ -92,9 +101,11 @@ def main():
         print(f"{name}: prefill {ours[0]:.0f} vs {peer[0]:.0f} tok/s ({ours[0] / peer[0]:.2f}x), "
               f"decode {ours[1]:.0f} vs {peer[1]:.0f} tok/s ({ours[1] / peer[1]:.2f}x)", flush=True)
     table = [BEGIN, "",
-             f"`python3 bench/bench_runtime.py --reps {args.reps}` on {platform.machine()}, {os.cpu_count()} CPUs, "
+             f"`python3 bench/bench_runtime.py --reps {args.reps} --threads {THREADS}"
+             f"{' --cpu-time' if args.cpu_time else ''}` on {platform.machine()}, {os.cpu_count()} CPUs, "
              f"{THREADS} threads, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; llama.cpp is llama-cpp-python "
-             "measured in the same run, repetitions alternating; medians of the reps. Prefill: one batch of 512 tokens of the eval text. "
+             "measured in the same run, repetitions alternating; medians of the reps"
+             f"{', in tokens per CPU-second of the process' if args.cpu_time else ', tokens/s'}. Prefill: one batch of 512 tokens of the eval text. "
              "Decode: 128 single-token evaluations from an empty cache (llama-bench's tg128). "
              f"Load average when written: {os.getloadavg()[0]:.1f} (other jobs on the machine slow both engines, "
              "spinning thread pools most).", "",
