@@ -27,6 +27,7 @@ void dot_f32_avx2(int64_t n, const void *w, const void *x, float *out) {
     __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     int64_t i = 0;
     for (; i + 32 <= n; i += 32)
+#pragma GCC unroll 4
         for (int j = 0; j < 4; j++)
             s[j] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8 * j), _mm256_loadu_ps(b + i + 8 * j), s[j]);
     float sum = hadd_sum8(_mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3])));
@@ -57,6 +58,7 @@ void dot_f16_avx2(int64_t n, const void *w, const void *x, float *out) {
     __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     int64_t i = 0;
     for (; i + 32 <= n; i += 32)
+#pragma GCC unroll 4
         for (int j = 0; j < 4; j++) s[j] = _mm256_fmadd_ps(load_f16(a + i + 8 * j), load_f16(b + i + 8 * j), s[j]);
     double sum = hadd_sum8(_mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3])));
     for (; i < n; i++) sum += fp16_to_f32(a[i]) * fp16_to_f32(b[i]);
