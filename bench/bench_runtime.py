@@ -1,8 +1,8 @@
 """Runtime speed against llama.cpp (llama-cpp-python), same machine, same run: prefill of 512 tokens and
-decode of 128 tokens on SmolLM2-135M F16 and Q8_0 with 2 threads. Best of --reps runs each. Writes the
-table into docs/benchmarks.md (the section between the runtime markers).
+decode of 128 tokens on SmolLM2-135M F16 and Q8_0 with 2 threads. Medians of --reps repetitions, ours and
+the peer's alternating. Writes the table into docs/benchmarks.md (the section between the runtime markers).
 
-    python3 bench/bench_runtime.py [--reps 3] [--no-write]
+    python3 bench/bench_runtime.py [--reps 5] [--no-write] [--threads 2] [--cpu-time]
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
@@ -21,49 +23,72 @@ from models.smollm2 import ensure  # noqa: E402
 from runtime_clib import Model, q8_0_gguf  # noqa: E402
 
 BEGIN, END = "<!-- runtime-bench:begin -->", "<!-- runtime-bench:end -->"
-N_PREFILL, N_DECODE, THREADS = 512, 128, 2
+N_PREFILL, N_DECODE = 512, 128
+THREADS = 2  # --threads
+CLOCK = time.perf_counter  # --cpu-time: time.process_time, tokens per CPU-second
 
 
-def bench_ours(path, prompt, reps):
-    m = Model(path, n_ctx=N_PREFILL + N_DECODE + 8, n_threads=THREADS, logits_all=False)
-    pp = tg = 0.0
+class Ours:
+    def __init__(self, path):
+        self.m = Model(path, n_ctx=N_PREFILL + N_DECODE + 8, n_threads=THREADS, logits_all=False)
+
+    def reset(self):
+        self.m.reset()
+
+    def eval(self, tokens):
+        self.m.eval(tokens)
+
+
+class Peer:
+    def __init__(self, path):
+        from llama_cpp import Llama
+        self.p = Llama(str(path), n_ctx=N_PREFILL + N_DECODE + 8, n_batch=N_PREFILL, n_threads=THREADS,
+                       n_threads_batch=THREADS, verbose=False)
+
+    def reset(self):
+        self.p.reset()
+
+    def eval(self, tokens):
+        self.p.eval(tokens)
+
+
+def one_rep(engine, prompt):
+    """(prefill tok/s, decode tok/s) of one repetition."""
+    engine.reset()
+    t0 = CLOCK()
+    engine.eval(prompt)
+    pp = N_PREFILL / (CLOCK() - t0)
+    engine.reset()
+    t0 = CLOCK()
+    for i in range(N_DECODE):
+        engine.eval([prompt[i % len(prompt)]])
+    return pp, N_DECODE / (CLOCK() - t0)
+
+
+def bench_pair(path, prompt, reps):
+    """Medians over reps for ours and the peer, their repetitions interleaved so that both see the same
+    load on the machine."""
+    engines = {"ours": Ours(path), "peer": Peer(path)}
+    runs = {k: [] for k in engines}
     for _ in range(reps):
-        m.reset()
-        t0 = time.perf_counter()
-        m.eval(prompt)
-        pp = max(pp, N_PREFILL / (time.perf_counter() - t0))
-        m.reset()
-        t0 = time.perf_counter()
-        for i in range(N_DECODE):
-            m.eval([prompt[i % len(prompt)]])
-        tg = max(tg, N_DECODE / (time.perf_counter() - t0))
-    m.close()
-    return pp, tg
-
-
-def bench_peer(path, prompt, reps):
-    from llama_cpp import Llama
-    p = Llama(str(path), n_ctx=N_PREFILL + N_DECODE + 8, n_batch=N_PREFILL, n_threads=THREADS,
-              n_threads_batch=THREADS, verbose=False)
-    pp = tg = 0.0
-    for _ in range(reps):
-        p.reset()
-        t0 = time.perf_counter()
-        p.eval(prompt)
-        pp = max(pp, N_PREFILL / (time.perf_counter() - t0))
-        p.reset()
-        t0 = time.perf_counter()
-        for i in range(N_DECODE):
-            p.eval([prompt[i % len(prompt)]])
-        tg = max(tg, N_DECODE / (time.perf_counter() - t0))
-    return pp, tg
+        for k, e in engines.items():
+            runs[k].append(one_rep(e, prompt))
+    engines["ours"].m.close()
+    return tuple(tuple(float(np.median([r[i] for r in runs[k]])) for i in range(2)) for k in ("ours", "peer"))
 
 
 def main():
+    global THREADS, CLOCK
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--threads", type=int, default=THREADS)
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="tokens per CPU-second of this process (use with --threads 1): less sensitive to other load")
     args = ap.parse_args()
+    THREADS = args.threads
+    if args.cpu_time:
+        CLOCK = time.process_time
     sm = ensure()
     files = {"F16": sm.f16_gguf, "Q8_0": q8_0_gguf(sm.f16_gguf)}
     m = Model(files["F16"], n_ctx=16, logits_all=False)
@@ -71,14 +96,16 @@ def main():
     m.close()
     rows = []
     for name, path in files.items():
-        ours, peer = bench_ours(path, prompt, args.reps), bench_peer(path, prompt, args.reps)
+        ours, peer = bench_pair(path, prompt, args.reps)
         rows.append((name, ours, peer))
         print(f"{name}: prefill {ours[0]:.0f} vs {peer[0]:.0f} tok/s ({ours[0] / peer[0]:.2f}x), "
               f"decode {ours[1]:.0f} vs {peer[1]:.0f} tok/s ({ours[1] / peer[1]:.2f}x)", flush=True)
     table = [BEGIN, "",
-             f"`python3 bench/bench_runtime.py --reps {args.reps}` on {platform.machine()}, {os.cpu_count()} CPUs, "
+             f"`python3 bench/bench_runtime.py --reps {args.reps} --threads {THREADS}"
+             f"{' --cpu-time' if args.cpu_time else ''}` on {platform.machine()}, {os.cpu_count()} CPUs, "
              f"{THREADS} threads, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; llama.cpp is llama-cpp-python "
-             "measured in the same run; best of the reps. Prefill: one batch of 512 tokens of the eval text. "
+             "measured in the same run, repetitions alternating; medians of the reps"
+             f"{', in tokens per CPU-second of the process' if args.cpu_time else ', tokens/s'}. Prefill: one batch of 512 tokens of the eval text. "
              "Decode: 128 single-token evaluations from an empty cache (llama-bench's tg128). "
              f"Load average when written: {os.getloadavg()[0]:.1f} (other jobs on the machine slow both engines, "
              "spinning thread pools most).", "",

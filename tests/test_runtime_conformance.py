@@ -30,55 +30,57 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
+@pytest.mark.parametrize("mode", ["batch", "token"])
 @pytest.mark.parametrize("kind", ["f16", "q8_0"])
-def test_logits_match_peer(models, eval_text, kind):
+def test_logits_match_peer(models, eval_text, kind, mode):
+    """The 64-token prompt in one batch, or token by token, on both sides: llama.cpp sums batches and
+    single tokens in different orders (its own two results differ by ~0.05 on F16, ~1 on Q8_0), and
+    the runtime follows it in each."""
     path = models[kind]
     peer = peer_llama(path, n_ctx=N_CTX, logits_all=True)
     ids = peer.tokenize(eval_text[:2000].encode(), add_bos=False)[:64]
-    peer.eval(ids)
-    theirs = np.array(peer.scores[:64], dtype=np.float32)
     ours_model = Model(path, n_ctx=N_CTX)
-    ours = ours_model.eval(ids)
+    if mode == "batch":
+        peer.eval(ids)
+        ours = ours_model.eval(ids)
+    else:
+        for t in ids:
+            peer.eval([t])
+        ours = np.concatenate([ours_model.eval([t]) for t in ids])
+    theirs = np.array(peer.scores[:64], dtype=np.float32)
     ours_model.close()
     diff = np.abs(ours - theirs)
     rel = diff.max() / np.abs(theirs).max()
-    print(f"{kind}: max abs {diff.max():.4g}, max rel {rel:.3g}, mean abs {diff.mean():.3g}")
-    assert (ours.argmax(1) == theirs.argmax(1)).mean() >= 0.95
-    # Q8_0 activations are rounded to int8: a last-bit difference upstream moves a logit by ~0.5
-    assert diff.max() < (0.1 if kind == "f16" else 2.0)
-    assert diff.mean() < (0.02 if kind == "f16" else 0.3)
+    print(f"{kind} {mode}: max abs {diff.max():.4g}, max rel {rel:.3g}, mean abs {diff.mean():.3g}, "
+          f"{int((diff.max(1) == 0).sum())}/64 rows bit-identical")
+    assert (ours.argmax(1) == theirs.argmax(1)).all()
+    # Q8_0 rounds activations to int8, so any last-bit difference upstream would move logits by ~0.5
+    assert diff.max() <= (1e-2 if kind == "f16" else 0.1)
 
 
 @pytest.mark.parametrize("kind", ["f16", "q8_0"])
 def test_greedy_continuations_match_peer(models, kind):
-    """F16: identical. Q8_0 rounds activations to int8, so last-bit differences (llama.cpp's vectorised
-    expf in softmax and SiLU against libm's) move logits by up to ~0.5: a continuation may part only
-    where the peer's own top two are that close."""
+    """Both sides keep only the last row's logits (llama.cpp then runs its last layer's FFN on that row
+    alone, and so does the runtime)."""
     path = models[kind]
-    peer = peer_llama(path, n_ctx=N_CTX, logits_all=True)
+    peer = peer_llama(path, n_ctx=N_CTX, logits_all=False)
     ours = Model(path, n_ctx=N_CTX, logits_all=False)
-    identical = 0
     for prompt in PROMPTS:
         ids = peer.tokenize(prompt.encode(), add_bos=False)
         peer.reset()
         peer.eval(ids)
         theirs, margins = [], []
         for _ in range(64):
-            row = np.array(peer.scores[peer.n_tokens - 1])
+            row = np.ctypeslib.as_array(peer._ctx.get_logits(), shape=(peer.n_vocab(),)).copy()
             top2 = np.sort(row)[-2:]
             margins.append(top2[1] - top2[0])
             theirs.append(int(np.argmax(row)))
             peer.eval([theirs[-1]])
         mine = ours.greedy(ids, 64)
-        if mine == theirs:
-            identical += 1
-            continue
-        first = next(i for i in range(64) if mine[i] != theirs[i])
-        print(f"{kind}: {prompt!r} parts at token {first}, peer's top-2 margin there {margins[first]:.3f}")
-        assert kind == "q8_0" and margins[first] < 0.5, (prompt, first, margins[first])
+        first = next((i for i in range(64) if mine[i] != theirs[i]), None)
+        assert first is None, f"{prompt!r} parts at token {first}, peer's top-2 margin there {margins[first]:.3f}"
     ours.close()
-    print(f"{kind}: {identical}/{len(PROMPTS)} greedy continuations identical")
-    assert identical >= (len(PROMPTS) if kind == "f16" else 1)
+    print(f"{kind}: {len(PROMPTS)}/{len(PROMPTS)} greedy continuations identical")
 
 
 def _peer_scores(f16, q8, text):

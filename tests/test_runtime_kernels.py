@@ -24,6 +24,11 @@ const type_traits *type_get(uint32_t id);
 size_t type_row_bytes(uint32_t id, int64_t n);
 void vec_axpy_f16(int64_t n, float a, const uint16_t *x, float *y);
 void axpy_f16_ref(int64_t n, float a, const uint16_t *x, float *y);
+void vec_exp(int64_t n, float *y, const float *x);
+void exp_row_ref(int64_t n, float *y, const float *x);
+void vec_swiglu(int64_t n, float *y, const float *gate, const float *up);
+void swiglu_ref(int64_t n, float *y, const float *gate, const float *up);
+double softmax_sum(const float *v, int64_t n);
 """
 _K = None
 
@@ -132,3 +137,48 @@ def test_axpy_f16_matches_reference():
         L.axpy_f16_ref(n, 0.37, xh, ffi.cast("float *", ffi.from_buffer(y0)))
         L.vec_axpy_f16(n, 0.37, xh, ffi.cast("float *", ffi.from_buffer(y1)))
         assert np.array_equal(y0, y1)  # both fused multiply-adds
+
+
+def _fp(ffi, a):
+    return ffi.cast("float *", ffi.from_buffer(a))
+
+
+def test_exp_matches_reference_and_libm():
+    """The vectorised exp (llama.cpp's algorithm) equals its scalar reference bit for bit, including the
+    scaled range past |n| > 126, underflow to 0 and -inf, and stays within 2 ulp of the true exp."""
+    ffi, L = kernels()
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.uniform(-110, 90, 20000), rng.uniform(-20, 0, 20000),
+                        [0.0, -0.0, -np.inf, 88.7, -87.0, -87.5, -103.0, -104.0, 1e-30, -1e-30]]).astype(np.float32)
+    for n in (x.size - 3, x.size):
+        fast, ref = np.empty(n, np.float32), np.empty(n, np.float32)
+        L.vec_exp(n, _fp(ffi, fast), _fp(ffi, x[:n]))
+        L.exp_row_ref(n, _fp(ffi, ref), _fp(ffi, x[:n]))
+        assert np.array_equal(fast.view(np.uint32), ref.view(np.uint32))
+    with np.errstate(over="ignore"):
+        true = np.exp(x.astype(np.float64))
+    normal = (true > 1.2e-38) & (true < 3e38)  # away from subnormals and overflow
+    err = np.abs(fast[normal].astype(np.float64) - true[normal])
+    assert (err / np.spacing(true[normal].astype(np.float32))).max() <= 2
+    assert fast[x == -np.inf].tolist() == [0.0]
+
+
+def test_swiglu_matches_reference():
+    ffi, L = kernels()
+    rng = np.random.default_rng(6)
+    for n in (1536, 1541):
+        g, u = (rng.standard_normal(n) * 4).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+        fast, ref = np.empty(n, np.float32), np.empty(n, np.float32)
+        L.vec_swiglu(n, _fp(ffi, fast), _fp(ffi, g), _fp(ffi, u))
+        L.swiglu_ref(n, _fp(ffi, ref), _fp(ffi, g), _fp(ffi, u))
+        assert np.array_equal(fast, ref)
+        silu = g.astype(np.float64) / (1 + np.exp(-g.astype(np.float64)))
+        assert np.abs(ref - silu * u).max() <= 1e-5 * np.abs(silu * u).max()
+
+
+def test_softmax_sum_is_a_sum():
+    ffi, L = kernels()
+    rng = np.random.default_rng(8)
+    for n in (1, 7, 8, 64, 257):
+        v = rng.uniform(0, 1, n).astype(np.float32)
+        assert abs(L.softmax_sum(_fp(ffi, v), n) - v.astype(np.float64).sum()) <= 1e-6 * n

@@ -357,13 +357,15 @@ static void rope_table(float *cs, int pos, int rope_dim, float base) {
     }
 }
 
+/* The rotation as llama.cpp's build computes it: its compiler fuses the first product of each sum
+ * (x0 cos, x0 sin) into one fused multiply-add. */
 static void rope(float *v, const float *cs, int rope_dim, int neox) {
     int half = rope_dim / 2;
     for (int i = 0; i < half; i++) {
         int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
         float x0 = v[a], x1 = v[b], c = cs[2 * i], s = cs[2 * i + 1];
-        v[a] = x0 * c - x1 * s;
-        v[b] = x0 * s + x1 * c;
+        v[a] = fmaf(x0, c, -(x1 * s));
+        v[b] = fmaf(x0, s, x1 * c);
     }
 }
 
@@ -374,36 +376,6 @@ typedef struct {
 } attn_task;
 
 static void to_f16(const float *x, uint16_t *y, int n) { type_get(T_F16)->from_float(x, y, n); }
-
-/* out[d] = sum over lanes l of lanes[l][d], where position p of probabilities . V went to lane
- * p % n_lanes. The lanes are added in the order of llama.cpp's AVX-512 kernels: 16 lanes are one
- * register reduced as _mm512_reduce_add_ps does (its batch path); 64 lanes are four registers, added
- * (0+2) + (1+3) first (its single-token ggml_vec_dot_f16). */
-static void reduce_lanes(float *lanes, int n_lanes, int n, float *out) {
-    if (n_lanes == 64)
-        for (int i = 0; i < 16 * n; i++)
-            lanes[i] = (lanes[i] + lanes[i + 32 * n]) + (lanes[i + 16 * n] + lanes[i + 48 * n]);
-    for (int d = 0; d < n; d++) {
-        float a[8], b[4];
-        for (int i = 0; i < 8; i++) a[i] = lanes[(i + 8) * n + d] + lanes[i * n + d];
-        for (int i = 0; i < 4; i++) b[i] = a[i + 4] + a[i];
-        out[d] = (b[0] + b[2]) + (b[1] + b[3]);
-    }
-}
-
-/* Sum of v[0..n) as llama.cpp's AVX-512 softmax forms it: each 16 values reduced as one register
- * (positions past n are zero), the partial sums added in double. */
-static double sum16(const float *v, int n) {
-    double sum = 0;
-    for (int c = 0; c < n; c += 16) {
-        float x[16] = {0}, a[8], b[4];
-        memcpy(x, v + c, (size_t)(n - c < 16 ? n - c : 16) * sizeof(float));
-        for (int i = 0; i < 8; i++) a[i] = x[i + 8] + x[i];
-        for (int i = 0; i < 4; i++) b[i] = a[i + 4] + a[i];
-        sum += (b[0] + b[2]) + (b[1] + b[3]);
-    }
-    return sum;
-}
 
 /* One (token, head) pair per step: causal softmax(q.K / sqrt(hd)) . V over the cache. */
 static void attention(void *arg, int ith, int nth) {
@@ -416,9 +388,9 @@ static void attention(void *arg, int ith, int nth) {
     float *lanes = s->lanes + (size_t)ith * 64 * hd;
     const uint16_t *kc = s->k_cache + (size_t)at->layer * s->n_ctx * kv_dim;
     const uint16_t *vc = s->v_cache + (size_t)at->layer * s->n_ctx * kv_dim;
-    /* llama.cpp sums single tokens and batches in different orders (see reduce_lanes) */
+    /* llama.cpp sums single tokens and batches in different orders (kernels/sums.c) */
     dot_fn dot16 = at->T == 1 ? type_get(T_F16)->dot : type_get(T_F16)->dot_batch;
-    int n_lanes = at->T == 1 ? 64 : 16;
+    const lane_order *lo = at->T == 1 ? &F16_LANES_SINGLE : &F16_LANES_BATCH;
     for (int item = ith; item < at->T * m->n_head; item += nth) {
         int t = item / m->n_head, h = item % m->n_head, n_kv = s->n_past + t + 1;
         size_t koff = (size_t)(h / group) * hd;
@@ -429,13 +401,14 @@ static void attention(void *arg, int ith, int nth) {
             att[p] *= scale;
             if (att[p] > mx) mx = att[p];
         }
-        for (int p = 0; p < n_kv; p++) att[p] = expf(att[p] - mx);
-        float inv = (float)(1.0 / sum16(att, n_kv));
+        for (int p = 0; p < n_kv; p++) att[p] -= mx;
+        vec_exp(n_kv, att, att);
+        float inv = (float)(1.0 / softmax_sum(att, n_kv));
         for (int p = 0; p < n_kv; p++) p16[p] = f32_to_fp16(att[p] * inv);
-        memset(lanes, 0, (size_t)n_lanes * hd * sizeof(float));
+        memset(lanes, 0, (size_t)lo->lanes * hd * sizeof(float));
         for (int p = 0; p < n_kv; p++)
-            vec_axpy_f16(hd, fp16_to_f32_fast(p16[p]), vc + (size_t)p * kv_dim + koff, lanes + (p % n_lanes) * hd);
-        reduce_lanes(lanes, n_lanes, hd, s->xb + (size_t)t * m->dim + (size_t)h * hd);
+            vec_axpy_f16(hd, fp16_to_f32_fast(p16[p]), vc + (size_t)p * kv_dim + koff, lanes + (p % lo->lanes) * hd);
+        lo->reduce(lanes, hd, s->xb + (size_t)t * m->dim + (size_t)h * hd);
     }
 }
 
@@ -459,10 +432,8 @@ static void ffn_hadamard(const model *m, state *s, int T) {
         pool_run(s->pool, hadamard_rows, &ht);
 }
 
-static float silu(float x) { return x / (1.0f + expf(-x)); }
-
 void forward(const model *m, state *s, const int32_t *tokens, int T) {
-    int dim = m->dim, hd = m->head_dim, kv_dim = m->n_head_kv * hd, ffn = m->ffn_dim;
+    int dim = m->dim, hd = m->head_dim, kv_dim = m->n_head_kv * hd, ffn = m->ffn_dim, rows = T;
     const type_traits *et = type_get(m->tok_embd.type);
     for (int t = 0; t < T; t++) {
         et->to_float(m->tok_embd.data + (size_t)tokens[t] * m->tok_embd.row_bytes, s->x + (size_t)t * dim, dim);
@@ -490,19 +461,25 @@ void forward(const model *m, state *s, const int32_t *tokens, int T) {
         attn_task at = {m, s, l, T};
         pool_run(s->pool, attention, &at);
         matmul(s, s->xb, T, 1, &L->wo, s->xb2, NULL, NULL, NULL, NULL);
-        for (size_t i = 0; i < (size_t)T * dim; i++) s->x[i] += s->xb2[i];
+        /* As llama.cpp does, the last layer's FFN and the output run only on the rows that give logits
+         * (the sums then take the single-row order when that is one row). */
+        if (l == m->n_layer - 1 && !s->logits_all && rows > 1) {
+            memmove(s->x, s->x + (size_t)(rows - 1) * dim, (size_t)dim * sizeof(float));
+            memmove(s->xb2, s->xb2 + (size_t)(rows - 1) * dim, (size_t)dim * sizeof(float));
+            rows = 1;
+        }
+        for (size_t i = 0; i < (size_t)rows * dim; i++) s->x[i] += s->xb2[i];
 
-        for (int t = 0; t < T; t++) rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, L->ffn_norm, dim, m->rms_eps);
-        matmul(s, s->xb, T, 2, &L->w_gate, s->hb, &L->w_up, s->hb2, NULL, NULL);
-        for (size_t i = 0; i < (size_t)T * ffn; i++) s->hb[i] = silu(s->hb[i]) * s->hb2[i];
-        if (m->ffn_hadamard.base) ffn_hadamard(m, s, T);
-        matmul(s, s->hb, T, 1, &L->w_down, s->xb, NULL, NULL, NULL, NULL);
-        for (size_t i = 0; i < (size_t)T * dim; i++) s->x[i] += s->xb[i];
+        for (int t = 0; t < rows; t++) rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, L->ffn_norm, dim, m->rms_eps);
+        matmul(s, s->xb, rows, 2, &L->w_gate, s->hb, &L->w_up, s->hb2, NULL, NULL);
+        vec_swiglu((int64_t)rows * ffn, s->hb, s->hb, s->hb2);
+        if (m->ffn_hadamard.base) ffn_hadamard(m, s, rows);
+        matmul(s, s->hb, rows, 1, &L->w_down, s->xb, NULL, NULL, NULL, NULL);
+        for (size_t i = 0; i < (size_t)rows * dim; i++) s->x[i] += s->xb[i];
     }
-    int first = s->logits_all ? 0 : T - 1;
-    s->n_logits = T - first;
-    for (int t = first; t < T; t++)
-        rmsnorm(s->xb + (size_t)(t - first) * dim, s->x + (size_t)t * dim, m->out_norm, dim, m->rms_eps);
-    matmul(s, s->xb, s->n_logits, 1, &m->output, s->logits, NULL, NULL, NULL, NULL);
+    s->n_logits = rows;
+    for (int t = 0; t < rows; t++)
+        rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, m->out_norm, dim, m->rms_eps);
+    matmul(s, s->xb, rows, 1, &m->output, s->logits, NULL, NULL, NULL, NULL);
     s->n_past += T;
 }

@@ -14,10 +14,12 @@
 #define F16_TILE tile_f16_avx512
 #else
 #define F16_DOT dot_f16_avx2
-#define F16_DOT_BATCH dot_f16_avx2
-#define F16_TILE NULL
+#define F16_DOT_BATCH dot_f16_avx2_batch
+#define F16_TILE tile_f16_avx2
 #endif
 #define TO_F16 f32_to_f16_row_f16c
+#define EXP exp_avx2
+#define SWIGLU swiglu_avx2
 #define AXPY_F16 axpy_f16_avx2
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define Q8_DOT dot_q8_0_vnni
@@ -33,13 +35,15 @@
 #define F16_TILE NULL
 #define TO_F16 f32_to_f16_row
 #define AXPY_F16 axpy_f16_ref
+#define EXP exp_row_ref
+#define SWIGLU swiglu_ref
 #define Q8_DOT dot_q8_0_ref
 #define SIMD_NAME "scalar"
 #endif
 
 static const type_traits TRAITS[] = {
     {T_F32, "f32", 1, 4, T_F32, f32_to_f32_row, f32_copy_row, dot_f32_ref, SIMD(dot_f32_ref, dot_f32_avx2),
-     SIMD(dot_f32_ref, dot_f32_avx2), NULL},
+     SIMD(dot_f32_ref, dot_f32_avx2_batch), NULL},
     {T_F16, "f16", 1, 2, T_F16, f16_to_f32_row, TO_F16, dot_f16_ref, F16_DOT, F16_DOT_BATCH, F16_TILE},
     {T_BF16, "bf16", 1, 2, T_BF16, bf16_to_f32_row, f32_to_bf16_row, dot_bf16_ref,
      SIMD(dot_bf16_ref, dot_bf16_avx2), SIMD(dot_bf16_ref, dot_bf16_avx2), NULL},
@@ -95,3 +99,5 @@ const tile_fn tile_f32 = tile_f32_ref;
 #endif
 
 void vec_axpy_f16(int64_t n, float a, const uint16_t *x, float *y) { AXPY_F16(n, a, x, y); }
+void vec_exp(int64_t n, float *y, const float *x) { EXP(n, y, x); }
+void vec_swiglu(int64_t n, float *y, const float *gate, const float *up) { SWIGLU(n, y, gate, up); }

@@ -75,6 +75,25 @@ void q8_0_to_f32_row(const void *src, float *dst, int64_t n);
 void f32_to_q8_0_row(const float *src, void *dst, int64_t n);
 void f32_copy_row(const float *src, void *dst, int64_t n);
 
+/* Attention's probabilities . V summed as llama.cpp's F16 dot sums it on this build (kernels/sums.c):
+ * position p accumulates into lane p % lanes, then reduce adds lanes[lanes][n] into out[n]. */
+typedef struct {
+    int lanes;
+    void (*reduce)(float *lanes, int n, float *out);
+} lane_order;
+extern const lane_order F16_LANES_SINGLE, F16_LANES_BATCH;
+/* sum of v[0..n) as ggml_vec_soft_max_f32 forms it on this build */
+double softmax_sum(const float *v, int64_t n);
+
+/* exp and SwiGLU (silu(gate) * up) with llama.cpp's vectorised expf (kernels/ref.c says how) */
+void vec_exp(int64_t n, float *y, const float *x);
+void vec_swiglu(int64_t n, float *y, const float *gate, const float *up);
+float exp_ref(float x);
+void exp_row_ref(int64_t n, float *y, const float *x);
+void swiglu_ref(int64_t n, float *y, const float *gate, const float *up);
+void exp_avx2(int64_t n, float *y, const float *x);
+void swiglu_avx2(int64_t n, float *y, const float *gate, const float *up);
+
 /* y[0..n) = fma(a, x[0..n), y) with fp16 x (attention's weighted sum of V) */
 void vec_axpy_f16(int64_t n, float a, const uint16_t *x, float *y);
 void axpy_f16_ref(int64_t n, float a, const uint16_t *x, float *y);
@@ -87,7 +106,11 @@ void dot_bf16_ref(int64_t n, const void *w, const void *x, float *out);
 void dot_q8_0_ref(int64_t n, const void *w, const void *x, float *out);
 
 void dot_f32_avx2(int64_t n, const void *w, const void *x, float *out);
+void dot_f32_avx2_batch(int64_t n, const void *w, const void *x, float *out);
 void dot_f16_avx2(int64_t n, const void *w, const void *x, float *out);
+void dot_f16_avx2_batch(int64_t n, const void *w, const void *x, float *out);
+void tile_f16_avx2(int64_t n, const void *w, size_t w_stride, const void *x, size_t x_stride, float *out,
+                   size_t out_stride);
 void dot_bf16_avx2(int64_t n, const void *w, const void *x, float *out);
 void dot_q8_0_avx2(int64_t n, const void *w, const void *x, float *out);
 void dot_f16_avx512(int64_t n, const void *w, const void *x, float *out);

@@ -13,38 +13,105 @@ static float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* The halves added, then (0+1) + (2+3) by two hadds: ggml's GGML_F32x8_REDUCE. */
+static float hadd_sum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_hadd_ps(s, s);
+    return _mm_cvtss_f32(_mm_hadd_ps(s, s));
+}
+
+/* llama.cpp's orders for F32, as for F16 below: ggml_vec_dot_f32 (four accumulators, the tail fused into
+ * a float sum) for single rows, tinyBLAS (one accumulator) for batches. */
 void dot_f32_avx2(int64_t n, const void *w, const void *x, float *out) {
     const float *a = w, *b = x;
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    for (; i + 32 <= n; i += 32)
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++)
+            s[j] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8 * j), _mm256_loadu_ps(b + i + 8 * j), s[j]);
+    float sum = hadd_sum8(_mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3])));
+    for (; i < n; i++) sum = fmaf(a[i], b[i], sum);
+    *out = sum;
+}
+
+void dot_f32_avx2_batch(int64_t n, const void *w, const void *x, float *out) {
+    if (n % 8) {
+        dot_f32_avx2(n, w, x, out);
+        return;
     }
-    float s = hsum8(_mm256_add_ps(s0, s1));
-    for (; i < n; i++) s += a[i] * b[i];
-    *out = s;
+    const float *a = w, *b = x;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    *out = hsum8(acc);
 }
 
 static inline __m256 load_f16(const uint16_t *p) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
 }
 
+/* The order of llama.cpp's ggml_vec_dot_f16 on AVX2 (its single-row products): four accumulators
+ * taking 32 elements per step, added (0+2) + (1+3), the halves added, then two hadds; a tail past the
+ * last 32 in double. */
 void dot_f16_avx2(int64_t n, const void *w, const void *x, float *out) {
     const uint16_t *a = w, *b = x;
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(),
-           s3 = _mm256_setzero_ps();
+    __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        s0 = _mm256_fmadd_ps(load_f16(a + i), load_f16(b + i), s0);
-        s1 = _mm256_fmadd_ps(load_f16(a + i + 8), load_f16(b + i + 8), s1);
-        s2 = _mm256_fmadd_ps(load_f16(a + i + 16), load_f16(b + i + 16), s2);
-        s3 = _mm256_fmadd_ps(load_f16(a + i + 24), load_f16(b + i + 24), s3);
+    for (; i + 32 <= n; i += 32)
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) s[j] = _mm256_fmadd_ps(load_f16(a + i + 8 * j), load_f16(b + i + 8 * j), s[j]);
+    double sum = hadd_sum8(_mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3])));
+    for (; i < n; i++) sum += fp16_to_f32(a[i]) * fp16_to_f32(b[i]);
+    *out = (float)sum;
+}
+
+/* The order of llama.cpp's tinyBLAS on AVX2 (its batch products): one accumulator over the row, then
+ * hsum8. tinyBLAS takes only rows of a multiple of 8; other rows go to ggml_vec_dot_f16 there too. */
+void dot_f16_avx2_batch(int64_t n, const void *w, const void *x, float *out) {
+    if (n % 8) {
+        dot_f16_avx2(n, w, x, out);
+        return;
     }
-    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(load_f16(a + i), load_f16(b + i), s0);
-    float s = hsum8(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
-    for (; i < n; i++) s += fp16_to_f32(a[i]) * fp16_to_f32(b[i]);
-    *out = s;
+    const uint16_t *a = w, *b = x;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n; i += 8) acc = _mm256_fmadd_ps(load_f16(a + i), load_f16(b + i), acc);
+    *out = hsum8(acc);
+}
+
+/* 2 weight rows x 4 activation rows of dot_f16_avx2_batch at once (the same sums). */
+void tile_f16_avx2(int64_t n, const void *w, size_t w_stride, const void *x, size_t x_stride, float *out,
+                   size_t out_stride) {
+    if (n % 8) {
+        #pragma GCC unroll 4
+        for (int r = 0; r < 2; r++)
+            #pragma GCC unroll 4
+            for (int t = 0; t < 4; t++)
+                dot_f16_avx2(n, (const uint8_t *)w + r * w_stride, (const uint8_t *)x + t * x_stride,
+                             &out[t * out_stride + r]);
+        return;
+    }
+    __m256 acc[2][4];
+    #pragma GCC unroll 4
+    for (int r = 0; r < 2; r++)
+        #pragma GCC unroll 4
+        for (int t = 0; t < 4; t++) acc[r][t] = _mm256_setzero_ps();
+    const uint16_t *w0 = w, *w1 = (const uint16_t *)((const uint8_t *)w + w_stride);
+    const uint16_t *xr[4];
+    #pragma GCC unroll 4
+    for (int t = 0; t < 4; t++) xr[t] = (const uint16_t *)((const uint8_t *)x + t * x_stride);
+    for (int64_t i = 0; i < n; i += 8) {
+        __m256 a0 = load_f16(w0 + i), a1 = load_f16(w1 + i);
+        #pragma GCC unroll 4
+        for (int t = 0; t < 4; t++) {
+            __m256 b = load_f16(xr[t] + i);
+            acc[0][t] = _mm256_fmadd_ps(a0, b, acc[0][t]);
+            acc[1][t] = _mm256_fmadd_ps(a1, b, acc[1][t]);
+        }
+    }
+    #pragma GCC unroll 4
+    for (int r = 0; r < 2; r++)
+        #pragma GCC unroll 4
+        for (int t = 0; t < 4; t++) out[t * out_stride + r] = hsum8(acc[r][t]);
 }
 
 static inline __m256 load_bf16(const uint16_t *p) {
@@ -80,6 +147,47 @@ void f32_to_f16_row_f16c(const float *src, void *dst, int64_t n) {
     for (; i < n; i++) d[i] = f32_to_fp16(src[i]);
 }
 
+/* exp as llama.cpp's ggml_v_expf computes it on AVX2, lane for lane the same operations as exp_ref. */
+static __m256 exp8(__m256 x) {
+    const __m256 shift = _mm256_set1_ps(0x1.8p23f);
+    __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), shift), n = _mm256_sub_ps(z, shift);
+    __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f), _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+    __m256i e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+    __m256 k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_set1_epi32(0x3f800000)));
+    __m256 an = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), n), u = _mm256_mul_ps(b, b);
+    __m256 j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)), u,
+                        _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f))),
+        u, _mm256_mul_ps(_mm256_set1_ps(0x1.ffffecp-1f), b));
+    __m256 big = _mm256_cmp_ps(an, _mm256_set1_ps(126.0f), _CMP_GT_OQ);
+    __m256 normal = _mm256_fmadd_ps(j, k, k);
+    if (!_mm256_movemask_ps(big)) return normal;
+    /* |n| > 126: scale in two steps so 2^n neither overflows nor flushes early; |n| > 192: 0 or inf */
+    __m256i g = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)),
+                                 _mm256_set1_epi32((int)0x82000000u));
+    __m256 s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f000000)));
+    __m256 s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+    __m256 scaled = _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1);
+    __m256 huge = _mm256_cmp_ps(an, _mm256_set1_ps(192.0f), _CMP_GT_OQ);
+    return _mm256_blendv_ps(_mm256_blendv_ps(normal, scaled, big), _mm256_mul_ps(s1, s1), huge);
+}
+
+void exp_avx2(int64_t n, float *y, const float *x) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, exp8(_mm256_loadu_ps(x + i)));
+    for (; i < n; i++) y[i] = exp_ref(x[i]);
+}
+
+void swiglu_avx2(int64_t n, float *y, const float *gate, const float *up) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = _mm256_loadu_ps(gate + i);
+        __m256 silu = _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(silu, _mm256_loadu_ps(up + i)));
+    }
+    swiglu_ref(n - i, y + i, gate + i, up + i);
+}
+
 /* Products of signed bytes: maddubs needs an unsigned operand, so move w's sign onto x. */
 static inline __m256i q8_products(const int8_t *wq, const int8_t *xq) {
     __m256i wv = _mm256_loadu_si256((const __m256i *)wq), xv = _mm256_loadu_si256((const __m256i *)xq);
@@ -104,17 +212,23 @@ void dot_q8_0_avx2(int64_t n, const void *w, const void *x, float *out) {
 void tile_q8_0_avx2(int64_t n, const void *w, size_t w_stride, const void *x, size_t x_stride, float *out,
                     size_t out_stride) {
     __m256 acc[2][4];
+    #pragma GCC unroll 4
     for (int r = 0; r < 2; r++)
+        #pragma GCC unroll 4
         for (int t = 0; t < 4; t++) acc[r][t] = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / QK8_0; i++)
+        #pragma GCC unroll 4
         for (int r = 0; r < 2; r++) {
             const block_q8_0 *a = (const block_q8_0 *)((const uint8_t *)w + r * w_stride) + i;
+            #pragma GCC unroll 4
             for (int t = 0; t < 4; t++) {
                 const block_q8_0 *b = (const block_q8_0 *)((const uint8_t *)x + t * x_stride) + i;
                 acc[r][t] = _mm256_fmadd_ps(q8_scale(a, b), _mm256_cvtepi32_ps(q8_products(a->qs, b->qs)), acc[r][t]);
             }
         }
+    #pragma GCC unroll 4
     for (int r = 0; r < 2; r++)
+        #pragma GCC unroll 4
         for (int t = 0; t < 4; t++) out[t * out_stride + r] = hsum8(acc[r][t]);
 }
 

@@ -133,3 +133,37 @@ void dot_q8_0_ref(int64_t n, const void *w, const void *x, float *out) {
 void axpy_f16_ref(int64_t n, float a, const uint16_t *x, float *y) {
     for (int64_t i = 0; i < n; i++) y[i] = fmaf(a, fp16_to_f32(x[i]), y[i]);
 }
+
+static float from_bits(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* exp(x) as llama.cpp's vectorised ggml_v_expf computes it: n = round(x / ln 2) by the 1.5 * 2^23 shift,
+ * b = x - n ln 2 in two fused steps, a degree-5 polynomial j ~ e^b - 1, and 2^n built in the exponent
+ * bits (in two factors when |n| > 126). Results differ from libm's expf in the last bit. */
+float exp_ref(float x) {
+    const float shift = 0x1.8p23f;
+    float z = fmaf(x, 0x1.715476p+0f, shift), n = z - shift;
+    float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x)), u = b * b;
+    uint32_t zb;
+    memcpy(&zb, &z, 4);
+    uint32_t e = zb << 23;
+    float k = from_bits(e + 0x3f800000u);
+    float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)), u,
+                   0x1.ffffecp-1f * b);
+    if (!(fabsf(n) > 126.0f)) return fmaf(j, k, k);
+    uint32_t g = n <= 0.0f ? 0x82000000u : 0;
+    float s1 = from_bits(g + 0x7f000000u), s2 = from_bits(e - g);
+    if (fabsf(n) > 192.0f) return s1 * s1;
+    return fmaf(s2, j, s2) * s1;
+}
+
+void exp_row_ref(int64_t n, float *y, const float *x) {
+    for (int64_t i = 0; i < n; i++) y[i] = exp_ref(x[i]);
+}
+
+void swiglu_ref(int64_t n, float *y, const float *gate, const float *up) {
+    for (int64_t i = 0; i < n; i++) y[i] = gate[i] / (1.0f + exp_ref(0.0f - gate[i])) * up[i];
+}
