@@ -34,7 +34,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--no-hessian", action="store_true", help="pvq: plain nearest-point coding, no GPTQ feedback")
     q.add_argument("--no-rotate", action="store_true",
                    help="skip coherence processing (norm folding and Hadamard rotations, docs/rotation.md)")
-    q.add_argument("--calib", type=Path, help="calibration text file (plain UTF-8)")
+    q.add_argument("--calib", type=Path, help="calibration text file (plain UTF-8); default: text the model "
+                   "generates itself from short seeds (no download; costs some quality, docs/pipeline.md)")
     q.add_argument("--calib-seqs", type=int, default=16, help="calibration sequences (default: %(default)s)")
     q.add_argument("--calib-len", type=int, default=512, help="tokens per sequence (default: %(default)s)")
     return p
@@ -53,8 +54,6 @@ def quant_options(args):
         raise ConvertError("--calib-seqs must be >= 1 and --calib-len >= 2")
     method = Method(args.method, layout=preset(args.bits), hessian=not args.no_hessian,
                     scalar_bits=int(args.bits))
-    if args.calib is None and method.needs_hessian:
-        raise ConvertError("--calib FILE is needed: the Hessian-aware methods calibrate on text")
     return QuantOptions(method, args.calib, args.calib_seqs, args.calib_len, rotate=not args.no_rotate)
 
 

@@ -7,6 +7,7 @@ q/k/v read the attention norm's output, gate/up the FFN norm's; o_proj and down_
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,7 +70,7 @@ class QuantizedModel:
 class QuantOptions:
     """Everything `python -m pvq_convert --bits ...` decides."""
     method: Method
-    calib: Path
+    calib: Path | None       # None: text the model generates itself (calib.generated_tokens)
     n_seq: int = 16
     seq_len: int = 512
     seed: int = 0
@@ -88,10 +89,10 @@ def quantize_checkpoint(hf: HFModel, opts: QuantOptions, progress: bool = True) 
     for name, ref in hf.tensors.items():
         if name.endswith("proj.weight") and ref.shape[-1] % D:
             raise ConvertError(f"{name} has rows of {ref.shape[-1]} weights, not a multiple of the group size {D}")
+    model = load_model(hf)
     calib = None
     if opts.method.needs_hessian:
-        calib = calibration_tokens(hf.dir, opts.calib, opts.n_seq, opts.seq_len, opts.seed)
-    model = load_model(hf)
+        calib = calibration_tokens(hf.dir, opts.calib, opts.n_seq, opts.seq_len, opts.seed, model)
     metadata = {}
     if opts.rotate:
         rotation = Rotation(seed=opts.seed)
@@ -114,7 +115,8 @@ def quantize_model(model: Model, calib: torch.Tensor, method: Method, progress: 
             H = _input_hessian(model, i, xs, group[0]) if xs else None
             for name in group:
                 key = f"{name}.weight"
-                Wq, codes = method.quantize(model.blocks[i][key], H)
+                with one_thread():
+                    Wq, codes = method.quantize(model.blocks[i][key], H)
                 model.blocks[i][key] = Wq.to(model.dtype)
                 if codes is not None:
                     out.codes[f"model.layers.{i}.{key}"] = codes
@@ -125,8 +127,26 @@ def quantize_model(model: Model, calib: torch.Tensor, method: Method, progress: 
     return out
 
 
+@contextmanager
+def one_thread():
+    """Torch on one thread. The quantizers run thousands of small tensor ops per layer: splitting
+    each over threads costs more in synchronisation than it gains (with 2 threads on a busy 2-core
+    machine the PVQ search ran 8x slower than with one; the results are the same)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+class _Captured(Exception):
+    """Raised by the Hessian hook once it has its input: the rest of the block is not needed."""
+
+
 def _input_hessian(model: Model, i: int, xs: list[torch.Tensor], linear: str) -> torch.Tensor:
-    """sum over calibration tokens of x x^T for the input x of `linear` in block i (float64)."""
+    """sum over calibration tokens of x x^T for the input x of `linear` in block i (float64).
+    Each pass stops at `linear`: q/k/v need only the norm, gate/up only the attention half."""
     H = None
 
     def hook(layer, name, inp):
@@ -134,7 +154,11 @@ def _input_hessian(model: Model, i: int, xs: list[torch.Tensor], linear: str) ->
         if name == linear:
             x = inp.to(torch.float64)
             H = x.T @ x if H is None else H + x.T @ x
+            raise _Captured
 
     for x in xs:
-        model.block(i, x, hook)
+        try:
+            model.block(i, x, hook)
+        except _Captured:
+            pass
     return H

@@ -46,7 +46,6 @@ def run_cli(*args):
 
 @pytest.mark.parametrize("args, message", [
     (["--bits", "3.0"], "has no preset"),
-    (["--bits", "3.25"], "--calib FILE is needed"),
     (["--bits", "3.25", "--calib", EVAL_TEXT, "--calib-seqs", "100000"], "calibration text too short"),
     (["--bits", "3.25", "--calib", "/nonexistent.txt"], "cannot read calibration file"),
 ])
@@ -71,3 +70,25 @@ def test_rows_that_do_not_fit_the_group(spm_model_dir, tmp_path):
     save_file(random_weights(cfg, cfg["vocab_size"]), d / "model.safetensors")
     r = run_cli(d, "-o", tmp_path / "o.gguf", "--bits", "3.25", "--no-hessian")
     assert r.returncode == 1 and "not a multiple of the group size 8" in r.stderr, r.stderr
+
+
+def test_self_generated_calibration(spm_model_dir):
+    """With no --calib the model writes its own calibration text: sequences of the requested shape
+    that start with the seeds, the same for the same seed; the cached forward pass that samples them
+    gives the logits of the whole-sequence forward pass."""
+    from pvq_convert.calib import SEEDS, generated_tokens, load_tokenizer
+    from pvq_convert.torch_model import load_model
+
+    model, encode = load_model(spm_model_dir), load_tokenizer(spm_model_dir)
+    a = generated_tokens(model, encode, 3, 24, seed=1)
+    assert a.shape == (3, 24) and torch.equal(a, generated_tokens(model, encode, 3, 24, seed=1))
+    for row, seed_text in zip(a, SEEDS):
+        start = encode(seed_text)
+        assert row[:len(start)].tolist() == start
+    logits = model(a[0])
+    cache = [{} for _ in range(model.config.n_layers)]
+    for t in range(a.shape[1]):
+        x = model.embed(a[:1, t:t + 1])
+        for i in range(model.config.n_layers):
+            x = model.block(i, x, cache=cache[i])
+        torch.testing.assert_close(model.head(x)[0, -1], logits[t], rtol=1e-4, atol=1e-4)
