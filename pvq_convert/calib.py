@@ -76,7 +76,7 @@ def generated_tokens(model, encode: Callable[[str], list[int]], n_seq: int, seq_
                 x = model.embed(out[:, t - 1:t])
                 for i in range(model.config.n_layers):
                     x = model.block(i, x, cache=caches[i])
-                probs = torch.softmax(model.head(x)[:, -1].double(), -1)
+                probs = torch.softmax(model.head(x)[:, -1].double(), -1).cpu()
                 sampled = torch.multinomial(probs, 1, generator=gen)[:, 0]
                 out[:, t] = torch.where(torch.tensor(forced) >= 0, torch.tensor(forced), sampled)
     return out

@@ -313,6 +313,10 @@ class Quantized:
         self.index, self.code, self.scale = index, code, scale
         self.D, self.K, self.levels = D, K, levels
 
+    def to(self, device: str | torch.device) -> "Quantized":
+        return Quantized(self.index.to(device), self.code.to(device), self.scale.to(device), self.D, self.K,
+                         self.levels.to(device))
+
 
 def encode_groups(w: torch.Tensor, K: int, levels: torch.Tensor, row_scale: torch.Tensor,
                   weights: torch.Tensor | None = None):

@@ -128,6 +128,11 @@ class Model:
 
     __call__ = forward
 
+    def to(self, device: str | torch.device) -> "Model":
+        """The same model with every weight on `device`."""
+        return Model(self.config, {k: v.to(device) for k, v in self.globals.items()},
+                     [{k: v.to(device) for k, v in b.items()} for b in self.blocks], self.ffn_hadamard)
+
     @property
     def dtype(self) -> torch.dtype:
         return self.globals["embed_tokens.weight"].dtype

@@ -45,7 +45,14 @@ def run_cli(*args):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--bits", "3.0"], "has no preset"),
+    (["--bits", "3.0", "--uniform"], "has no preset"),
+    (["--bits", "5"], "cannot be reached"),
+    (["--bits", "1.5", "--method", "rtn"], "has no preset"),
+    (["--bits", "2.5", "--bits-map", "ffn_down=4.25,attn_v=4.25,attn_q=4.25,attn_k=4.25,ffn_up=4.25"],
+     "below what the --bits-map rates need"),
+    (["--bits", "3.25", "--bits-map", "ffn_down=4"], "bad entry"),
+    (["--bits", "3.25", "--bits-map", "blk.7.ffn_down=4.25"], "matches no quantized tensor"),
+    (["--bits", "3.25", "--bits-map", "/nonexistent.map"], "cannot read"),
     (["--bits", "3.25", "--calib", EVAL_TEXT, "--calib-seqs", "100000"], "calibration text too short"),
     (["--bits", "3.25", "--calib", "/nonexistent.txt"], "cannot read calibration file"),
 ])
@@ -69,7 +76,7 @@ def test_rows_that_do_not_fit_the_group(spm_model_dir, tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     save_file(random_weights(cfg, cfg["vocab_size"]), d / "model.safetensors")
     r = run_cli(d, "-o", tmp_path / "o.gguf", "--bits", "3.25", "--no-hessian")
-    assert r.returncode == 1 and "not a multiple of the group size 8" in r.stderr, r.stderr
+    assert r.returncode == 1 and "not a multiple of 32" in r.stderr, r.stderr
 
 
 def test_self_generated_calibration(spm_model_dir):
