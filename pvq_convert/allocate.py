@@ -139,16 +139,10 @@ def tensor_errors(W: torch.Tensor, H: torch.Tensor, energy: float, sample_rows: 
     return out
 
 
-def describe(tensors: list[Tensor], rate: dict[str, float]) -> str:
-    """Per-tensor rates, one line per block."""
+def describe(rate: dict[str, float]) -> str:
+    """Per-tensor rates {HF name: rate}, one line per block."""
     blocks: dict[str, list[str]] = {}
-    for t in tensors:
-        blk, kind = t.gguf.split(".", 2)[1:]
-        blocks.setdefault(blk, []).append(f"{kind}={rate[t.name]:g}")
-    lines = [f"  blk.{b}: " + " ".join(v) for b, v in blocks.items()]
-    return "\n".join(lines)
-
-
-def exact_average(tensors: list[Tensor], rate: dict[str, float]) -> float:
-    """Bits per weight of the quantized tensors in the file, row scales included."""
-    return sum(t.exact_bits(rate[t.name]) for t in tensors) / sum(t.weights for t in tensors)
+    for name, r in rate.items():
+        blk, kind = gguf_tensor_name(name).removesuffix(".weight").split(".", 2)[1:]
+        blocks.setdefault(blk, []).append(f"{kind}={r:g}")
+    return "\n".join(f"  blk.{b}: " + " ".join(v) for b, v in blocks.items())

@@ -153,7 +153,7 @@ def bits_summary(qm, tensors: list, out: Path, outtype: str) -> str:
         n = sum(t.weights for t in rows)
         bits = sum(layouts[t.name].bits_per_weight(t.cols) * t.weights for t in rows)
         rates = qm.rates or {t.name: round(layouts[t.name].field_bits / layouts[t.name].D, 2) for t in rows}
-        lines += ["PVQ rates per tensor (nominal bits per weight):", describe(rows, rates),
+        lines += ["PVQ rates per tensor (nominal bits per weight):", describe(rates),
                   f"quantized linear weights: {n} weights, {bits / n:.4f} bits per weight "
                   f"(fields and fp16 row scales)"]
     params = sum(int(np.prod(shape)) for name, shape, *_ in tensors if not name.endswith(SCALE_SUFFIX))

@@ -99,3 +99,10 @@ def test_self_generated_calibration(spm_model_dir):
         for i in range(model.config.n_layers):
             x = model.block(i, x, cache=cache[i])
         torch.testing.assert_close(model.head(x)[0, -1], logits[t], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_request_without_a_gpu(spm_model_dir, tmp_path):
+    r = run_cli(spm_model_dir, "-o", tmp_path / "o.gguf", "--bits", "3.25", "--device", "cuda")
+    assert r.returncode == 1 and "--device cuda: torch sees no CUDA GPU" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not list(tmp_path.iterdir())
