@@ -107,10 +107,11 @@ def quantized_tensors(m: HFModel, qm, outtype: str) -> tuple[list, dict]:
 
 def convert(model_path: str | Path, outfile: str | Path | None, outtype: str = "f16",
             vocab_pre: str | None = None, progress: bool = True, quant=None,
-            log: Callable[[str], None] | None = None) -> Path:
+            log: Callable[[str], None] | None = None, quantized=None) -> Path:
     """Write `model_path` as GGUF. quant: a quantize.QuantOptions to quantize the linear layers
     (then `outtype` is the type of the tensors that stay unquantized). log: receives the summary of
-    a quantized conversion (per-tensor rates, exact bits per weight)."""
+    a quantized conversion (per-tensor rates, exact bits per weight). quantized: the result of
+    quantize.quantize_checkpoint for `quant` when the caller has it already (benchmarks)."""
     if outtype not in OUTTYPES:
         raise ConvertError(f"unknown --outtype {outtype!r}; choose from {', '.join(OUTTYPES)}")
     m = open_model(model_path)
@@ -122,7 +123,7 @@ def convert(model_path: str | Path, outfile: str | Path | None, outtype: str = "
         tensors, keys = file_tensors(m, outtype), {}
     else:
         from .quantize import quantize_checkpoint
-        qm = quantize_checkpoint(m, quant, progress)
+        qm = quantized or quantize_checkpoint(m, quant, progress)
         tensors, keys = quantized_tensors(m, qm, outtype)
         keys |= qm.metadata
 
