@@ -61,8 +61,9 @@ def main() -> None:
     ap.add_argument("--calib-len", type=int, default=512)
     ap.add_argument("--chunks", type=int, default=40)
     ap.add_argument("--calib-source", choices=("text", "generated"), default="text")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 on a busy machine)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     smol = ensure()
     hf = open_model(smol.hf_dir)

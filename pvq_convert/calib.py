@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from . import ConvertError
+from .torch_model import one_thread
 
 
 def load_tokenizer(model_dir: Path) -> Callable[[str], list[int]]:
@@ -67,7 +68,7 @@ def generated_tokens(model, encode: Callable[[str], list[int]], n_seq: int, seq_
     gen = torch.Generator().manual_seed(seed)
     out = torch.empty(n_seq, seq_len, dtype=torch.int64)
     caches = [{} for _ in range(model.config.n_layers)]
-    with torch.no_grad():
+    with torch.no_grad(), one_thread():
         for t in range(seq_len):
             forced = [p[t] if t < len(p) else -1 for p in prompts]
             if t == 0:

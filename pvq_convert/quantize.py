@@ -7,7 +7,6 @@ q/k/v read the attention norm's output, gate/up the FFN norm's; o_proj and down_
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from .pvq_format import Layout
 from .pvq_presets import preset
 from .quantizers import PVQQuantizer, ScalarQuantizer
 from .rotate import Rotation, gguf_metadata, rotate_model
-from .torch_model import Model, load_model
+from .torch_model import Model, load_model, one_thread
 
 # Linear layers that read the same input, in the order the block computes them.
 INPUT_GROUPS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
@@ -186,19 +185,6 @@ def quantize_model(model: Model, calib: torch.Tensor | None, method: Method, pro
         bar.set_postfix(block=i)
     bar.close()
     return out
-
-
-@contextmanager
-def one_thread():
-    """Torch on one thread. The quantizers run thousands of small tensor ops per layer: splitting
-    each over threads costs more in synchronisation than it gains (with 2 threads on a busy 2-core
-    machine the PVQ search ran 8x slower than with one; the results are the same)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 class _Captured(Exception):
