@@ -28,13 +28,15 @@ def parser() -> argparse.ArgumentParser:
     q = p.add_argument_group("quantization", "with --bits, the linear layers are quantized (layer by layer, "
                              "GPTQ-style); embeddings, norms and the output layer keep --outtype")
     q.add_argument("--bits", type=float,
-                   help="pvq: average bits per linear weight, from 2.25 to 4.25, allocated per tensor from a "
-                        "measured sensitivity (docs/pipeline.md); gptq/rtn: 2.25, 3.25 or 4.25")
-    q.add_argument("--uniform", action="store_true",
-                   help="pvq: every linear weight at the --bits preset (2.25, 2.75, 3.25, 3.75 or 4.25), no allocation")
+                   help="bits per linear weight: pvq 2.25, 2.75, 3.25, 3.75 or 4.25 (with --allocate or --bits-map "
+                        "any average from 2.25 to 4.25); gptq/rtn: 2.25, 3.25 or 4.25")
+    q.add_argument("--allocate", action="store_true",
+                   help="pvq: rates per tensor from a measured sensitivity, --bits their average (experimental: "
+                        "raised the KLD in the measurement of docs/pipeline.md); default: every linear weight at "
+                        "the --bits preset (2.25, 2.75, 3.25, 3.75 or 4.25)")
     q.add_argument("--bits-map", metavar="SPEC",
                    help="pvq: fixed rates for some tensors, e.g. 'ffn_down=4.25,blk.0.attn_v=4.25' (kinds or "
-                        "GGUF names), or a file of such pairs; the rest is allocated")
+                        "GGUF names), or a file of such pairs; the rest is allocated (implies --allocate)")
     q.add_argument("--method", choices=("pvq", "gptq", "rtn"), default="pvq",
                    help="pvq, or the scalar baselines gptq / rtn (3 bits + fp16 scale per 64 at --bits 3.25, "
                         "4 at 4.25) (default: %(default)s)")
@@ -53,8 +55,8 @@ def parser() -> argparse.ArgumentParser:
 def quant_options(args):
     """The quantization the flags ask for, or None for the unquantized path."""
     if args.bits is None:
-        if args.uniform or args.bits_map or args.method != "pvq" or args.device != "cpu":
-            raise ConvertError("--uniform, --bits-map, --method and --device apply to quantization: give --bits")
+        if args.allocate or args.bits_map or args.method != "pvq" or args.device != "cpu":
+            raise ConvertError("--allocate, --bits-map, --method and --device apply to quantization: give --bits")
         return None
     from .allocate import parse_bits_map
     from .pvq_presets import PRESETS, preset
@@ -66,7 +68,7 @@ def quant_options(args):
         import torch
         if not torch.cuda.is_available():
             raise ConvertError("--device cuda: torch sees no CUDA GPU on this machine (use --device cpu)")
-    uniform = args.uniform or args.method != "pvq"
+    uniform = not (args.allocate or args.bits_map) or args.method != "pvq"
     rates = sorted(PRESETS)
     if not uniform and not rates[0] <= args.bits <= rates[-1]:
         raise ConvertError(f"--bits {args.bits} cannot be reached: PVQ rates go from {rates[0]} to {rates[-1]} "
@@ -77,7 +79,7 @@ def quant_options(args):
     if args.method != "pvq" and args.bits % 1 != 0.25:
         raise ConvertError(f"--method {args.method} codes b bits + an fp16 scale per 64: --bits must be 2.25, 3.25 or 4.25")
     if args.bits_map and uniform:
-        raise ConvertError("--bits-map needs the per-tensor allocation (--method pvq without --uniform)")
+        raise ConvertError("--bits-map needs the per-tensor allocation of --method pvq")
     method = Method(args.method, layout=preset(args.bits) if uniform else None, hessian=not args.no_hessian,
                     scalar_bits=int(args.bits), bits=None if uniform else args.bits,
                     bits_map=parse_bits_map(args.bits_map))

@@ -45,8 +45,8 @@ def run_cli(*args):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--bits", "3.0", "--uniform"], "has no preset"),
-    (["--bits", "5"], "cannot be reached"),
+    (["--bits", "3.0"], "has no preset"),
+    (["--bits", "5", "--allocate"], "cannot be reached"),
     (["--bits", "1.5", "--method", "rtn"], "has no preset"),
     (["--bits", "2.5", "--bits-map", "ffn_down=4.25,attn_v=4.25,attn_q=4.25,attn_k=4.25,ffn_up=4.25"],
      "below what the --bits-map rates need"),
