@@ -1,4 +1,11 @@
-"""Calibration data: token windows from a text file, tokenized with the model's own tokenizer."""
+"""Calibration data: token windows from a text file, tokenized with the model's own tokenizer, or,
+with no file, text the model writes itself from short seeds (no download, nothing shipped).
+
+Self-generated text: each sequence starts with one of SEEDS (teacher-forced), then the model samples
+its own continuation at temperature 1 (the distribution it was trained to reproduce, so the layer
+inputs look like those of real text of the model's own kind).  docs/pipeline.md gives its cost in
+quality against real text.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +14,7 @@ from typing import Callable
 import torch
 
 from . import ConvertError
+from .torch_model import one_thread
 
 
 def load_tokenizer(model_dir: Path) -> Callable[[str], list[int]]:
@@ -34,9 +42,42 @@ def token_windows(ids: list[int], n_seq: int, seq_len: int, seed: int = 0) -> to
     return t[slots]
 
 
-def calibration_tokens(model_dir: Path, text_file: Path, n_seq: int, seq_len: int, seed: int = 0) -> torch.Tensor:
+def calibration_tokens(model_dir: Path, text_file: Path | None, n_seq: int, seq_len: int, seed: int = 0,
+                       model=None) -> torch.Tensor:
+    """(n_seq, seq_len) token ids: windows of `text_file`, or text `model` generates when it is None."""
+    if text_file is None:
+        return generated_tokens(model, load_tokenizer(model_dir), n_seq, seq_len, seed)
     try:
         text = Path(text_file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConvertError(f"cannot read calibration file {text_file}: {e}") from None
     return token_windows(load_tokenizer(model_dir)(text), n_seq, seq_len, seed)
+
+
+# Openings of different kinds of text: prose, code, dialogue, lists, reference, mathematics.
+SEEDS = ("The", "In 1887,", "def main():", "Question:", "# Installation", "Once upon a time",
+         "Dear", "1.", "According to the", "import numpy as np", "User:", "Chapter", "The function",
+         "Abstract", "Ingredients:", "Theorem.")
+
+
+def generated_tokens(model, encode: Callable[[str], list[int]], n_seq: int, seq_len: int,
+                     seed: int = 0) -> torch.Tensor:
+    """n_seq sequences of seq_len tokens that `model` (torch_model.Model) writes itself, all sampled
+    in one batch with a key/value cache -> (n_seq, seq_len)."""
+    prompts = [encode(SEEDS[i % len(SEEDS)])[:seq_len] for i in range(n_seq)]
+    gen = torch.Generator().manual_seed(seed)
+    out = torch.empty(n_seq, seq_len, dtype=torch.int64)
+    caches = [{} for _ in range(model.config.n_layers)]
+    with torch.no_grad(), one_thread():
+        for t in range(seq_len):
+            forced = [p[t] if t < len(p) else -1 for p in prompts]
+            if t == 0:
+                out[:, 0] = torch.tensor(forced)
+            else:
+                x = model.embed(out[:, t - 1:t])
+                for i in range(model.config.n_layers):
+                    x = model.block(i, x, cache=caches[i])
+                probs = torch.softmax(model.head(x)[:, -1].double(), -1).cpu()
+                sampled = torch.multinomial(probs, 1, generator=gen)[:, 0]
+                out[:, t] = torch.where(torch.tensor(forced) >= 0, torch.tensor(forced), sampled)
+    return out

@@ -27,14 +27,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     q = p.add_argument_group("quantization", "with --bits, the linear layers are quantized (layer by layer, "
                              "GPTQ-style); embeddings, norms and the output layer keep --outtype")
-    q.add_argument("--bits", type=float, help="target bits per linear weight, a PVQ preset: 2.25, 3.25 or 4.25")
+    q.add_argument("--bits", type=float,
+                   help="bits per linear weight: pvq 2.25, 2.75, 3.25, 3.75 or 4.25 (with --allocate or --bits-map "
+                        "any average from 2.25 to 4.25); gptq/rtn: 2.25, 3.25 or 4.25")
+    q.add_argument("--allocate", action="store_true",
+                   help="pvq: rates per tensor from a measured sensitivity, --bits their average (experimental: "
+                        "raised the KLD in the measurement of docs/pipeline.md); default: every linear weight at "
+                        "the --bits preset (2.25, 2.75, 3.25, 3.75 or 4.25)")
+    q.add_argument("--bits-map", metavar="SPEC",
+                   help="pvq: fixed rates for some tensors, e.g. 'ffn_down=4.25,blk.0.attn_v=4.25' (kinds or "
+                        "GGUF names), or a file of such pairs; the rest is allocated (implies --allocate)")
     q.add_argument("--method", choices=("pvq", "gptq", "rtn"), default="pvq",
                    help="pvq, or the scalar baselines gptq / rtn (3 bits + fp16 scale per 64 at --bits 3.25, "
                         "4 at 4.25) (default: %(default)s)")
+    q.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the quantization runs (default: %(default)s)")
     q.add_argument("--no-hessian", action="store_true", help="pvq: plain nearest-point coding, no GPTQ feedback")
     q.add_argument("--no-rotate", action="store_true",
                    help="skip coherence processing (norm folding and Hadamard rotations, docs/rotation.md)")
-    q.add_argument("--calib", type=Path, help="calibration text file (plain UTF-8)")
+    q.add_argument("--calib", type=Path, help="calibration text file (plain UTF-8); default: text the model "
+                   "generates itself from short seeds (no download; costs some quality, docs/pipeline.md)")
     q.add_argument("--calib-seqs", type=int, default=16, help="calibration sequences (default: %(default)s)")
     q.add_argument("--calib-len", type=int, default=512, help="tokens per sequence (default: %(default)s)")
     return p
@@ -43,19 +55,36 @@ def parser() -> argparse.ArgumentParser:
 def quant_options(args):
     """The quantization the flags ask for, or None for the unquantized path."""
     if args.bits is None:
+        if args.allocate or args.bits_map or args.method != "pvq" or args.device != "cpu":
+            raise ConvertError("--allocate, --bits-map, --method and --device apply to quantization: give --bits")
         return None
+    from .allocate import parse_bits_map
     from .pvq_presets import PRESETS, preset
     from .quantize import Method, QuantOptions
 
-    if args.bits not in PRESETS:
-        raise ConvertError(f"--bits {args.bits} has no preset; choose one of {', '.join(map(str, sorted(PRESETS)))}")
     if args.calib_seqs < 1 or args.calib_len < 2:
         raise ConvertError("--calib-seqs must be >= 1 and --calib-len >= 2")
-    method = Method(args.method, layout=preset(args.bits), hessian=not args.no_hessian,
-                    scalar_bits=int(args.bits))
-    if args.calib is None and method.needs_hessian:
-        raise ConvertError("--calib FILE is needed: the Hessian-aware methods calibrate on text")
-    return QuantOptions(method, args.calib, args.calib_seqs, args.calib_len, rotate=not args.no_rotate)
+    if args.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise ConvertError("--device cuda: torch sees no CUDA GPU on this machine (use --device cpu)")
+    uniform = not (args.allocate or args.bits_map) or args.method != "pvq"
+    rates = sorted(PRESETS)
+    if not uniform and not rates[0] <= args.bits <= rates[-1]:
+        raise ConvertError(f"--bits {args.bits} cannot be reached: PVQ rates go from {rates[0]} to {rates[-1]} "
+                           "bits per weight")
+    if uniform and args.bits not in PRESETS:
+        raise ConvertError(f"--bits {args.bits} has no preset; choose one of {', '.join(map(str, sorted(PRESETS)))}"
+                           + ("" if args.method == "pvq" else f" with an integer part (--method {args.method})"))
+    if args.method != "pvq" and args.bits % 1 != 0.25:
+        raise ConvertError(f"--method {args.method} codes b bits + an fp16 scale per 64: --bits must be 2.25, 3.25 or 4.25")
+    if args.bits_map and uniform:
+        raise ConvertError("--bits-map needs the per-tensor allocation of --method pvq")
+    method = Method(args.method, layout=preset(args.bits) if uniform else None, hessian=not args.no_hessian,
+                    scalar_bits=int(args.bits), bits=None if uniform else args.bits,
+                    bits_map=parse_bits_map(args.bits_map))
+    return QuantOptions(method, args.calib, args.calib_seqs, args.calib_len, rotate=not args.no_rotate,
+                        device=args.device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         out = convert(args.model, args.outfile, args.outtype, args.vocab_pre, progress=not args.quiet,
-                      quant=quant_options(args))
+                      quant=quant_options(args), log=print)
     except ConvertError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import gguf
+import numpy as np
 from tqdm import tqdm
 
 from . import ConvertError
@@ -104,9 +106,12 @@ def quantized_tensors(m: HFModel, qm, outtype: str) -> tuple[list, dict]:
 
 
 def convert(model_path: str | Path, outfile: str | Path | None, outtype: str = "f16",
-            vocab_pre: str | None = None, progress: bool = True, quant=None) -> Path:
+            vocab_pre: str | None = None, progress: bool = True, quant=None,
+            log: Callable[[str], None] | None = None, quantized=None) -> Path:
     """Write `model_path` as GGUF. quant: a quantize.QuantOptions to quantize the linear layers
-    (then `outtype` is the type of the tensors that stay unquantized)."""
+    (then `outtype` is the type of the tensors that stay unquantized). log: receives the summary of
+    a quantized conversion (per-tensor rates, exact bits per weight). quantized: the result of
+    quantize.quantize_checkpoint for `quant` when the caller has it already (benchmarks)."""
     if outtype not in OUTTYPES:
         raise ConvertError(f"unknown --outtype {outtype!r}; choose from {', '.join(OUTTYPES)}")
     m = open_model(model_path)
@@ -118,7 +123,7 @@ def convert(model_path: str | Path, outfile: str | Path | None, outtype: str = "
         tensors, keys = file_tensors(m, outtype), {}
     else:
         from .quantize import quantize_checkpoint
-        qm = quantize_checkpoint(m, quant, progress)
+        qm = quantized or quantize_checkpoint(m, quant, progress)
         tensors, keys = quantized_tensors(m, qm, outtype)
         keys |= qm.metadata
 
@@ -131,7 +136,31 @@ def convert(model_path: str | Path, outfile: str | Path | None, outtype: str = "
     with atomic_output(out) as tmp, tqdm(total=len(tensors), unit="tensor", disable=not progress,
                                          desc=f"writing {out.name}") as bar:
         write_streaming(tmp, writer, tensors, progress=lambda name: bar.update())
+    if quant is not None and log is not None:
+        log(bits_summary(qm, tensors, out, outtype))
     return out
+
+
+def bits_summary(qm, tensors: list, out: Path, outtype: str) -> str:
+    """Per-tensor PVQ rates and the exact bits per weight of the quantized layers and of the file."""
+    from .allocate import Tensor, describe
+    from .pvq_format import SCALE_SUFFIX, Layout
+
+    lines = []
+    codes = qm.codes
+    if codes:
+        rows = [Tensor(name, *q.index.shape[:1], q.index.shape[1] * q.D) for name, q in codes.items()]
+        layouts = {name: Layout(q.D, q.K, len(q.levels).bit_length() - 1) for name, q in codes.items()}
+        n = sum(t.weights for t in rows)
+        bits = sum(layouts[t.name].bits_per_weight(t.cols) * t.weights for t in rows)
+        rates = qm.rates or {t.name: round(layouts[t.name].field_bits / layouts[t.name].D, 2) for t in rows}
+        lines += ["PVQ rates per tensor (nominal bits per weight):", describe(rates),
+                  f"quantized linear weights: {n} weights, {bits / n:.4f} bits per weight "
+                  f"(fields and fp16 row scales)"]
+    params = sum(int(np.prod(shape)) for name, shape, *_ in tensors if not name.endswith(SCALE_SUFFIX))
+    lines.append(f"whole file: {out.stat().st_size} bytes, {params} parameters, "
+                 f"{out.stat().st_size * 8 / params:.4f} bits per parameter (other tensors {outtype})")
+    return "\n".join(lines)
 
 
 def _value_type(value) -> tuple:

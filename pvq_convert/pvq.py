@@ -179,6 +179,34 @@ def _decode_rec(r: torch.Tensor, k: torch.Tensor, d: int, col: int, out: torch.T
 
 # ---------------------------------------------------------------- encoder: nearest pyramid point
 
+def search_start(w: torch.Tensor, K: int, weights: torch.Tensor | None):
+    """The search's starting state for rows w (G, D): (sign, y, hw, hdiag, Hs, hy).
+
+    Works in |w| space (y >= 0) with H flipped by the signs, so that signs never need tracking:
+    y is |w| projected onto the L1 sphere of radius K and rounded down (sum <= K), hw = H |w|,
+    hdiag = diag H, hy = H y; Hs is the sign-flipped (G, D, D) form, None unless weights is 3-D.
+    Shared by nearest_point and the Triton kernel's launcher, which must start from the same floats."""
+    w = w.to(torch.float32)
+    sign = torch.where(w < 0, -1.0, 1.0).to(w)
+    a = w.abs()
+    l1 = a.sum(1, keepdim=True)
+    y = torch.floor(a * (K / l1.clamp_min(1e-30)))
+    y[l1[:, 0] <= 0] = 0
+    Hs = None
+    if weights is None:
+        hw, hdiag = a, torch.ones_like(a)
+    elif weights.dim() == 2:
+        hw, hdiag = weights.to(a) * a, weights.to(a)
+    elif weights.dim() == 3:
+        Hs = weights.to(a) * sign[:, :, None] * sign[:, None, :]
+        hw = torch.einsum("gij,gj->gi", Hs, a)
+        hdiag = torch.diagonal(Hs, dim1=1, dim2=2)
+    else:
+        raise ValueError("weights must be (G, D) or (G, D, D)")
+    hy = torch.einsum("gij,gj->gi", Hs, y) if Hs is not None else hdiag * y
+    return sign, y, hw, hdiag, Hs, hy
+
+
 def nearest_point(w: torch.Tensor, K: int, weights: torch.Tensor | None = None,
                   refine: int = 2) -> torch.Tensor:
     """Greedy nearest pyramid point to each row of w (float (G, D)) -> int64 (G, D), L1 norm K.
@@ -194,29 +222,7 @@ def nearest_point(w: torch.Tensor, K: int, weights: torch.Tensor | None = None,
     the objective, which repairs most of the greedy's misses (weighted objectives especially).
     """
     G, D = w.shape
-    w = w.to(torch.float32)
-    sign = torch.where(w < 0, -1.0, 1.0).to(w)
-    a = w.abs()
-    l1 = a.sum(1, keepdim=True)
-    y = torch.floor(a * (K / l1.clamp_min(1e-30)))
-    y[l1[:, 0] <= 0] = 0
-    # Work in |w| space with y >= 0: flip H by the signs so that signs never need tracking.
-    if weights is None:
-        hw = a                                          # (H |w|)_i
-        hdiag = torch.ones_like(a)
-    elif weights.dim() == 2:
-        hw = weights.to(a) * a
-        hdiag = weights.to(a)
-    elif weights.dim() == 3:
-        Hs = weights.to(a) * sign[:, :, None] * sign[:, None, :]
-        hw = torch.einsum("gij,gj->gi", Hs, a)
-        hdiag = torch.diagonal(Hs, dim1=1, dim2=2)
-    else:
-        raise ValueError("weights must be (G, D) or (G, D, D)")
-    if weights is not None and weights.dim() == 3:
-        hy = torch.einsum("gij,gj->gi", Hs, y)
-    else:
-        hy = hdiag * y
+    sign, y, hw, hdiag, Hs, hy = search_start(w, K, weights)
     num = (hw * y).sum(1)                               # w^T H y
     den = (hy * y).sum(1)                               # y^T H y
     missing = (K - y.sum(1)).to(torch.int64)
@@ -228,36 +234,60 @@ def nearest_point(w: torch.Tensor, K: int, weights: torch.Tensor | None = None,
         d2 = den[:, None] + 2 * hy + hdiag
         score = n2 * n2 / d2.clamp_min(1e-30)
         best = score.argmax(1)
-        step = active.to(a)
+        step = active.to(y)
         y[rows, best] += step
         num = num + step * hw[rows, best]
         den = den + step * (2 * hy[rows, best] + hdiag[rows, best])
-        if weights is not None and weights.dim() == 3:
+        if Hs is not None:
             hy = hy + step[:, None] * Hs[rows, :, best]
         else:
             hy[rows, best] += step * hdiag[rows, best]
         missing = missing - active.to(torch.int64)
-    full = weights is not None and weights.dim() == 3
-    eye = torch.eye(D, dtype=a.dtype, device=a.device)
+    # A group whose best move did not pay has nothing new to try in the next pass (its state is
+    # unchanged), so each pass after the first scores only the groups that moved.
+    moved = torch.ones(G, dtype=torch.bool, device=y.device)
     for _ in range(refine):
-        # Move one pulse from i (y_i >= 1) to j: num + hw_j - hw_i,
-        # den - 2 hy_i + H_ii + 2 hy_j + H_jj - 2 H_ij.
-        n2 = num[:, None, None] - hw[:, :, None] + hw[:, None, :]
-        hij = Hs if full else hdiag[:, :, None] * eye
-        d2 = (den[:, None, None] + (hdiag - 2 * hy)[:, :, None] + (hdiag + 2 * hy)[:, None, :] - 2 * hij)
-        score = torch.where((y > 0)[:, :, None], n2 * n2 / d2.clamp_min(1e-30), torch.zeros_like(n2))
-        best = score.reshape(G, D * D).argmax(1)
-        gain = score.reshape(G, D * D)[rows, best] > (num * num / den.clamp_min(1e-30)) * (1 + 1e-6)
+        sel = slice(None) if bool(moved.all()) else moved.nonzero()[:, 0]
+        score, best = _best_moves(y[sel], num[sel], den[sel], hw[sel], hy[sel], hdiag[sel],
+                                  Hs[sel] if Hs is not None else None)
+        gain = score > (num[sel] * num[sel] / den[sel].clamp_min(1e-30)) * (1 + 1e-6)
         if not bool(gain.any()):
             break
+        sub = rows[sel]
         i, j = best // D, best % D
-        step = gain.to(a)
-        y[rows, i] -= step
-        y[rows, j] += step
-        num = num + step * (hw[rows, j] - hw[rows, i])
-        den = den + step * ((hdiag - 2 * hy)[rows, i] + (hdiag + 2 * hy)[rows, j] - 2 * hij[rows, i, j])
-        hy = hy + step[:, None] * (Hs[rows, :, j] - Hs[rows, :, i]) if full else hdiag * y
+        step = gain.to(y)
+        y[sub, i] -= step
+        y[sub, j] += step
+        num[sub] = num[sel] + step * (hw[sub, j] - hw[sub, i])
+        hij = Hs[sub, i, j] if Hs is not None else torch.where(i == j, hdiag[sub, i], 0.0)
+        den[sub] = den[sel] + step * ((hdiag - 2 * hy)[sub, i] + (hdiag + 2 * hy)[sub, j] - 2 * hij)
+        moved = torch.zeros_like(moved)
+        moved[sub] = gain
+        if Hs is not None:
+            hy[sub] = hy[sel] + step[:, None] * (Hs[sub, :, j] - Hs[sub, :, i])
+        else:
+            # Recomputed for every group: a group whose H y changes by an ulp must be scored again.
+            new_hy = hdiag * y
+            moved |= (new_hy != hy).any(1)
+            hy = new_hy
     return (y * sign).to(torch.int64)
+
+
+def _best_moves(y, num, den, hw, hy, hdiag, Hs):
+    """For each group, the best single-pulse move from i (y_i >= 1) to j: (its objective, i * D + j).
+
+    Moving changes w^T H y to num + hw_j - hw_i and y^T H y to den - 2 hy_i + H_ii + 2 hy_j + H_jj
+    - 2 H_ij (H = diag(hdiag) where Hs is None).  Ties go to the first (i, j) in row-major order."""
+    G, D = y.shape
+    n2 = num[:, None, None] - hw[:, :, None] + hw[:, None, :]
+    d2 = den[:, None, None] + (hdiag - 2 * hy)[:, :, None] + (hdiag + 2 * hy)[:, None, :]
+    if Hs is not None:
+        d2 -= 2 * Hs
+    else:
+        d2.diagonal(dim1=1, dim2=2).sub_(2 * hdiag)
+    score = n2.mul_(n2).div_(d2.clamp_min_(1e-30)).masked_fill_((y <= 0)[:, :, None], 0.0).view(G, D * D)
+    best = score.argmax(1)
+    return score.gather(1, best[:, None])[:, 0], best
 
 
 def decode_groups(y: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
@@ -282,6 +312,10 @@ class Quantized:
     def __init__(self, index, code, scale, D, K, levels):
         self.index, self.code, self.scale = index, code, scale
         self.D, self.K, self.levels = D, K, levels
+
+    def to(self, device: str | torch.device) -> "Quantized":
+        return Quantized(self.index.to(device), self.code.to(device), self.scale.to(device), self.D, self.K,
+                         self.levels.to(device))
 
 
 def encode_groups(w: torch.Tensor, K: int, levels: torch.Tensor, row_scale: torch.Tensor,
@@ -325,7 +359,23 @@ def quantize_matrix(W: torch.Tensor, D: int, K: int, gain_bits: int, diag: torch
       quad  broadcastable to (R, n/D, D, D), e.g. the Hessian's D x D diagonal blocks (n/D, D, D).
     Shape, gain code and row scale then minimise the weighted error of each group / row.
     """
-    from .pvq_gain import gain_levels, choose_row_scale, nearest_level
+    from .pvq_gain import nearest_level
+    y, g_opt, scale, levels = shapes_and_row_scales(W, D, K, gain_bits, diag, quad, chunk_groups)
+    R, G = g_opt.shape
+    code = nearest_level(g_opt / scale.to(torch.float32).clamp_min(1e-30)[:, None], levels)
+    index = torch.empty(R * G, dtype=torch.int64, device=W.device)
+    for s in range(0, R * G, chunk_groups):
+        e = min(R * G, s + chunk_groups)
+        index[s:e] = encode_index(y[s:e], K)
+    return Quantized(index.view(R, G), code, scale, D, K, levels)
+
+
+def shapes_and_row_scales(W: torch.Tensor, D: int, K: int, gain_bits: int, diag: torch.Tensor | None = None,
+                          quad: torch.Tensor | None = None, chunk_groups: int = 1 << 18):
+    """The first half of quantize_matrix (same arguments): the shapes y (R * G, D), each group's best
+    continuous gain g_opt (R, G), the fp16 row scales (R,) and the gain levels; no index encoding
+    (the Hessian pipeline needs only the scales)."""
+    from .pvq_gain import gain_levels, choose_row_scale
     R, n = W.shape
     if n % D:
         raise ValueError(f"row length {n} is not a multiple of D={D}")
@@ -352,12 +402,7 @@ def quantize_matrix(W: torch.Tensor, D: int, K: int, gain_bits: int, diag: torch
         g_opt[s:e], curv[s:e] = _best_gain(Wg[s:e], y[s:e], ws)
     row_norm = W.to(torch.float32).norm(dim=1).clamp_max(60000.0)
     scale = choose_row_scale(g_opt.view(R, G), curv.view(R, G), row_norm, levels)
-    code = nearest_level(g_opt.view(R, G) / scale.to(torch.float32).clamp_min(1e-30)[:, None], levels)
-    index = torch.empty(R * G, dtype=torch.int64, device=W.device)
-    for s in range(0, R * G, chunk_groups):
-        e = min(R * G, s + chunk_groups)
-        index[s:e] = encode_index(y[s:e], K)
-    return Quantized(index.view(R, G), code, scale, D, K, levels)
+    return y, g_opt.view(R, G), scale, levels
 
 
 def dequantize_matrix(q: Quantized) -> torch.Tensor:

@@ -5,8 +5,9 @@ pulse and a host sync, K + 2 times per call, and the GPTQ loop calls it once per
 loop runs inside one kernel, one program per block of groups, each group's state in registers.
 
 Split of the work (this is what makes the results bit-identical to the reference):
-  torch  the start, with the reference's own expressions: signs, the L1 projection rounded down,
-         H|w|, H y, w^T H y, y^T H y (sums and einsums whose float order belongs to torch);
+  torch  the start, through the reference's own pvq.search_start (signs, the L1 projection rounded
+         down, H|w|, H y), then w^T H y and y^T H y as the reference sums them (float order
+         belongs to torch);
   kernel the pulse additions and the refine moves: only elementwise float ops (each an exact mirror
          of the reference's expression, in the same order, divisions correctly rounded with
          tl.div_rn, no FMA contraction) and exact selections, so it reproduces the reference's
@@ -44,31 +45,6 @@ def nearest_point_fast(w: torch.Tensor, K: int, weights: torch.Tensor | None = N
     return pvq.nearest_point(w, K, weights, refine)
 
 
-def _search_start(w: torch.Tensor, K: int, weights: torch.Tensor | None):
-    """The reference's starting state, computed with its expressions: (sign, y, hw, hdiag, Hs, hy).
-
-    Works in |w| space (y >= 0) with H flipped by the signs; Hs is None unless weights is (G, D, D)."""
-    w = w.to(torch.float32)
-    sign = torch.where(w < 0, -1.0, 1.0).to(w)
-    a = w.abs()
-    l1 = a.sum(1, keepdim=True)
-    y = torch.floor(a * (K / l1.clamp_min(1e-30)))
-    y[l1[:, 0] <= 0] = 0
-    Hs = None
-    if weights is None:
-        hw, hdiag = a, torch.ones_like(a)
-    elif weights.dim() == 2:
-        hw, hdiag = weights.to(a) * a, weights.to(a)
-    elif weights.dim() == 3:
-        Hs = weights.to(a) * sign[:, :, None] * sign[:, None, :]
-        hw = torch.einsum("gij,gj->gi", Hs, a)
-        hdiag = torch.diagonal(Hs, dim1=1, dim2=2)
-    else:
-        raise ValueError("weights must be (G, D) or (G, D, D)")
-    hy = torch.einsum("gij,gj->gi", Hs, y) if Hs is not None else hdiag * y
-    return sign, y, hw, hdiag, Hs, hy
-
-
 def nearest_point_triton(w: torch.Tensor, K: int, weights: torch.Tensor | None = None,
                          refine: int = 2) -> torch.Tensor:
     """pvq.nearest_point with the search loop in the Triton kernel (CUDA tensors, or CPU tensors
@@ -84,7 +60,7 @@ def nearest_point_triton(w: torch.Tensor, K: int, weights: torch.Tensor | None =
         raise ValueError(f"K={K} and refine={refine} must be non-negative")
     if G == 0:
         return torch.empty(0, D, dtype=torch.int64, device=w.device)
-    sign, y, hw, hdiag, Hs, hy = _search_start(w, K, weights)
+    sign, y, hw, hdiag, Hs, hy = pvq.search_start(w, K, weights)
     num = (hw * y).sum(1)
     den = (hy * y).sum(1)
     y, hw, hdiag, hy = (t.contiguous() for t in (y, hw, hdiag, hy))

@@ -14,14 +14,16 @@ import torch
 from tqdm import tqdm
 
 from . import ConvertError
+from .allocate import RATES, Tensor, allocate, fixed_rates, tensor_errors
 from .calib import calibration_tokens
 from .gptq import gptq
 from .hf_model import HFModel
 from .pvq import Quantized, dequantize_matrix, quantize_matrix
 from .pvq_format import Layout
+from .pvq_presets import preset
 from .quantizers import PVQQuantizer, ScalarQuantizer
 from .rotate import Rotation, gguf_metadata, rotate_model
-from .torch_model import Model, load_model
+from .torch_model import Model, load_model, one_thread
 
 # Linear layers that read the same input, in the order the block computes them.
 INPUT_GROUPS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
@@ -31,25 +33,35 @@ INPUT_GROUPS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("
 @dataclass
 class Method:
     """What to do with each linear weight: `pvq` (with or without the Hessian), scalar `gptq`, or
-    scalar `rtn`. Scalar methods use `scalar_bits` per weight plus an fp16 scale per 64."""
+    scalar `rtn`. Scalar methods use `scalar_bits` per weight plus an fp16 scale per 64. PVQ codes
+    every tensor with `layout`, unless `bits` asks for a per-tensor allocation (allocate.py) to that
+    average, with `bits_map` ({tensor pattern: rate}) fixing some rates."""
     name: str = "pvq"
     layout: Layout | None = None
     hessian: bool = True
     scalar_bits: int = 3
     scalar_block: int = 64
     damp: float = 0.01
+    bits: float | None = None
+    bits_map: dict = field(default_factory=dict)
 
     @property
     def needs_hessian(self) -> bool:
         return self.name == "gptq" or (self.name == "pvq" and self.hessian)
 
-    def quantize(self, W: torch.Tensor, H: torch.Tensor) -> tuple[torch.Tensor, Quantized | None]:
+    @property
+    def allocates(self) -> bool:
+        return self.name == "pvq" and self.bits is not None
+
+    def quantize(self, W: torch.Tensor, H: torch.Tensor, layout: Layout | None = None
+                 ) -> tuple[torch.Tensor, Quantized | None]:
         """-> (the weights as the runtime will see them, the PVQ codes or None)."""
         if self.name == "pvq":
+            lay = layout or self.layout
             if not self.hessian:
-                q = quantize_matrix(W, self.layout.D, self.layout.K, self.layout.gain_bits)
+                q = quantize_matrix(W, lay.D, lay.K, lay.gain_bits)
                 return dequantize_matrix(q), q
-            quantizer = PVQQuantizer(W, self.layout)
+            quantizer = PVQQuantizer(W, lay)
             Wq = gptq(W, H, quantizer, self.damp)
             return Wq.float(), quantizer.result()
         scalar = ScalarQuantizer(self.scalar_bits, self.scalar_block)
@@ -63,49 +75,97 @@ class QuantizedModel:
     model: Model                                    # with the quantized weights swapped in
     codes: dict[str, Quantized] = field(default_factory=dict)   # HF tensor name -> PVQ codes
     metadata: dict = field(default_factory=dict)    # GGUF keys the runtime needs (rotation)
+    rates: dict[str, float] = field(default_factory=dict)      # HF tensor name -> PVQ rate, when allocated
 
 
 @dataclass
 class QuantOptions:
     """Everything `python -m pvq_convert --bits ...` decides."""
     method: Method
-    calib: Path
+    calib: Path | None       # None: text the model generates itself (calib.generated_tokens)
     n_seq: int = 16
     seq_len: int = 512
     seed: int = 0
     rotate: bool = True      # coherence processing (rotate.py) before quantizing
+    device: str = "cpu"      # where the model runs and the quantizers work (the PVQ search in Triton on CUDA)
 
     def tag(self) -> str:
         m = self.method
+        if m.allocates:
+            return f"PVQ-mix{m.bits:g}" + ("" if m.hessian else "-nohess")
         if m.name == "pvq":
             return f"PVQ{m.layout.D}-{m.layout.K}-{m.layout.gain_bits}" + ("" if m.hessian else "-nohess")
         return f"{m.name.upper()}{m.scalar_bits}"
 
 
 def quantize_checkpoint(hf: HFModel, opts: QuantOptions, progress: bool = True) -> QuantizedModel:
-    """Load the checkpoint, calibrate, quantize every linear layer."""
-    D = opts.method.layout.D if opts.method.name == "pvq" else opts.method.scalar_block
+    """Load the checkpoint, calibrate, allocate the rates, quantize every linear layer."""
+    m = opts.method
+    if m.name == "pvq":
+        block = max(preset(r).block_size for r in RATES) if m.allocates else m.layout.block_size
+    else:
+        block = m.scalar_block
     for name, ref in hf.tensors.items():
-        if name.endswith("proj.weight") and ref.shape[-1] % D:
-            raise ConvertError(f"{name} has rows of {ref.shape[-1]} weights, not a multiple of the group size {D}")
+        if name.endswith("proj.weight") and ref.shape[-1] % block:
+            raise ConvertError(f"{name} has rows of {ref.shape[-1]} weights, not a multiple of {block}, the block "
+                               f"of weights that {opts.tag()} packs together")
+    if m.allocates:
+        tensors = linear_tensors(hf)
+        fixed_rates(tensors, m.bits, m.bits_map)        # bad requests fail before the long work
+    model = load_model(hf).to(opts.device)
     calib = None
-    if opts.method.needs_hessian:
-        calib = calibration_tokens(hf.dir, opts.calib, opts.n_seq, opts.seq_len, opts.seed)
-    model = load_model(hf)
+    if m.needs_hessian or m.allocates:
+        calib = calibration_tokens(hf.dir, opts.calib, opts.n_seq, opts.seq_len, opts.seed, model)
     metadata = {}
     if opts.rotate:
         rotation = Rotation(seed=opts.seed)
         model = rotate_model(model, rotation)
         metadata = gguf_metadata(rotation, model.config.ffn_dim)
-    qm = quantize_model(model, calib, opts.method, progress)
-    qm.metadata = metadata
+    rates = {}
+    if m.allocates:
+        rates = allocate(tensors, measure_errors(model, calib, progress), m.bits, m.bits_map)
+    qm = quantize_model(model, calib if m.needs_hessian else None, m, progress, rates)
+    qm.model = qm.model.to("cpu")
+    qm.codes = {name: q.to("cpu") for name, q in qm.codes.items()}
+    qm.metadata, qm.rates = metadata, rates
     return qm
 
 
-def quantize_model(model: Model, calib: torch.Tensor, method: Method, progress: bool = True) -> QuantizedModel:
+def linear_tensors(hf: HFModel) -> list[Tensor]:
+    """The linear weights that PVQ codes, in block order."""
+    names = [f"model.layers.{i}.{name}.weight" for i in range(hf.hparam("num_hidden_layers"))
+             for group in INPUT_GROUPS for name in group]
+    return [Tensor(n, *hf.tensors[n].shape) for n in names]
+
+
+def measure_errors(model: Model, calib: torch.Tensor, progress: bool = True) -> dict[str, dict[float, float]]:
+    """allocate.tensor_errors for every linear weight, with the Hessians of the unquantized model."""
+    xs = [model.embed(seq) for seq in calib]
+    errors = {}
+    leaders = {group[0]: group for group in INPUT_GROUPS}
+    for i in tqdm(range(model.config.n_layers), unit="block", disable=not progress, desc="sensitivity"):
+        Hs = {}
+
+        def hook(layer, name, inp):
+            if name in leaders:
+                x = inp.to(torch.float64)
+                Hs[name] = x.T @ x + Hs[name] if name in Hs else x.T @ x
+
+        energy = sum(float(x.to(torch.float64).pow(2).sum()) for x in xs)
+        xs = [model.block(i, x, hook) for x in xs]
+        with one_thread():
+            for leader, group in leaders.items():
+                for name in group:
+                    errors[f"model.layers.{i}.{name}.weight"] = tensor_errors(
+                        model.blocks[i][f"{name}.weight"], Hs[leader], energy, seed=i)
+    return errors
+
+
+def quantize_model(model: Model, calib: torch.Tensor | None, method: Method, progress: bool = True,
+                   rates: dict[str, float] | None = None) -> QuantizedModel:
     """Quantize every linear layer of `model` in place. calib: (n_seq, seq_len) token ids, or None
-    for the methods that need no Hessian."""
-    xs = [model.embed(seq) for seq in calib] if method.needs_hessian else []
+    for the methods that need no Hessian. rates: PVQ rate by HF tensor name (else method.layout)."""
+    xs = [model.embed(seq) for seq in calib] if calib is not None else []
     out = QuantizedModel(model)
     bar = tqdm(total=model.config.n_layers * len(INPUT_GROUPS), unit="step", disable=not progress,
                desc="quantizing")
@@ -114,10 +174,12 @@ def quantize_model(model: Model, calib: torch.Tensor, method: Method, progress: 
             H = _input_hessian(model, i, xs, group[0]) if xs else None
             for name in group:
                 key = f"{name}.weight"
-                Wq, codes = method.quantize(model.blocks[i][key], H)
+                full = f"model.layers.{i}.{key}"
+                with one_thread():
+                    Wq, codes = method.quantize(model.blocks[i][key], H, preset(rates[full]) if rates else None)
                 model.blocks[i][key] = Wq.to(model.dtype)
                 if codes is not None:
-                    out.codes[f"model.layers.{i}.{key}"] = codes
+                    out.codes[full] = codes
             bar.update()
         xs = [model.block(i, x) for x in xs]
         bar.set_postfix(block=i)
@@ -125,8 +187,13 @@ def quantize_model(model: Model, calib: torch.Tensor, method: Method, progress: 
     return out
 
 
+class _Captured(Exception):
+    """Raised by the Hessian hook once it has its input: the rest of the block is not needed."""
+
+
 def _input_hessian(model: Model, i: int, xs: list[torch.Tensor], linear: str) -> torch.Tensor:
-    """sum over calibration tokens of x x^T for the input x of `linear` in block i (float64)."""
+    """sum over calibration tokens of x x^T for the input x of `linear` in block i (float64).
+    Each pass stops at `linear`: q/k/v need only the norm, gate/up only the attention half."""
     H = None
 
     def hook(layer, name, inp):
@@ -134,7 +201,11 @@ def _input_hessian(model: Model, i: int, xs: list[torch.Tensor], linear: str) ->
         if name == linear:
             x = inp.to(torch.float64)
             H = x.T @ x if H is None else H + x.T @ x
+            raise _Captured
 
     for x in xs:
-        model.block(i, x, hook)
+        try:
+            model.block(i, x, hook)
+        except _Captured:
+            pass
     return H

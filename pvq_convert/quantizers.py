@@ -19,9 +19,8 @@ class PVQQuantizer:
 
     def __init__(self, W: torch.Tensor, lay: Layout, hessian_aware: bool = True):
         self.group, self.lay, self.hessian_aware = lay.D, lay, hessian_aware
-        first = pvq.quantize_matrix(W.float(), lay.D, lay.K, lay.gain_bits)
-        self.scale, self.levels = first.scale, first.levels
-        R, G = first.index.shape
+        _, g_opt, self.scale, self.levels = pvq.shapes_and_row_scales(W.float(), lay.D, lay.K, lay.gain_bits)
+        R, G = g_opt.shape
         self.index = torch.empty(R, G, dtype=torch.int64)
         self.code = torch.empty(R, G, dtype=torch.int64)
 

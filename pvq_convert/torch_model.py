@@ -11,6 +11,7 @@ of each head (`rotate_half`), not adjacent pairs as llama.cpp does on its permut
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -72,8 +73,13 @@ class Model:
         """token ids (T,) -> residual stream (T, dim)."""
         return self.globals["embed_tokens.weight"][tokens]
 
-    def block(self, i: int, x: torch.Tensor, hook: LinearHook | None = None) -> torch.Tensor:
-        """One transformer block on a whole sequence x (T, dim), causal, positions 0..T-1."""
+    def block(self, i: int, x: torch.Tensor, hook: LinearHook | None = None,
+              cache: dict | None = None) -> torch.Tensor:
+        """One transformer block on sequences x (..., T, dim), causal.
+
+        Without `cache` the positions are 0..T-1.  With one (a dict the caller keeps for this block
+        between calls), x continues the sequences whose keys and values the cache holds, and
+        this call's keys and values are added to it: incremental decoding."""
         c, w = self.config, self.blocks[i]
 
         def linear(name: str, inp: torch.Tensor) -> torch.Tensor:
@@ -83,19 +89,24 @@ class Model:
             bias = w.get(name + ".bias")
             return y if bias is None else y + bias
 
-        T = x.shape[0]
+        *lead, T, _ = x.shape
+        past = 0 if cache is None or "k" not in cache else cache["k"].shape[-2]
         h = rms_norm(x, w["input_layernorm.weight"], c.norm_eps)
-        q = linear("self_attn.q_proj", h).view(T, c.n_heads, c.head_dim).transpose(0, 1)
-        k = linear("self_attn.k_proj", h).view(T, c.n_kv_heads, c.head_dim).transpose(0, 1)
-        v = linear("self_attn.v_proj", h).view(T, c.n_kv_heads, c.head_dim).transpose(0, 1)
-        cos, sin = self._rope(T, x.dtype, x.device)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = linear("self_attn.q_proj", h).view(*lead, T, c.n_heads, c.head_dim).transpose(-3, -2)
+        k = linear("self_attn.k_proj", h).view(*lead, T, c.n_kv_heads, c.head_dim).transpose(-3, -2)
+        v = linear("self_attn.v_proj", h).view(*lead, T, c.n_kv_heads, c.head_dim).transpose(-3, -2)
+        cos, sin = self._rope(past + T, x.dtype, x.device)
+        q, k = apply_rope(q, cos[past:], sin[past:]), apply_rope(k, cos[past:], sin[past:])
+        if cache is not None:
+            if past:
+                k, v = torch.cat([cache["k"], k], -2), torch.cat([cache["v"], v], -2)
+            cache["k"], cache["v"] = k, v
         group = c.n_heads // c.n_kv_heads  # GQA: each K/V head serves `group` query heads
-        k, v = k.repeat_interleave(group, dim=0), v.repeat_interleave(group, dim=0)
-        scores = q @ k.transpose(1, 2) / math.sqrt(c.head_dim)
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+        k, v = k.repeat_interleave(group, dim=-3), v.repeat_interleave(group, dim=-3)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(c.head_dim)
+        causal = torch.ones(T, past + T, dtype=torch.bool, device=x.device).triu(past + 1)
         att = torch.softmax(scores.masked_fill(causal, float("-inf")), dim=-1) @ v
-        x = x + linear("self_attn.o_proj", att.transpose(0, 1).reshape(T, c.n_heads * c.head_dim))
+        x = x + linear("self_attn.o_proj", att.transpose(-3, -2).reshape(*lead, T, c.n_heads * c.head_dim))
 
         h = rms_norm(x, w["post_attention_layernorm.weight"], c.norm_eps)
         f = torch.nn.functional.silu(linear("mlp.gate_proj", h)) * linear("mlp.up_proj", h)
@@ -117,6 +128,11 @@ class Model:
         return self.head(x)
 
     __call__ = forward
+
+    def to(self, device: str | torch.device) -> "Model":
+        """The same model with every weight on `device`."""
+        return Model(self.config, {k: v.to(device) for k, v in self.globals.items()},
+                     [{k: v.to(device) for k, v in b.items()} for b in self.blocks], self.ffn_hadamard)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -172,3 +188,16 @@ def load_model(path, dtype: torch.dtype = torch.float32) -> Model:
     hf = path if isinstance(path, HFModel) else open_model(path)
     cfg = Config.from_hf(hf)
     return Model(cfg, load_globals(hf, dtype), [load_block(hf, i, dtype) for i in range(cfg.n_layers)])
+
+
+@contextmanager
+def one_thread():
+    """Torch on one thread, for work made of many small tensor ops (the quantizers, token-by-token
+    generation): splitting each op over threads costs more in synchronisation than it gains (with 2
+    threads on a busy 2-core machine the PVQ search ran 8x slower than with one; same results)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)

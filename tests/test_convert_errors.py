@@ -37,11 +37,12 @@ def test_missing_config(model_copy, tmp_path):
     assert_fails_cleanly(run_cli(model_copy, "-o", tmp_path / "o.gguf"), tmp_path, "no config.json")
 
 
-def test_unsupported_architecture(model_copy, tmp_path):
+@pytest.mark.parametrize("quant", [[], ["--bits", "3.25"]])
+def test_unsupported_architecture(model_copy, tmp_path, quant):
     cfg = json.loads((model_copy / "config.json").read_text())
     cfg["architectures"] = ["GPTNeoXForCausalLM"]
     (model_copy / "config.json").write_text(json.dumps(cfg))
-    assert_fails_cleanly(run_cli(model_copy, "-o", tmp_path / "o.gguf"), tmp_path, "unsupported architecture")
+    assert_fails_cleanly(run_cli(model_copy, "-o", tmp_path / "o.gguf", *quant), tmp_path, "unsupported architecture")
 
 
 def test_truncated_safetensors(model_copy, tmp_path):

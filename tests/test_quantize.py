@@ -46,7 +46,13 @@ def run_cli(*args):
 
 @pytest.mark.parametrize("args, message", [
     (["--bits", "3.0"], "has no preset"),
-    (["--bits", "3.25"], "--calib FILE is needed"),
+    (["--bits", "5", "--allocate"], "cannot be reached"),
+    (["--bits", "1.5", "--method", "rtn"], "has no preset"),
+    (["--bits", "2.5", "--bits-map", "ffn_down=4.25,attn_v=4.25,attn_q=4.25,attn_k=4.25,ffn_up=4.25"],
+     "below what the --bits-map rates need"),
+    (["--bits", "3.25", "--bits-map", "ffn_down=4"], "bad entry"),
+    (["--bits", "3.25", "--bits-map", "blk.7.ffn_down=4.25"], "matches no quantized tensor"),
+    (["--bits", "3.25", "--bits-map", "/nonexistent.map"], "cannot read"),
     (["--bits", "3.25", "--calib", EVAL_TEXT, "--calib-seqs", "100000"], "calibration text too short"),
     (["--bits", "3.25", "--calib", "/nonexistent.txt"], "cannot read calibration file"),
 ])
@@ -70,4 +76,33 @@ def test_rows_that_do_not_fit_the_group(spm_model_dir, tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     save_file(random_weights(cfg, cfg["vocab_size"]), d / "model.safetensors")
     r = run_cli(d, "-o", tmp_path / "o.gguf", "--bits", "3.25", "--no-hessian")
-    assert r.returncode == 1 and "not a multiple of the group size 8" in r.stderr, r.stderr
+    assert r.returncode == 1 and "not a multiple of 32" in r.stderr, r.stderr
+
+
+def test_self_generated_calibration(spm_model_dir):
+    """With no --calib the model writes its own calibration text: sequences of the requested shape
+    that start with the seeds, the same for the same seed; the cached forward pass that samples them
+    gives the logits of the whole-sequence forward pass."""
+    from pvq_convert.calib import SEEDS, generated_tokens, load_tokenizer
+    from pvq_convert.torch_model import load_model
+
+    model, encode = load_model(spm_model_dir), load_tokenizer(spm_model_dir)
+    a = generated_tokens(model, encode, 3, 24, seed=1)
+    assert a.shape == (3, 24) and torch.equal(a, generated_tokens(model, encode, 3, 24, seed=1))
+    for row, seed_text in zip(a, SEEDS):
+        start = encode(seed_text)
+        assert row[:len(start)].tolist() == start
+    logits = model(a[0])
+    cache = [{} for _ in range(model.config.n_layers)]
+    for t in range(a.shape[1]):
+        x = model.embed(a[:1, t:t + 1])
+        for i in range(model.config.n_layers):
+            x = model.block(i, x, cache=cache[i])
+        torch.testing.assert_close(model.head(x)[0, -1], logits[t], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_request_without_a_gpu(spm_model_dir, tmp_path):
+    r = run_cli(spm_model_dir, "-o", tmp_path / "o.gguf", "--bits", "3.25", "--device", "cuda")
+    assert r.returncode == 1 and "--device cuda: torch sees no CUDA GPU" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not list(tmp_path.iterdir())
