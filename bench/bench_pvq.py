@@ -29,10 +29,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from models import EVAL_TEXT  # noqa: E402
 from models.smollm2 import HERE, ensure, pvq_gguf  # noqa: E402
+from bench.bench_runtime import N_DECODE, N_PREFILL, THREADS, Ours, Peer, one_rep  # noqa: E402
 from runtime_clib import RUNTIME, Model, build_dir  # noqa: E402
 
 BEGIN, END = "<!-- pvq-bench:begin -->", "<!-- pvq-bench:end -->"
-N_PREFILL, N_DECODE, THREADS = 512, 128, 2
 PEER_TYPES = ("Q3_K_M", "Q4_K_M", "Q4_0")
 
 
@@ -49,42 +49,6 @@ def peer_gguf(f16: Path, ftype: str) -> Path:
             raise SystemExit(f"llama_model_quantize to {ftype} failed")
         tmp.replace(out)
     return out
-
-
-class Ours:
-    def __init__(self, path, repack=False):
-        self.m = Model(path, n_ctx=N_PREFILL + N_DECODE + 8, n_threads=THREADS, logits_all=False, pvq_repack=repack)
-
-    def reset(self):
-        self.m.reset()
-
-    def eval(self, tokens):
-        self.m.eval(tokens)
-
-
-class Peer:
-    def __init__(self, path):
-        from llama_cpp import Llama
-        self.p = Llama(str(path), n_ctx=N_PREFILL + N_DECODE + 8, n_batch=N_PREFILL, n_threads=THREADS,
-                       n_threads_batch=THREADS, verbose=False)
-
-    def reset(self):
-        self.p.reset()
-
-    def eval(self, tokens):
-        self.p.eval(tokens)
-
-
-def time_once(engine, prompt) -> tuple[float, float]:
-    engine.reset()
-    t0 = time.perf_counter()
-    engine.eval(prompt)
-    pp = N_PREFILL / (time.perf_counter() - t0)
-    engine.reset()
-    t0 = time.perf_counter()
-    for i in range(N_DECODE):
-        engine.eval([prompt[i % len(prompt)]])
-    return pp, N_DECODE / (time.perf_counter() - t0)
 
 
 def repacked_mib(path: Path) -> float:
@@ -126,7 +90,7 @@ def main():
     runs = {name: [] for name in files}
     for rep in range(args.reps):
         for name, e in engines.items():
-            runs[name].append(time_once(e, prompt))
+            runs[name].append(one_rep(e, prompt))
         print(f"rep {rep + 1}: " + ", ".join(f"{n} {r[-1][0]:.0f}/{r[-1][1]:.0f}" for n, r in runs.items()), flush=True)
     med = {n: (statistics.median(p for p, _ in r), statistics.median(t for _, t in r)) for n, r in runs.items()}
     sizes = {n: f"{Path(p).stat().st_size / 2**20:.0f}" for n, p in files.items()}

@@ -29,8 +29,9 @@ CLOCK = time.perf_counter  # --cpu-time: time.process_time, tokens per CPU-secon
 
 
 class Ours:
-    def __init__(self, path):
-        self.m = Model(path, n_ctx=N_PREFILL + N_DECODE + 8, n_threads=THREADS, logits_all=False)
+    def __init__(self, path, repack=False):
+        self.m = Model(path, n_ctx=N_PREFILL + N_DECODE + 8, n_threads=THREADS, logits_all=False,
+                       pvq_repack=repack)
 
     def reset(self):
         self.m.reset()

@@ -1,6 +1,7 @@
 /* GPU benchmarks: PVQ GEMV bandwidth against the device copy bandwidth measured in the same run and
  * against an fp16 GEMV of the same shape, the tensor-core prefill's throughput, and the decode speed
  * of a Llama-7B-shaped model with random PVQ weights.  Times are medians of repeats (CUDA events). */
+#include "cuda_check.h"
 #include "errmsg.h"
 #include "kernels.h"
 #include "kernels/pvq_codec.h"
@@ -12,15 +13,6 @@
 #include <time.h>
 
 #define REPEATS 7
-
-#define CK(call)                                                                                       \
-    do {                                                                                               \
-        cudaError_t e_ = (call);                                                                       \
-        if (e_ != cudaSuccess) {                                                                       \
-            err_fail(err, err_len, "CUDA: %s: %s", #call, cudaGetErrorString(e_));                     \
-            goto out;                                                                                  \
-        }                                                                                              \
-    } while (0)
 
 static int cmp_float(const void *a, const void *b)
 {

@@ -3,6 +3,7 @@
  * (int8 activations) against pvq_dot_row_q8_ref, its generic path and the tensor-core prefill against
  * pvq_dot_row_ref, the Hadamard transform against its dense definition.  The dense kernels, norms, RoPE and attention are checked end to end by
  * `pvq-cuda compare` (logits against the CPU path). */
+#include "cuda_check.h"
 #include "errmsg.h"
 #include "kernels.h"
 #include "kernels/pvq_codec.h"
@@ -12,15 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define CK(call)                                                                                       \
-    do {                                                                                               \
-        cudaError_t e_ = (call);                                                                       \
-        if (e_ != cudaSuccess) {                                                                       \
-            err_fail(err, err_len, "CUDA: %s: %s", #call, cudaGetErrorString(e_));                     \
-            goto out;                                                                                  \
-        }                                                                                              \
-    } while (0)
 
 static int report(int ok, const char *what, double value)
 {
