@@ -29,7 +29,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from models import EVAL_TEXT  # noqa: E402
 from models.smollm2 import HERE, ensure, pvq_gguf  # noqa: E402
-from bench.bench_runtime import N_DECODE, N_PREFILL, THREADS, Ours, Peer, one_rep  # noqa: E402
+from bench.bench_runtime import N_DECODE, N_PREFILL, THREADS, Ours, Peer, one_rep, write_docs_section  # noqa: E402
 from runtime_clib import RUNTIME, Model, build_dir  # noqa: E402
 
 BEGIN, END = "<!-- pvq-bench:begin -->", "<!-- pvq-bench:end -->"
@@ -128,13 +128,7 @@ def main():
     block = "\n".join(lines)
     print(block)
     if not args.no_write:
-        doc = ROOT / "docs" / "benchmarks.md"
-        text = doc.read_text()
-        if BEGIN in text:
-            text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip() + "\n\n## PVQ in the runtime against llama.cpp\n\n" + block + "\n"
-        doc.write_text(text)
+        write_docs_section(BEGIN, END, block, "PVQ in the runtime against llama.cpp")
 
 
 if __name__ == "__main__":

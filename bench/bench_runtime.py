@@ -53,6 +53,18 @@ class Peer:
         self.p.eval(tokens)
 
 
+def write_docs_section(begin: str, end: str, block: str, heading: str) -> None:
+    """Replaces docs/benchmarks.md's text between the markers by block (which carries them), or appends it
+    under heading."""
+    doc = ROOT / "docs" / "benchmarks.md"
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    if begin in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + f"\n\n## {heading}\n\n" + block + "\n"
+    doc.write_text(text)
+
+
 def one_rep(engine, prompt):
     """(prefill tok/s, decode tok/s) of one repetition."""
     engine.reset()
@@ -116,14 +128,7 @@ def main():
         table.append(f"| {name} | {opp:.0f} | {ppp:.0f} | {opp / ppp:.2f}x | {otg:.0f} | {ptg:.0f} | {otg / ptg:.2f}x |")
     table += ["", END]
     if not args.no_write:
-        doc = ROOT / "docs" / "benchmarks.md"
-        text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-        block = "\n".join(table)
-        if BEGIN in text:
-            text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip() + "\n\n## Runtime: pvqrun against llama.cpp\n\n" + block + "\n"
-        doc.write_text(text)
+        write_docs_section(BEGIN, END, "\n".join(table), "Runtime: pvqrun against llama.cpp")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,18 @@ def lib(variant: str = "build"):
     return _FFI
 
 
+_DECLARED: set[str] = set()
+
+
+def lib_with(cdef: str):
+    """lib() with the internal declarations cdef added (once per text): tests reach kernels pvq.h keeps private."""
+    ffi, L = lib()
+    if cdef not in _DECLARED:
+        ffi.cdef(cdef)
+        _DECLARED.add(cdef)
+    return ffi, L
+
+
 class Model:
     """A loaded model and one context, through the C API."""
 

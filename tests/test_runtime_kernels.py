@@ -7,7 +7,7 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize, quantize
 
-from runtime_clib import lib
+from runtime_clib import lib_with
 
 TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "bf16": 30}
 CDEF = """
@@ -30,16 +30,8 @@ void vec_swiglu(int64_t n, float *y, const float *gate, const float *up);
 void swiglu_ref(int64_t n, float *y, const float *gate, const float *up);
 double softmax_sum(const float *v, int64_t n);
 """
-_K = None
-
-
 def kernels():
-    global _K
-    if _K is None:
-        ffi, L = lib()
-        ffi.cdef(CDEF)
-        _K = (ffi, L)
-    return _K
+    return lib_with(CDEF)
 
 
 def _row(ffi, tid, x: np.ndarray):

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from runtime_clib import RUNTIME, lib
+from runtime_clib import RUNTIME, lib_with
 
 # The structs of the codec header, for cffi: taken from the header itself so they cannot drift.
 def _codec_cdef() -> str:
@@ -41,16 +41,8 @@ void hadamard_avx2(const hadamard_plan *pl, float *x);
 void hadamard_apply(const hadamard_plan *pl, float *x);
 const char *type_simd_name(void);
 """
-_K = None
-
-
 def kernels():
-    global _K
-    if _K is None:
-        ffi, L = lib()
-        ffi.cdef(CDEF)
-        _K = (ffi, L)
-    return _K
+    return lib_with(CDEF)
 
 
 def _f(ffi, a: np.ndarray, ctype: str = "float *"):
