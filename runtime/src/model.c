@@ -405,10 +405,10 @@ static void attention(void *arg, int ith, int nth) {
         for (int p = 0; p < n_kv; p++) att[p] -= mx;
         vec_exp(n_kv, att, att);
         float inv = (float)(1.0 / softmax_sum(att, n_kv));
-        for (int p = 0; p < n_kv; p++) p16[p] = f32_to_fp16(att[p] * inv);
-        memset(lanes, 0, (size_t)lo->lanes * hd * sizeof(float));
-        for (int p = 0; p < n_kv; p++)
-            vec_axpy_f16(hd, fp16_to_f32_fast(p16[p]), vc + (size_t)p * kv_dim + koff, lanes + (p % lo->lanes) * hd);
+        for (int p = 0; p < n_kv; p++) att[p] *= inv;
+        to_f16(att, p16, n_kv); /* the row conversion rounds as f32_to_fp16 does (to nearest even) */
+        for (int p = 0; p < n_kv; p++) att[p] = fp16_to_f32_fast(p16[p]); /* the fp16 values that weight V */
+        vec_lane_sums_f16(hd, lo->lanes, n_kv, att, vc + koff, kv_dim, lanes);
         lo->reduce(lanes, hd, s->xb + (size_t)t * m->dim + (size_t)h * hd);
     }
 }
