@@ -97,29 +97,38 @@ TARGET float pvq_dot_repacked_avx2(const uint8_t *prow, int64_t n, const int8_t 
     return hsum8(acc);
 }
 
+/* The tile takes x as unsigned bytes, x + 128 (a sign-bit flip per token, shared by the rows), so that
+ * vpmaddubsw multiplies it by the signed points directly: no vpsignb per (row, token).  The excess,
+ * 128 sum(y) per int16 lane, depends on the row only and is subtracted in int16.  No saturation: a lane
+ * sums (x_i + 128) y_i over coordinates of one group, at most 255 K <= 255 * 127 in magnitude, and the
+ * difference is the exact x . y of group_dots. */
 TARGET void pvq_tile_repacked_avx2(const uint8_t *prow, size_t prow_stride, int64_t n, const int8_t *xq,
                                    const float *xs, size_t x_stride, float *out, size_t out_stride)
 {
+    const __m256i ones = _mm256_set1_epi16(1), k128 = _mm256_set1_epi8((char)0x80);
     __m256 acc[PVQ_TILE_R][PVQ_TILE_T];
     UNROLL for (int r = 0; r < PVQ_TILE_R; r++)
         UNROLL for (int t = 0; t < PVQ_TILE_T; t++) acc[r][t] = _mm256_setzero_ps();
     for (int64_t st = 0; st < (n / 8 + 15) / 16; st++) {
         UNROLL for (int half = 0; half < 2; half++) {
-            __m256i lo[PVQ_TILE_R], hi[PVQ_TILE_R], alo[PVQ_TILE_R], ahi[PVQ_TILE_R];
+            __m256i lo[PVQ_TILE_R], hi[PVQ_TILE_R], excess[PVQ_TILE_R];
             __m256 s[PVQ_TILE_R];
             UNROLL for (int r = 0; r < PVQ_TILE_R; r++) {
                 const uint8_t *pt = prow + r * prow_stride + (size_t)st * STEP_BYTES + 32 * half;
                 lo[r] = _mm256_loadu_si256((const __m256i *)pt);
                 hi[r] = _mm256_loadu_si256((const __m256i *)(pt + 64));
-                alo[r] = _mm256_abs_epi8(lo[r]);
-                ahi[r] = _mm256_abs_epi8(hi[r]);
+                excess[r] = _mm256_add_epi16(_mm256_maddubs_epi16(k128, lo[r]), _mm256_maddubs_epi16(k128, hi[r]));
                 s[r] = _mm256_loadu_ps((const float *)(pt + 128));
             }
             UNROLL for (int t = 0; t < PVQ_TILE_T; t++) {
                 const int8_t *xp = (const int8_t *)((const uint8_t *)xq + t * x_stride) + st * 128 + 32 * half;
+                const __m256i ulo = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)xp), k128);
+                const __m256i uhi = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(xp + 64)), k128);
                 const __m256 xsv = _mm256_set1_ps(((const float *)((const uint8_t *)xs + t * x_stride))[st]);
                 UNROLL for (int r = 0; r < PVQ_TILE_R; r++) {
-                    __m256i d = group_dots(alo[r], ahi[r], lo[r], hi[r], xp);
+                    __m256i d16 = _mm256_sub_epi16(
+                        _mm256_add_epi16(_mm256_maddubs_epi16(ulo, lo[r]), _mm256_maddubs_epi16(uhi, hi[r])), excess[r]);
+                    __m256i d = _mm256_madd_epi16(d16, ones);
                     acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(s[r], xsv), acc[r][t]);
                 }
             }
