@@ -359,6 +359,8 @@ def test_perplexity_matches_converter_fake_quant(pvq_smollm2, pvq_pair, eval_tex
     tok = Tokenizer(None, len(with_bos) > len(plain), with_bos[0] if len(with_bos) > len(plain) else None)
     with torch.no_grad():
         s = score(lambda ids: tm(ids), chunks(with_bos, N_CTX, N_CHUNKS, tok))
+    print(f"perplexity over {N_CHUNKS} x {N_CTX} tokens: pvqrun {ppl_rt:.4f}, converter's torch model {s.ppl:.4f} "
+          f"({100 * (ppl_rt / s.ppl - 1):+.3f}%)")
     assert abs(ppl_rt / s.ppl - 1) < 0.005, (ppl_rt, s.ppl)
 
 
