@@ -109,13 +109,16 @@ int main(int argc, char **argv) {
     }
     for (int64_t i = 0; i < n; i++) x[i] = (float)((i * 7919) % 2001 - 1000) / 1000.0f;
     for (size_t i = 0; i < read_n; i++) big[i] = (float)(i & 1023);
-    pvq_weight w = {&layout, scales, NULL, 0, NULL};
+    pvq_weight w = {&layout, scales, NULL, 0};
     if (argc == 7) {
+        if (!layout.k.repack) {
+            fprintf(stderr, "type %s has no repacked layout (D = 8 with a fast path only)\n", argv[1]);
+            return 1;
+        }
         w.repacked_row_bytes = pvq_repacked_row_bytes(n);
         if (!(w.repacked = malloc(w.repacked_row_bytes * (size_t)rows))) return 1;
         for (int64_t r = 0; r < rows; r++)
-            pvq_repack_row(&layout.codec, data + (size_t)r * rb, 1.0f, n, w.repacked + (size_t)r * w.repacked_row_bytes);
-        w.dot_repacked = pvq_avx2_supported() ? pvq_dot_repacked_avx2 : pvq_dot_repacked_ref;
+            layout.k.repack(&layout.codec, data + (size_t)r * rb, 1.0f, n, w.repacked + (size_t)r * w.repacked_row_bytes);
     }
     threadpool *pool = pool_new(threads);
     if (!pool) return 1;

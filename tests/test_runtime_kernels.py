@@ -22,8 +22,10 @@ typedef struct {
 } type_traits;
 const type_traits *type_get(uint32_t id);
 size_t type_row_bytes(uint32_t id, int64_t n);
-void vec_axpy_f16(int64_t n, float a, const uint16_t *x, float *y);
-void axpy_f16_ref(int64_t n, float a, const uint16_t *x, float *y);
+void vec_lane_sums_f16(int64_t n, int lanes, int64_t n_pos, const float *w, const uint16_t *v, size_t v_stride,
+                       float *out);
+void lane_sums_f16_ref(int64_t n, int lanes, int64_t n_pos, const float *w, const uint16_t *v, size_t v_stride,
+                       float *out);
 void vec_exp(int64_t n, float *y, const float *x);
 void exp_row_ref(int64_t n, float *y, const float *x);
 void vec_swiglu(int64_t n, float *y, const float *gate, const float *up);
@@ -118,17 +120,24 @@ def test_tiles_equal_single_rows(name):
             assert out[t * 2 + r] == one[0]
 
 
-def test_axpy_f16_matches_reference():
+@pytest.mark.parametrize("n, lanes, n_pos", [(64, 8, 300), (64, 32, 5), (67, 8, 41), (128, 8, 9), (24, 16, 100)])
+def test_lane_sums_f16_matches_reference(n, lanes, n_pos):
+    """Attention's weighted sum of V in lanes: the vector kernel (a lane's sums in registers) forms the
+    reference's fused multiply-adds in the same order, so the same bits; lanes without positions are 0."""
     ffi, L = kernels()
-    rng = np.random.default_rng(3)
-    for n in (64, 67, 128):
-        xv = rng.standard_normal(n).astype(np.float16)
-        y0 = rng.standard_normal(n).astype(np.float32)
-        y1 = y0.copy()
-        xh = ffi.cast("uint16_t *", ffi.from_buffer(xv))
-        L.axpy_f16_ref(n, 0.37, xh, ffi.cast("float *", ffi.from_buffer(y0)))
-        L.vec_axpy_f16(n, 0.37, xh, ffi.cast("float *", ffi.from_buffer(y1)))
-        assert np.array_equal(y0, y1)  # both fused multiply-adds
+    rng = np.random.default_rng(n + lanes + n_pos)
+    stride = n + 5  # rows of V inside a wider KV row, as attention reads one head's columns
+    v = rng.standard_normal((n_pos, stride)).astype(np.float16)
+    w = rng.uniform(0, 1, n_pos).astype(np.float16).astype(np.float32)
+    out = {}
+    for fn in ("lane_sums_f16_ref", "vec_lane_sums_f16"):
+        o = np.full((lanes, n), np.nan, np.float32)
+        getattr(L, fn)(n, lanes, n_pos, ffi.cast("float *", ffi.from_buffer(w)),
+                       ffi.cast("uint16_t *", ffi.from_buffer(v)), stride, ffi.cast("float *", ffi.from_buffer(o)))
+        out[fn] = o
+    assert np.array_equal(out["vec_lane_sums_f16"].view(np.uint32), out["lane_sums_f16_ref"].view(np.uint32))
+    want = np.stack([(w[l::lanes, None].astype(np.float64) * v[l::lanes, :n]).sum(0) for l in range(lanes)])
+    assert np.allclose(out["lane_sums_f16_ref"], want, rtol=1e-5, atol=1e-5 * np.sqrt(n_pos))
 
 
 def _fp(ffi, a):

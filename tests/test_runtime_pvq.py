@@ -25,13 +25,16 @@ def _codec_cdef() -> str:
 
 CDEF = _codec_cdef() + """
 typedef struct { pvq_codec codec; pvq_kernels k; } pvq_layout;
-typedef struct { const pvq_layout *layout; const uint16_t *scales; } pvq_weight;
+typedef struct { const pvq_layout *layout; const uint16_t *scales; uint8_t *repacked; size_t repacked_row_bytes; }
+    pvq_weight;
 size_t pvq_xq_bytes(int64_t n);
 void pvq_quantize_x(const float *x, int64_t n, void *xq);
+size_t pvq_tile_bytes(int64_t n);
 void pvq_matvec_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes, int64_t n, int64_t r0, int64_t r1,
                      const float *x, const void *xq, float *y);
 void pvq_matmul_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes, int64_t n, int64_t r0, int64_t r1,
-                     const float *x, int T, float *out, int64_t out_stride, float *tile);
+                     const float *x, const void *xq, size_t xq_stride, int T, float *out, int64_t out_stride,
+                     void *tile);
 typedef struct { int n, h, p; float scale; int8_t *base; } hadamard_plan;
 int hadamard_plan_init(hadamard_plan *pl, int64_t n, int64_t p, const int8_t *base, uint64_t n_base, float scale,
                        char *err, size_t err_len);
@@ -92,30 +95,44 @@ class RandomPVQ:
                                      float(self.scales[r]), self.n, _f(ffi, out[r]))
         return out
 
+    def quantize(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row of x as the integer kernels read it: (xq [T, pvq_xq_bytes] bytes, step scales [T, steps])."""
+        ffi, L = self.ffi, self.L
+        x = np.ascontiguousarray(np.atleast_2d(x))
+        xq = np.zeros((x.shape[0], L.pvq_xq_bytes(self.n)), np.uint8)
+        for t in range(x.shape[0]):
+            L.pvq_quantize_x(_f(ffi, x[t]), self.n, _f(ffi, xq[t], "void *"))
+        steps = (self.n + 127) // 128
+        return xq, np.ascontiguousarray(xq[:, steps * 128:]).view(np.float32)
+
+    def repack(self, kind: str) -> np.ndarray:
+        """The rows in the repacked layout, by the reference (pvq_repack_row) or the AVX2 decoder."""
+        ffi, L = self.ffi, self.L
+        fn = L.pvq_repack_row if kind == "ref" else getattr(L, f"pvq_repack_row_{kind}")
+        packed = np.empty((self.rows, L.pvq_repacked_row_bytes(self.n)), np.uint8)
+        for r in range(self.rows):
+            fn(ffi.addressof(self.layout, "codec"), _f(ffi, self.data[r * self.row_bytes:], "uint8_t *"),
+               float(self.scales[r]), self.n, _f(ffi, packed[r], "uint8_t *"))
+        return packed
+
     def matvec(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(runtime decode product, the codec's scalar int8 reference on the same activations, xq scales)."""
         ffi, L = self.ffi, self.L
-        xq = np.zeros(L.pvq_xq_bytes(self.n), np.uint8)
-        L.pvq_quantize_x(_f(ffi, x), self.n, _f(ffi, xq, "void *"))
+        xq, xs = self.quantize(x)
+        xq, xs = xq[0], xs[0]
         y = np.full(self.rows, np.nan, np.float32)
         # two ranges, as two threads split the rows
         half = self.rows // 2
         for r0, r1 in ((0, half), (half, self.rows)):
             L.pvq_matvec_rows(self.weight, _f(ffi, self.data, "uint8_t *"), self.row_bytes, self.n, r0, r1,
                               _f(ffi, x), _f(ffi, xq, "void *"), _f(ffi, y))
-        steps = (self.n + 127) // 128
-        xs = xq[steps * 128:].view(np.float32)
         ref = np.empty(self.rows, np.float32)
         if self.layout.k.matvec_q8 == ffi.NULL:  # no integer path (D != 8)
             return y, None, xs
         # the repacked layout: the same integer products without decoding
         self.repacked = {}
-        prb = L.pvq_repacked_row_bytes(self.n)
-        packed = np.empty((self.rows, prb), np.uint8)
-        for r in range(self.rows):
-            L.pvq_repack_row(ffi.addressof(self.layout, "codec"), _f(ffi, self.data[r * self.row_bytes:], "uint8_t *"),
-                             float(self.scales[r]), self.n, _f(ffi, packed[r], "uint8_t *"))
-        for kind in ("ref", "avx2") if "avx2" in open("/proc/cpuinfo").read() else ("ref",):
+        packed = self.repack("ref")
+        for kind in KINDS:
             fn = getattr(L, f"pvq_dot_repacked_{kind}")
             self.repacked[kind] = np.array([fn(_f(ffi, packed[r], "uint8_t *"), self.n, _f(ffi, xq, "int8_t *"),
                                                _f(ffi, xs)) for r in range(self.rows)], np.float32)
@@ -124,19 +141,27 @@ class RandomPVQ:
                             _f(ffi, xs), _f(ffi, ref))
         return y, ref, xs
 
-    def matmul(self, x: np.ndarray) -> np.ndarray:
-        """The runtime's batch product out[T, rows] (rows decoded once per tile, f32 activations)."""
+    def matmul(self, x: np.ndarray, repacked: np.ndarray | None = None) -> np.ndarray:
+        """The runtime's batch product out[T, rows] (rows decoded once per tile, or read from `repacked`, the
+        weight's rows repacked at load), split over two row ranges as two threads would."""
         ffi, L = self.ffi, self.L
         T = x.shape[0]
+        x = np.ascontiguousarray(x)
+        xq, _ = self.quantize(x)
         out = np.full((T, self.rows), np.nan, np.float32)
-        tile = np.empty(16 * self.n, np.float32)
+        tile = np.empty(L.pvq_tile_bytes(self.n), np.uint8)
+        w = ffi.new("pvq_weight *", {"layout": self.layout, "scales": _f(ffi, self.scales, "uint16_t *")})
+        if repacked is not None:
+            w.repacked, w.repacked_row_bytes = _f(ffi, repacked, "uint8_t *"), repacked.shape[1]
         third = self.rows // 3
         for r0, r1 in ((0, third), (third, self.rows)):
-            L.pvq_matmul_rows(self.weight, _f(ffi, self.data, "uint8_t *"), self.row_bytes, self.n, r0, r1,
-                              _f(ffi, np.ascontiguousarray(x)), T, _f(ffi, out), self.rows, _f(ffi, tile))
+            L.pvq_matmul_rows(w, _f(ffi, self.data, "uint8_t *"), self.row_bytes, self.n, r0, r1, _f(ffi, x),
+                              _f(ffi, xq, "void *"), xq.shape[1], T, _f(ffi, out), self.rows,
+                              _f(ffi, tile, "void *"))
         return out
 
 
+KINDS = ("ref", "avx2") if "avx2" in open("/proc/cpuinfo").read() else ("ref",)
 # (D, K, b): the 2.25 / 3.25 / 4.25 presets (D = 8: integer kernels), and D = 16 (reference only)
 LAYOUTS = [(8, 6, 3), (8, 14, 3), (8, 29, 4), (16, 10, 4)]
 SHAPES = [(64, 576), (48, 1536), (20, 96), (33, 4096)]
@@ -173,19 +198,93 @@ def test_decode_product_against_reference(layout, shape):
         np.testing.assert_array_less(np.abs(y - exact), 1e-5 * absterms + 1e-30)
 
 
-@pytest.mark.parametrize("layout", LAYOUTS[1:3], ids=lambda l: "D%d-K%d-b%d" % l)
+@pytest.mark.parametrize("layout", LAYOUTS[1:], ids=lambda l: "D%d-K%d-b%d" % l)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "%dx%d" % s)
 def test_batch_product_against_reference(layout, shape):
-    """Prefill (f32 activations, rows decoded to float once per tile): the exact weights, so the product
-    equals the float64 one up to float32 summation."""
+    """Prefill (a tile of rows decoded once, every token against it). Fast layouts: the decode product's int8
+    activations and integer dots, so within the scalar reference's float summation of the same terms, equal
+    bit for bit to the one-token product on AVX2 (whole 8-group chunks), and within the bound of x's int8
+    rounding of the exact product. Others: f32 activations against the exact weights."""
     rows, n = shape
+    D, K, b = layout
+    if kernels()[1].pvq_type_row_bytes(0x50000000 | D << 20 | b << 16 | K, n) == 0:
+        pytest.skip("row length not a whole number of the layout's blocks")
     t = RandomPVQ(*layout, rows, n, seed=rows + n)
-    x = np.random.default_rng(1).standard_normal((5, n)).astype(np.float32)
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((6, n)) * np.exp(rng.normal(0, 1, n))).astype(np.float32)  # 4 + 2 past a tile
     W = t.dequantize_ref().astype(np.float64)
-    out = t.matmul(x)
     exact = x.astype(np.float64) @ W.T
     absterms = np.abs(x.astype(np.float64)) @ np.abs(W).T
-    np.testing.assert_array_less(np.abs(out - exact), 1e-5 * absterms + 1e-30)
+    out = t.matmul(x)
+    assert np.isfinite(out).all()
+    if t.layout.k.tile_repacked == t.ffi.NULL:
+        np.testing.assert_array_less(np.abs(out - exact), 1e-5 * absterms + 1e-30)
+        return
+    xq, xs = t.quantize(x)
+    packed = t.repack("ref")
+    ffi, L = t.ffi, t.L
+    ref = np.array([[L.pvq_dot_repacked_ref(_f(ffi, packed[r], "uint8_t *"), n, _f(ffi, xq[u], "int8_t *"),
+                                            _f(ffi, xs[u])) for r in range(rows)] for u in range(len(x))])
+    np.testing.assert_array_less(np.abs(out - ref), 1e-5 * absterms + 1e-30)
+    np.testing.assert_array_equal(t.matmul(x, repacked=packed).view(np.uint32), out.view(np.uint32))
+    if "avx2" in KINDS and n % 64 == 0:
+        one = np.array([t.matvec(row)[0] for row in x])
+        np.testing.assert_array_equal(out.view(np.uint32), one.view(np.uint32))
+    step = np.repeat(xs, 128, axis=1)[:, :n].astype(np.float64)
+    np.testing.assert_array_less(np.abs(out - exact), (step / 2) @ np.abs(W).T + 1e-5 * absterms)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS[:3], ids=lambda l: "D%d-K%d-b%d" % l)
+@pytest.mark.parametrize("shape", [(4, 576), (6, 1536), (2, 96), (4, 4096)], ids=lambda s: "%dx%d" % s)
+@pytest.mark.skipif("avx2" not in open("/proc/cpuinfo").read(), reason="no AVX2")
+def test_repacked_tile_kernels_against_reference(layout, shape):
+    """The AVX2 repacking is the reference's bytes; the AVX2 2 x 4 tile equals the scalar reference dot of
+    each (row, token) pair up to float summation order (the same integer dots of int8 points and int8
+    activations: a few float32 ulps of the sum of |terms|), and pvq_dot_repacked_avx2 bit for bit."""
+    rows, n = shape
+    t = RandomPVQ(*layout, rows, n, seed=7 * n + rows)
+    ffi, L = t.ffi, t.L
+    packed = t.repack("ref")
+    np.testing.assert_array_equal(t.repack("avx2"), packed)
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal((4, n)) * np.exp(rng.normal(0, 1, n))).astype(np.float32)
+    xq, xs = t.quantize(x)
+    W = t.dequantize_ref().astype(np.float64)
+    absterms = np.abs(x.astype(np.float64)) @ np.abs(W).T
+    for r in range(0, rows, 2):
+        got = {}
+        for kind in ("ref", "avx2"):
+            out = np.full((4, 2), np.nan, np.float32)
+            getattr(L, f"pvq_tile_repacked_{kind}")(
+                _f(ffi, packed[r], "uint8_t *"), packed.shape[1], n, _f(ffi, xq, "int8_t *"),
+                ffi.cast("float *", _f(ffi, xq, "uint8_t *") + (n + 127) // 128 * 128), xq.shape[1], _f(ffi, out), 2)
+            got[kind] = out
+        np.testing.assert_array_less(np.abs(got["avx2"] - got["ref"]), 1e-5 * absterms[:, r:r + 2] + 1e-30)
+        dots = np.array([[L.pvq_dot_repacked_avx2(_f(ffi, packed[r + i], "uint8_t *"), n, _f(ffi, xq[u], "int8_t *"),
+                                                  _f(ffi, xs[u])) for i in range(2)] for u in range(4)], np.float32)
+        np.testing.assert_array_equal(got["avx2"].view(np.uint32), dots.view(np.uint32))
+
+
+@pytest.mark.parametrize("n", [576, 1536, 96, 200, 4096])
+@pytest.mark.skipif("avx2" not in open("/proc/cpuinfo").read(), reason="no AVX2")
+def test_activation_quantizer_avx2_is_the_reference(n):
+    """The AVX2 quantizer of the integer kernels' activations writes the reference's bytes: the same int8
+    values (ties to even included) in the same planes, the same step scales, a zero-padded last step."""
+    ffi, L = kernels()
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * np.exp(rng.normal(0, 1, n))).astype(np.float32)
+    x[0], x[1:128] = 127.0, (np.arange(-63, 64) + 0.5)[:min(n, 128) - 1]  # scale 1: ties to round
+    steps = (n + 127) // 128
+    got = {}
+    for kind in ("q8", "q8_avx2"):
+        xq = np.full(steps * 128, 99, np.int8)
+        xs = np.full(steps, np.nan, np.float32)
+        getattr(L, f"pvq_quantize_x_{kind}")(_f(ffi, x), n, _f(ffi, xq, "int8_t *"), _f(ffi, xs))
+        got[kind] = xq, xs
+    np.testing.assert_array_equal(got["q8_avx2"][0], got["q8"][0])
+    np.testing.assert_array_equal(got["q8_avx2"][1].view(np.uint32), got["q8"][1].view(np.uint32))
+    pad = np.arange(n, steps * 128)  # value i goes to byte 128 s + 64 h + 4 g + j of i = 128 s + 8 g + 4 h + j
+    assert (got["q8"][0][pad // 128 * 128 + pad % 8 // 4 * 64 + pad % 128 // 8 * 4 + pad % 4] == 0).all()
 
 
 def test_kernel_choice_is_reported():

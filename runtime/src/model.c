@@ -219,9 +219,9 @@ int state_new(state *s, const model *m, int n_ctx, int n_batch, int n_threads, i
     s->att16 = malloc((size_t)n_threads * (n_ctx + m->head_dim) * 2);
     s->lanes = malloc((size_t)n_threads * 64 * m->head_dim * 4);
     s->logits = malloc((logits_all ? B : 1) * m->n_vocab * 4);
-    s->pvq_xq = malloc(pvq_xq_bytes((int64_t)wide));
-    s->pvq_tile_floats = PVQ_TILE_ROWS * wide;
-    s->pvq_tile = malloc((size_t)n_threads * s->pvq_tile_floats * 4);
+    s->pvq_xq = malloc(B * pvq_xq_bytes((int64_t)wide));
+    s->pvq_tile_bytes = pvq_tile_bytes((int64_t)wide);
+    s->pvq_tile = malloc((size_t)n_threads * s->pvq_tile_bytes);
     s->pool = pool_new(n_threads);
     if (!s->k_cache || !s->v_cache || !s->x || !s->xb || !s->xb2 || !s->q || !s->k || !s->v || !s->hb ||
         !s->hb2 || !s->rope || !s->xq || !s->att || !s->att16 || !s->lanes || !s->logits || !s->pvq_xq ||
@@ -248,17 +248,22 @@ typedef struct {
     const weight *w[3];
     float *out[3];
     const float *x; /* [T][n_in] */
-    void *xq;       /* x converted to the weights' vec_type (PVQ, one token: pvq_quantize_x) */
+    void *xq;       /* x converted to the weights' vec_type (PVQ: pvq_quantize_x) */
     size_t xq_row;  /* bytes per converted row */
-    float *tile;    /* PVQ batches: per-thread rows decoded to f32, tile_floats each */
-    size_t tile_floats;
+    uint8_t *tile;  /* PVQ batches: per-thread rows decoded, tile_bytes each */
+    size_t tile_bytes;
 } matmul_task;
 
 static void convert_task(void *arg, int ith, int nth) {
     matmul_task *mt = arg;
     const type_traits *vt = type_get(type_get(mt->w[0]->type)->vec_type);
     int64_t n = mt->w[0]->n_in;
-    for (int t = ith; t < mt->T; t += nth) vt->from_float(mt->x + t * n, (uint8_t *)mt->xq + t * mt->xq_row, n);
+    for (int t = ith; t < mt->T; t += nth) {
+        if (mt->w[0]->pvq.layout)
+            pvq_quantize_x(mt->x + t * n, n, (uint8_t *)mt->xq + t * mt->xq_row);
+        else
+            vt->from_float(mt->x + t * n, (uint8_t *)mt->xq + t * mt->xq_row, n);
+    }
 }
 
 #define ROW_TILE 16
@@ -308,8 +313,8 @@ static void pvq_matmul_task(void *arg, int ith, int nth) {
         if (mt->T == 1)
             pvq_matvec_rows(&w->pvq, w->data, w->row_bytes, w->n_in, lo, hi, mt->x, mt->xq, mt->out[i]);
         else
-            pvq_matmul_rows(&w->pvq, w->data, w->row_bytes, w->n_in, lo, hi, mt->x, mt->T, mt->out[i], w->n_out,
-                            mt->tile + (size_t)ith * mt->tile_floats);
+            pvq_matmul_rows(&w->pvq, w->data, w->row_bytes, w->n_in, lo, hi, mt->x, mt->xq, mt->xq_row, mt->T,
+                            mt->out[i], w->n_out, mt->tile + (size_t)ith * mt->tile_bytes);
     }
 }
 
@@ -323,19 +328,15 @@ static void matmul(state *s, const float *x, int T, int nw, const weight *w0, fl
             for (int j = 0; j < nw; j++) matmul(s, x, T, 1, w[j], o[j], NULL, NULL, NULL, NULL);
             return;
         }
-    if (w0->pvq.layout) {
-        matmul_task mt = {nw, T, {w0, w1, w2}, {o0, o1, o2}, x, s->pvq_xq, 0, s->pvq_tile, s->pvq_tile_floats};
-        if (T == 1) pvq_quantize_x(x, w0->n_in, s->pvq_xq);
-        pool_run(s->pool, pvq_matmul_task, &mt);
-        return;
-    }
-    matmul_task mt = {nw, T, {w0, w1, w2}, {o0, o1, o2}, x, s->xq,
-                      type_row_bytes(type_get(w0->type)->vec_type, w0->n_in), NULL, 0};
+    int pvq = w0->pvq.layout != NULL;
+    matmul_task mt = {nw, T, {w0, w1, w2}, {o0, o1, o2}, x, pvq ? s->pvq_xq : s->xq,
+                      pvq ? pvq_xq_bytes(w0->n_in) : type_row_bytes(type_get(w0->type)->vec_type, w0->n_in),
+                      s->pvq_tile, s->pvq_tile_bytes};
     if (T == 1)
         convert_task(&mt, 0, 1);
     else
         pool_run(s->pool, convert_task, &mt);
-    pool_run(s->pool, matmul_rows, &mt);
+    pool_run(s->pool, pvq ? pvq_matmul_task : matmul_rows, &mt);
 }
 
 /* ---------------------------------------------------------------- the layers */
@@ -404,10 +405,10 @@ static void attention(void *arg, int ith, int nth) {
         for (int p = 0; p < n_kv; p++) att[p] -= mx;
         vec_exp(n_kv, att, att);
         float inv = (float)(1.0 / softmax_sum(att, n_kv));
-        for (int p = 0; p < n_kv; p++) p16[p] = f32_to_fp16(att[p] * inv);
-        memset(lanes, 0, (size_t)lo->lanes * hd * sizeof(float));
-        for (int p = 0; p < n_kv; p++)
-            vec_axpy_f16(hd, fp16_to_f32_fast(p16[p]), vc + (size_t)p * kv_dim + koff, lanes + (p % lo->lanes) * hd);
+        for (int p = 0; p < n_kv; p++) att[p] *= inv;
+        to_f16(att, p16, n_kv); /* the row conversion rounds as f32_to_fp16 does (to nearest even) */
+        for (int p = 0; p < n_kv; p++) att[p] = fp16_to_f32_fast(p16[p]); /* the fp16 values that weight V */
+        vec_lane_sums_f16(hd, lo->lanes, n_kv, att, vc + koff, kv_dim, lanes);
         lo->reduce(lanes, hd, s->xb + (size_t)t * m->dim + (size_t)h * hd);
     }
 }

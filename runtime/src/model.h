@@ -52,9 +52,9 @@ typedef struct {
     uint16_t *att16;             /* [n_threads][n_ctx + head_dim] probabilities and query as fp16 */
     float *lanes;                /* [n_threads][64][head_dim] partial sums of probabilities . V */
     float *logits;               /* [logits_all ? n_batch : 1][n_vocab] */
-    void *pvq_xq;                /* one token's activations as the PVQ decode kernels read them */
-    float *pvq_tile;             /* [n_threads][pvq_tile_floats] PVQ rows decoded for a batch */
-    size_t pvq_tile_floats;      /* PVQ_TILE_ROWS * the widest n_in */
+    void *pvq_xq;                /* [n_batch] activations as the PVQ integer kernels read them */
+    uint8_t *pvq_tile;           /* [n_threads][pvq_tile_bytes] PVQ rows decoded for a batch */
+    size_t pvq_tile_bytes;       /* pvq_tile_bytes() of the widest n_in */
     int n_logits;                /* rows of logits written by the last forward */
     threadpool *pool;
 } state;

@@ -42,14 +42,13 @@ void pvq_layouts_free(pvq_layouts *set) {
 
 /* Rows in the repacked layout, for decode without decoding. */
 static int repack(pvq_weight *pw, const uint8_t *data, int64_t n, int64_t rows) {
-    const pvq_codec *c = &pw->layout->codec;
-    size_t rb = pvq_row_bytes(c, n);
+    const pvq_layout *l = pw->layout;
+    size_t rb = pvq_row_bytes(&l->codec, n);
     pw->repacked_row_bytes = pvq_repacked_row_bytes(n);
     if (!(pw->repacked = malloc(pw->repacked_row_bytes * (size_t)rows))) return -1;
     for (int64_t r = 0; r < rows; r++)
-        pvq_repack_row(c, data + (size_t)r * rb, pvq_half_to_float(pw->scales[r]), n,
-                       pw->repacked + (size_t)r * pw->repacked_row_bytes);
-    pw->dot_repacked = pvq_avx2_supported() ? pvq_dot_repacked_avx2 : pvq_dot_repacked_ref;
+        l->k.repack(&l->codec, data + (size_t)r * rb, pvq_half_to_float(pw->scales[r]), n,
+                    pw->repacked + (size_t)r * pw->repacked_row_bytes);
     return 0;
 }
 
@@ -90,7 +89,7 @@ int pvq_weight_load(pvq_weight *pw, pvq_layouts *set, const gguf_file *f, const 
         return err_fail(err, err_len, "%s: %s", name, why);
     pw->layout = l;
     pw->scales = st->data;
-    if (repack_rows && l->k.matvec_q8 && repack(pw, t->data, n, rows))
+    if (repack_rows && l->k.repack && repack(pw, t->data, n, rows))
         return err_fail(err, err_len, "out of memory repacking %s", name);
     return 0;
 }
@@ -100,8 +99,18 @@ size_t pvq_xq_bytes(int64_t n) {
     return steps * 128 + steps * sizeof(float);
 }
 
+/* The step scales that pvq_quantize_x writes after the int8 values. */
+static const float *xq_scales(const void *xq, int64_t n) {
+    return (const float *)((const uint8_t *)xq + (size_t)(n + 127) / 128 * 128);
+}
+
 void pvq_quantize_x(const float *x, int64_t n, void *xq) {
-    pvq_quantize_x_q8(x, n, xq, (float *)((uint8_t *)xq + (size_t)(n + 127) / 128 * 128));
+    (pvq_avx2_supported() ? pvq_quantize_x_q8_avx2 : pvq_quantize_x_q8)(x, n, xq, (float *)xq_scales(xq, n));
+}
+
+size_t pvq_tile_bytes(int64_t n) {
+    size_t f32 = (size_t)n * sizeof(float), repacked = pvq_repacked_row_bytes(n);
+    return PVQ_TILE_ROWS * (f32 > repacked ? f32 : repacked);
 }
 
 void pvq_matvec_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes, int64_t n, int64_t r0, int64_t r1,
@@ -109,22 +118,22 @@ void pvq_matvec_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes
     const pvq_layout *l = pw->layout;
     if (r1 <= r0) return;
     if (pw->repacked) {
-        const float *xs = (const float *)((const uint8_t *)xq + (size_t)(n + 127) / 128 * 128);
         for (int64_t r = r0; r < r1; r++)
-            y[r] = pw->dot_repacked(pw->repacked + (size_t)r * pw->repacked_row_bytes, n, xq, xs);
+            y[r] = l->k.dot_repacked(pw->repacked + (size_t)r * pw->repacked_row_bytes, n, xq, xq_scales(xq, n));
         return;
     }
     if (l->k.matvec_q8) {
-        const float *xs = (const float *)((const uint8_t *)xq + (size_t)(n + 127) / 128 * 128);
-        l->k.matvec_q8(&l->codec, data + (size_t)r0 * row_bytes, pw->scales + r0, r1 - r0, n, xq, xs, y + r0);
+        l->k.matvec_q8(&l->codec, data + (size_t)r0 * row_bytes, pw->scales + r0, r1 - r0, n, xq, xq_scales(xq, n),
+                       y + r0);
         return;
     }
     for (int64_t r = r0; r < r1; r++) /* layouts without an integer kernel (D != 8) */
         y[r] = l->k.dot(&l->codec, data + (size_t)r * row_bytes, pvq_half_to_float(pw->scales[r]), n, x);
 }
 
-void pvq_matmul_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes, int64_t n, int64_t r0, int64_t r1,
-                     const float *x, int T, float *out, int64_t out_stride, float *tile) {
+/* Layouts without a fast path: the tile decoded to float32, 2 x 4 f32 tiles with f32 activations. */
+static void matmul_rows_f32(const pvq_weight *pw, const uint8_t *data, size_t row_bytes, int64_t n, int64_t r0,
+                            int64_t r1, const float *x, int T, float *out, int64_t out_stride, float *tile) {
     const pvq_layout *l = pw->layout;
     const type_traits *f32 = type_get(T_F32);
     for (int64_t r = r0; r < r1; r += PVQ_TILE_ROWS) {
@@ -140,5 +149,38 @@ void pvq_matmul_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes
         for (int64_t i = 0; i < nr; i++)
             for (int u = i < nr / TILE_ROWS * TILE_ROWS ? t : 0; u < T; u++)
                 f32->dot_batch(n, tile + i * n, x + (int64_t)u * n, &out[u * out_stride + r + i]);
+    }
+}
+
+void pvq_matmul_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes, int64_t n, int64_t r0, int64_t r1,
+                     const float *x, const void *xq, size_t xq_stride, int T, float *out, int64_t out_stride,
+                     void *tile) {
+    const pvq_layout *l = pw->layout;
+    if (!l->k.tile_repacked) {
+        matmul_rows_f32(pw, data, row_bytes, n, r0, r1, x, T, out, out_stride, tile);
+        return;
+    }
+    const size_t prb = pvq_repacked_row_bytes(n);
+    const int8_t *xv = xq;
+    const float *xs = xq_scales(xq, n);
+    for (int64_t r = r0; r < r1; r += PVQ_TILE_ROWS) {
+        int64_t nr = r1 - r < PVQ_TILE_ROWS ? r1 - r : PVQ_TILE_ROWS;
+        const uint8_t *rows = pw->repacked ? pw->repacked + (size_t)r * prb : tile;
+        if (!pw->repacked)
+            for (int64_t i = 0; i < nr; i++)
+                l->k.repack(&l->codec, data + (size_t)(r + i) * row_bytes, pvq_half_to_float(pw->scales[r + i]), n,
+                            (uint8_t *)tile + (size_t)i * prb);
+        int t = 0;
+        int64_t whole = nr / PVQ_TILE_R * PVQ_TILE_R;
+        for (; t + PVQ_TILE_T <= T; t += PVQ_TILE_T)
+            for (int64_t i = 0; i < whole; i += PVQ_TILE_R)
+                l->k.tile_repacked(rows + (size_t)i * prb, prb, n, (const int8_t *)((const uint8_t *)xv + t * xq_stride),
+                                   (const float *)((const uint8_t *)xs + t * xq_stride), xq_stride,
+                                   &out[t * out_stride + r + i], (size_t)out_stride);
+        for (int64_t i = 0; i < nr; i++) /* the tokens past the last whole tile, and an odd last row */
+            for (int u = i < whole ? t : 0; u < T; u++)
+                out[u * out_stride + r + i] = l->k.dot_repacked(
+                    rows + (size_t)i * prb, n, (const int8_t *)((const uint8_t *)xv + u * xq_stride),
+                    (const float *)((const uint8_t *)xs + u * xq_stride));
     }
 }

@@ -7,8 +7,11 @@
  * integer dot (AVX-512 VBMI+VNNI, else AVX2, else the reference): the weights stay int8 pyramid
  * points, so the product is exact in integers and only x's rounding (relative 1/254 of the block
  * maximum per value) and the float sums remain. Batches (prompt processing, perplexity) decode a tile
- * of PVQ_TILE_ROWS rows once to float32 (the format's exact weights) and dot it with every token's
- * f32 activations: no activation rounding, the decode cost shared by the batch. */
+ * of PVQ_TILE_ROWS rows once into the repacked layout (int8 pyramid points and float32 group scales:
+ * the format's exact weights, no second rounding) and run the same integer products against every
+ * token's activations quantized the same way: a batch's product is the one-token product, bit for bit on
+ * AVX2 (rows of a multiple of 64), the decode cost shared by the batch. Layouts without a fast path
+ * (D != 8, large K) decode their tile to float32 and take f32 activations instead. */
 #ifndef PVQ_PVQ_MATMUL_H
 #define PVQ_PVQ_MATMUL_H
 
@@ -30,20 +33,17 @@ typedef struct {
     int n;
 } pvq_layouts;
 
-typedef float (*pvq_dot_repacked_fn)(const uint8_t *prow, int64_t n, const int8_t *xq, const float *xs);
-
 /* What a PVQ weight carries besides its rows; layout is NULL for the other types. */
 typedef struct {
     const pvq_layout *layout;
     const uint16_t *scales; /* n_out fp16 row scales, the "<name>.pvq_scale" tensor in the mapping */
     uint8_t *repacked;      /* owned: the rows in the repacked layout (pvq_codec.h), or NULL */
     size_t repacked_row_bytes;
-    pvq_dot_repacked_fn dot_repacked;
 } pvq_weight;
 
 /* For tensor t of type PVQ with rows of n: finds "<name>.pvq_scale" and "pvq.gain_levels.<name>",
  * checks them and every field of every row, and shares or builds the layout in `set`. With repack, a
- * D == 8 weight also gets its rows in the repacked layout (12 bits per weight of RAM besides the mapping)
+ * weight of a fast-path layout (D == 8) also gets its rows in the repacked layout (12 bits per weight of RAM besides the mapping)
  * that decode then reads instead of the PVQ fields. Returns 0, or -1 with a message naming the tensor. */
 int pvq_weight_load(pvq_weight *pw, pvq_layouts *set, const gguf_file *f, const gguf_tensor *t, int repack,
                     char *err, size_t err_len);
@@ -52,17 +52,20 @@ void pvq_layouts_free(pvq_layouts *set);
 
 /* Bytes pvq_quantize_x writes for n activations. */
 size_t pvq_xq_bytes(int64_t n);
-/* x as the decode kernels read it: int8 values, then one float scale per 128. */
+/* x as the integer kernels read it: int8 values, then one float scale per 128. */
 void pvq_quantize_x(const float *x, int64_t n, void *xq);
 
 #define PVQ_TILE_ROWS 16
+/* Bytes of the per-thread scratch of pvq_matmul_rows for rows of n: PVQ_TILE_ROWS rows decoded. */
+size_t pvq_tile_bytes(int64_t n);
 
 /* y[r] for rows r0 <= r < r1 of one token: x (f32) and xq (pvq_quantize_x of x). */
 void pvq_matvec_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes, int64_t n, int64_t r0, int64_t r1,
                      const float *x, const void *xq, float *y);
-/* out[t * out_stride + r] for rows r0 <= r < r1 and tokens t < T of x[T][n] (f32); tile holds
- * PVQ_TILE_ROWS * n floats. */
+/* out[t * out_stride + r] for rows r0 <= r < r1 and tokens t < T of x[T][n] (f32); xq holds
+ * pvq_quantize_x of each token, xq_stride bytes apart; tile holds pvq_tile_bytes(n). */
 void pvq_matmul_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes, int64_t n, int64_t r0, int64_t r1,
-                     const float *x, int T, float *out, int64_t out_stride, float *tile);
+                     const float *x, const void *xq, size_t xq_stride, int T, float *out, int64_t out_stride,
+                     void *tile);
 
 #endif

@@ -20,7 +20,7 @@
 #define TO_F16 f32_to_f16_row_f16c
 #define EXP exp_avx2
 #define SWIGLU swiglu_avx2
-#define AXPY_F16 axpy_f16_avx2
+#define LANE_SUMS_F16 lane_sums_f16_avx2
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define Q8_DOT dot_q8_0_vnni
 #define SIMD_NAME "AVX2+FMA+F16C, AVX-512 (F16), AVX512-VNNI (Q8_0)"
@@ -34,7 +34,7 @@
 #define F16_DOT_BATCH dot_f16_ref
 #define F16_TILE NULL
 #define TO_F16 f32_to_f16_row
-#define AXPY_F16 axpy_f16_ref
+#define LANE_SUMS_F16 lane_sums_f16_ref
 #define EXP exp_row_ref
 #define SWIGLU swiglu_ref
 #define Q8_DOT dot_q8_0_ref
@@ -98,6 +98,9 @@ static void tile_f32_ref(int64_t n, const void *w, size_t w_stride, const void *
 const tile_fn tile_f32 = tile_f32_ref;
 #endif
 
-void vec_axpy_f16(int64_t n, float a, const uint16_t *x, float *y) { AXPY_F16(n, a, x, y); }
+void vec_lane_sums_f16(int64_t n, int lanes, int64_t n_pos, const float *w, const uint16_t *v, size_t v_stride,
+                       float *out) {
+    LANE_SUMS_F16(n, lanes, n_pos, w, v, v_stride, out);
+}
 void vec_exp(int64_t n, float *y, const float *x) { EXP(n, y, x); }
 void vec_swiglu(int64_t n, float *y, const float *gate, const float *up) { SWIGLU(n, y, gate, up); }

@@ -94,10 +94,15 @@ void swiglu_ref(int64_t n, float *y, const float *gate, const float *up);
 void exp_avx2(int64_t n, float *y, const float *x);
 void swiglu_avx2(int64_t n, float *y, const float *gate, const float *up);
 
-/* y[0..n) = fma(a, x[0..n), y) with fp16 x (attention's weighted sum of V) */
-void vec_axpy_f16(int64_t n, float a, const uint16_t *x, float *y);
-void axpy_f16_ref(int64_t n, float a, const uint16_t *x, float *y);
-void axpy_f16_avx2(int64_t n, float a, const uint16_t *x, float *y);
+/* Attention's weighted sum of V in lanes: out[l][0..n) for l < lanes = the fused multiply-adds
+ * fma(w[p], v[p][0..n), .) from 0 over the positions p < n_pos with p % lanes == l, in increasing p
+ * (v[p] = v + p * v_stride, fp16). The vector kernel holds a lane in registers over its positions. */
+void vec_lane_sums_f16(int64_t n, int lanes, int64_t n_pos, const float *w, const uint16_t *v, size_t v_stride,
+                       float *out);
+void lane_sums_f16_ref(int64_t n, int lanes, int64_t n_pos, const float *w, const uint16_t *v, size_t v_stride,
+                       float *out);
+void lane_sums_f16_avx2(int64_t n, int lanes, int64_t n_pos, const float *w, const uint16_t *v, size_t v_stride,
+                        float *out);
 void f32_to_f16_row_f16c(const float *src, void *dst, int64_t n);
 
 void dot_f32_ref(int64_t n, const void *w, const void *x, float *out);

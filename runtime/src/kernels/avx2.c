@@ -132,11 +132,36 @@ void dot_bf16_avx2(int64_t n, const void *w, const void *x, float *out) {
     *out = s;
 }
 
-void axpy_f16_avx2(int64_t n, float a, const uint16_t *x, float *y) {
-    __m256 av = _mm256_set1_ps(a);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, load_f16(x + i), _mm256_loadu_ps(y + i)));
-    for (; i < n; i++) y[i] = fmaf(a, fp16_to_f32(x[i]), y[i]);
+/* Columns [c, c + 8 * width) of every lane, the lane's accumulators in registers over its positions. */
+static inline void lane_sums_cols(int width, int64_t n, int lanes, int64_t n_pos, const float *w, const uint16_t *v,
+                                  size_t v_stride, float *out, int64_t c) {
+    for (int l = 0; l < lanes; l++) {
+        __m256 acc[8];
+        #pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) acc[k] = _mm256_setzero_ps();
+        for (int64_t p = l; p < n_pos; p += lanes) {
+            __m256 wp = _mm256_set1_ps(w[p]);
+            #pragma GCC unroll 8
+            for (int k = 0; k < 8; k++)
+                if (k < width) acc[k] = _mm256_fmadd_ps(wp, load_f16(v + (size_t)p * v_stride + c + 8 * k), acc[k]);
+        }
+        #pragma GCC unroll 8
+        for (int k = 0; k < 8; k++)
+            if (k < width) _mm256_storeu_ps(out + l * n + c + 8 * k, acc[k]);
+    }
+}
+
+void lane_sums_f16_avx2(int64_t n, int lanes, int64_t n_pos, const float *w, const uint16_t *v, size_t v_stride,
+                        float *out) {
+    int64_t c = 0;
+    for (; c + 64 <= n; c += 64) lane_sums_cols(8, n, lanes, n_pos, w, v, v_stride, out, c);
+    for (; c + 8 <= n; c += 8) lane_sums_cols(1, n, lanes, n_pos, w, v, v_stride, out, c);
+    for (; c < n; c++) /* the last columns, each in the same order */
+        for (int l = 0; l < lanes; l++) {
+            float y = 0.0f;
+            for (int64_t p = l; p < n_pos; p += lanes) y = fmaf(w[p], fp16_to_f32(v[(size_t)p * v_stride + c]), y);
+            out[l * n + c] = y;
+        }
 }
 
 void f32_to_f16_row_f16c(const float *src, void *dst, int64_t n) {

@@ -175,6 +175,59 @@ TARGET float pvq_dot_row_avx2(const pvq_codec *c, const uint8_t *row, float scal
     return _mm_cvtss_f32(h) + pvq_dot_groups_ref(c, row, g0, G, scale, x);
 }
 
+/* Decoded chunk by chunk: a chunk's eight groups are 32 bytes of each point plane and 8 scales, in place. */
+TARGET void pvq_repack_row_avx2(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, uint8_t *out)
+{
+    if (!c->fast) {
+        pvq_repack_row(c, row, scale, n, out);
+        return;
+    }
+    const int64_t G = n / 8;
+    if (G % 16) memset(out + (size_t)(G / 16) * PVQ_REPACKED_STEP_BYTES, 0, PVQ_REPACKED_STEP_BYTES);
+    uint8_t buf[72] = {0};
+    int64_t g0 = 0;
+    for (; g0 + 8 <= G; g0 += 8) {
+        __m256i lo, hi;
+        __m256 s;
+        decode8(c, chunk(row, g0, G, c->field_bits, buf), scale, &lo, &hi, &s);
+        uint8_t *p = out + (size_t)(g0 / 16) * PVQ_REPACKED_STEP_BYTES + 4 * (g0 % 16);
+        _mm256_storeu_si256((__m256i *)p, lo);
+        _mm256_storeu_si256((__m256i *)(p + 64), hi);
+        _mm256_storeu_ps((float *)(p + 128), s);
+    }
+    pvq_repack_groups_ref(c, row, g0, G, scale, out);
+}
+
+/* pvq_quantize_x_q8 eight groups at a time, the same bytes: the same max, reciprocal and products, and
+ * vcvtps2dq rounds to nearest even as lrintf does (default rounding mode).  Two packs put a group's
+ * coordinates 0-3 in the low lane and 4-7 in the high lane; the lanes of two such registers are the planes. */
+TARGET void pvq_quantize_x_q8_avx2(const float *x, int64_t n, int8_t *xq, float *xs)
+{
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    int64_t s = 0;
+    for (; s * 128 + 128 <= n; s++) {
+        const float *xp = x + s * 128;
+        __m256 m = _mm256_setzero_ps();
+        for (int i = 0; i < 128; i += 8) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(xp + i), abs_mask));
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+        xs[s] = amax / 127.0f;
+        const __m256 id = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+        for (int half = 0; half < 2; half++) { /* groups 0-7, then 8-15 */
+            __m256i q[8];
+            for (int g = 0; g < 8; g++)
+                q[g] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xp + 64 * half + 8 * g), id));
+            __m256i g0123 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            __m256i g4567 = _mm256_packs_epi16(_mm256_packs_epi32(q[4], q[5]), _mm256_packs_epi32(q[6], q[7]));
+            int8_t *out = xq + s * 128 + 32 * half;
+            _mm256_storeu_si256((__m256i *)out, _mm256_permute2x128_si256(g0123, g4567, 0x20));
+            _mm256_storeu_si256((__m256i *)(out + 64), _mm256_permute2x128_si256(g0123, g4567, 0x31));
+        }
+    }
+    if (s * 128 < n) pvq_quantize_x_q8(x + s * 128, n - s * 128, xq + s * 128, xs + s);
+}
+
 /* Integer dot with Q8 activations (pvq_quantize_x_q8): chunk c of step s meets the 32 bytes at
  * xq + 128 s + 32 c of each half plane; y . x = |y| . (sign(y) x) in vpmaddubsw (|y|, |x| <= 127:
  * pair sums stay below 2^15). */

@@ -293,13 +293,20 @@ void pvq_select_kernels(const pvq_codec *c, pvq_kernels *k)
     k->dequantize = pvq_dequantize_row_ref;
     k->dot = pvq_dot_row_ref;
     k->matvec_q8 = c->D == 8 ? pvq_matvec_q8_ref : NULL;
+    k->repack = NULL;
+    k->dot_repacked = NULL;
+    k->tile_repacked = NULL;
     if (!c->fast) return;
+    int avx2 = pvq_avx2_supported();
+    k->repack = avx2 ? pvq_repack_row_avx2 : pvq_repack_row;
+    k->dot_repacked = avx2 ? pvq_dot_repacked_avx2 : pvq_dot_repacked_ref;
+    k->tile_repacked = avx2 ? pvq_tile_repacked_avx2 : pvq_tile_repacked_ref;
     if (pvq_avx512_supported()) {
         k->name = "avx512";
         k->dequantize = pvq_dequantize_row_avx512;
         k->dot = pvq_dot_row_avx512;
         k->matvec_q8 = pvq_matvec_q8_avx512;
-    } else if (pvq_avx2_supported()) {
+    } else if (avx2) {
         k->name = "avx2";
         k->dequantize = pvq_dequantize_row_avx2;
         k->dot = pvq_dot_row_avx2;

@@ -124,6 +124,7 @@ float pvq_dot_row_avx512(const pvq_codec *c, const uint8_t *row, float scale, in
  * xq[128 s + 64 h + 4 g + j] = q(x[128 s + 8 g + 4 h + j]) (h: half, g: group, j < 4).
  * xq needs 128 * ceil(n / 128) bytes, xs ceil(n / 128) floats; the last step is zero-padded. */
 void pvq_quantize_x_q8(const float *x, int64_t n, int8_t *xq, float *xs);
+void pvq_quantize_x_q8_avx2(const float *x, int64_t n, int8_t *xq, float *xs); /* the same bytes */
 /* D == 8 only (the caller checks c->D).  The groups variant covers groups [g0, g1) of a row. */
 float pvq_dot_groups_q8_ref(const pvq_codec *c, const uint8_t *row, int64_t g0, int64_t g1, float scale,
                             const int8_t *xq, const float *xs);
@@ -141,30 +142,55 @@ void pvq_matvec_q8_avx2(const pvq_codec *c, const uint8_t *data, const uint16_t 
                         int64_t n, const int8_t *xq, const float *xs, float *y);
 void pvq_matvec_q8_avx512(const pvq_codec *c, const uint8_t *data, const uint16_t *scales_f16, int64_t rows,
                           int64_t n, const int8_t *xq, const float *xs, float *y);
-/* The repacked layout of a D == 8 row (an optional in-memory form for faster decode; the file stays PVQ):
- * per step of 16 groups, the points as int8 in the planes pvq_quantize_x_q8 uses for x (128 bytes:
- * pt[64 h + 4 g + j] = y_g[4 h + j]), then the 16 group scales s as float32 (64 bytes); the last step is
- * zero-padded.  The integer products equal the PVQ kernels'; only the decoding is gone. */
+/* The repacked layout of a D == 8 row (an optional in-memory form for faster decode, and the form a batch
+ * decodes a tile of rows into; the file stays PVQ): per step of 16 groups, the points as int8 in the planes
+ * pvq_quantize_x_q8 uses for x (128 bytes: pt[64 h + 4 g + j] = y_g[4 h + j]), then the 16 group scales s
+ * as float32 (64 bytes); the last step is zero-padded.  The integer products equal the PVQ kernels'; only
+ * the decoding is gone.  Needs |y_i| <= 127: codecs with a fast path (K <= 127). */
+#define PVQ_REPACKED_STEP_BYTES (128 + 16 * 4)
 size_t pvq_repacked_row_bytes(int64_t n);
 void pvq_repack_row(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, uint8_t *out);
+/* Groups [g0, g1) of a row into its repacked form out (the optimized repacking finishes rows with this). */
+void pvq_repack_groups_ref(const pvq_codec *c, const uint8_t *row, int64_t g0, int64_t g1, float scale, uint8_t *out);
+/* The same bytes by the AVX2 decoder (c->fast only). */
+void pvq_repack_row_avx2(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, uint8_t *out);
 float pvq_dot_repacked_ref(const uint8_t *prow, int64_t n, const int8_t *xq, const float *xs);
 float pvq_dot_repacked_avx2(const uint8_t *prow, int64_t n, const int8_t *xq, const float *xs);
+/* Batches: PVQ_TILE_R repacked rows (prow + r * prow_stride) times PVQ_TILE_T tokens' activations (token t's
+ * int8 values at xq + t * x_stride bytes, its step scales at xs + t * x_stride bytes), into
+ * out[t * out_stride + r].  The reference is pvq_dot_repacked_ref per pair; the AVX2 tile gives exactly
+ * pvq_dot_repacked_avx2's results (the same integer dots and float operations per pair), each row's
+ * loads and |y| shared by the tokens. */
+#define PVQ_TILE_R 2
+#define PVQ_TILE_T 4
+typedef void (*pvq_tile_repacked_fn)(const uint8_t *prow, size_t prow_stride, int64_t n, const int8_t *xq,
+                                     const float *xs, size_t x_stride, float *out, size_t out_stride);
+void pvq_tile_repacked_ref(const uint8_t *prow, size_t prow_stride, int64_t n, const int8_t *xq, const float *xs,
+                           size_t x_stride, float *out, size_t out_stride);
+void pvq_tile_repacked_avx2(const uint8_t *prow, size_t prow_stride, int64_t n, const int8_t *xq, const float *xs,
+                            size_t x_stride, float *out, size_t out_stride);
 
 /* IEEE half (as stored in F16 tensors) to float, exactly. */
 float pvq_half_to_float(uint16_t h);
 
 /* The best kernels for this CPU and codec: the reference when no fast path applies (D != 8 or a
  * 32-bit index), else AVX-512, AVX2 or the portable table-driven ones.  matvec_q8 is NULL when
- * D != 8 (use dot with float activations then). */
+ * D != 8 (use dot with float activations then); the repacked layout's kernels are NULL without a fast
+ * path (a batch then decodes rows to float).  AVX-512 CPUs repack and run tiles with the AVX2 kernels. */
 typedef void (*pvq_dequantize_fn)(const pvq_codec *, const uint8_t *, float, int64_t, float *);
 typedef float (*pvq_dot_fn)(const pvq_codec *, const uint8_t *, float, int64_t, const float *);
 typedef void (*pvq_matvec_q8_fn)(const pvq_codec *, const uint8_t *, const uint16_t *, int64_t, int64_t,
                                  const int8_t *, const float *, float *);
+typedef void (*pvq_repack_fn)(const pvq_codec *, const uint8_t *, float, int64_t, uint8_t *);
+typedef float (*pvq_dot_repacked_fn)(const uint8_t *, int64_t, const int8_t *, const float *);
 typedef struct pvq_kernels {
     const char *name;                 /* "ref", "scalar", "avx2" or "avx512" */
     pvq_dequantize_fn dequantize;
     pvq_dot_fn dot;
     pvq_matvec_q8_fn matvec_q8;
+    pvq_repack_fn repack;
+    pvq_dot_repacked_fn dot_repacked;
+    pvq_tile_repacked_fn tile_repacked;
 } pvq_kernels;
 void pvq_select_kernels(const pvq_codec *c, pvq_kernels *k);
 

@@ -130,8 +130,13 @@ void dot_q8_0_ref(int64_t n, const void *w, const void *x, float *out) {
     *out = s;
 }
 
-void axpy_f16_ref(int64_t n, float a, const uint16_t *x, float *y) {
-    for (int64_t i = 0; i < n; i++) y[i] = fmaf(a, fp16_to_f32(x[i]), y[i]);
+void lane_sums_f16_ref(int64_t n, int lanes, int64_t n_pos, const float *w, const uint16_t *v, size_t v_stride,
+                       float *out) {
+    memset(out, 0, (size_t)lanes * (size_t)n * sizeof(float));
+    for (int64_t p = 0; p < n_pos; p++) {
+        float *y = out + (p % lanes) * n;
+        for (int64_t i = 0; i < n; i++) y[i] = fmaf(w[p], fp16_to_f32(v[(size_t)p * v_stride + i]), y[i]);
+    }
 }
 
 static float from_bits(uint32_t u) {
