@@ -80,7 +80,7 @@ def main():
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     sm = ensure()
-    pvq = {f"PVQ {b}": pvq_gguf(b) for b in args.bits}
+    pvq = {f"PVQ {b}": pvq_gguf(b, ("--no-hessian",)) for b in args.bits}  # speed: the values do not matter
     files = pvq | {f"{n} repacked": p for n, p in pvq.items()} | {t: peer_gguf(sm.f16_gguf, t) for t in PEER_TYPES}
     tok = Model(sm.f16_gguf, n_ctx=16, logits_all=False)
     prompt = tok.tokenize(EVAL_TEXT.read_text()[:20000])[:N_PREFILL]

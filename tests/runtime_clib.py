@@ -3,6 +3,7 @@ libpvq through cffi over include/pvq.h, the pvqrun binary, the Q8_0 SmolLM2 file
 quantizer, and the peer's logits cached in $PVQ_CACHE."""
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import subprocess
@@ -83,6 +84,8 @@ class Model:
         self._check(L.pvq_context_new(self.m, ffi.new("pvq_context_params *", p), pc, self.err, 512))
         self.c = pc[0]
         self.n_vocab = L.pvq_n_vocab(self.m)
+        # the context's worker threads must be joined before cffi unloads the library at exit
+        atexit.register(self.close)
 
     def _check(self, st):
         if st != 0:
@@ -120,8 +123,11 @@ class Model:
         return out
 
     def close(self):
-        self.L.pvq_context_free(self.c)
-        self.L.pvq_model_free(self.m)
+        if self.c is not None:
+            self.L.pvq_context_free(self.c)
+            self.L.pvq_model_free(self.m)
+            self.c = self.m = None
+            atexit.unregister(self.close)
 
 
 def q8_0_gguf(f16_path: Path) -> Path:

@@ -1,9 +1,10 @@
-"""The Triton PVQ search kernel against the torch reference (pvq.nearest_point), run on the CPU
-through Triton's interpreter on small shapes.
+"""The Triton PVQ search kernel against the torch reference (pvq.nearest_point) on small shapes: on
+a CUDA GPU when torch sees one (bench/gpu_check.sh runs this file there), else on the CPU through
+Triton's interpreter.
 
 Triton reads TRITON_INTERPRET when it is first imported (its own library functions are decorated
-then), so the kernel runs in a child process started with the variable set; this process builds the
-inputs, computes the reference and compares."""
+then), so the kernel runs in a child process started with the variable set (or on the GPU); this
+process builds the inputs, computes the reference on the CPU and compares."""
 import os
 import subprocess
 import sys
@@ -22,11 +23,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
 import sys, time, torch
 from pvq_convert.pvq_triton import nearest_point_triton
-cases, out = torch.load(sys.argv[1]), {}
+cases, out, dev = torch.load(sys.argv[1]), {}, sys.argv[3]
 start = time.perf_counter()
 for name, (w, K, weights, refine) in cases.items():
     try:
-        out[name] = nearest_point_triton(w, K, weights, refine)
+        out[name] = nearest_point_triton(w.to(dev), K, None if weights is None else weights.to(dev), refine).cpu()
     except ValueError as e:
         out[name] = "ValueError: " + str(e)
 out["seconds"] = time.perf_counter() - start
@@ -83,17 +84,19 @@ def build_cases():
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """(cases, kernel outputs) with the kernel run once for all cases under TRITON_INTERPRET=1."""
+    """(cases, kernel outputs) with the kernel run once for all cases, on the GPU or interpreted."""
     d = tmp_path_factory.mktemp("pvq_triton")
     cases = build_cases()
     torch.save(cases, d / "cases.pt")
-    env = dict(os.environ, TRITON_INTERPRET="1",
-               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
-    r = subprocess.run([sys.executable, "-c", CHILD, str(d / "cases.pt"), str(d / "out.pt")],
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    if dev == "cpu":
+        env["TRITON_INTERPRET"] = "1"
+    r = subprocess.run([sys.executable, "-c", CHILD, str(d / "cases.pt"), str(d / "out.pt"), dev],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     out = torch.load(d / "out.pt")
-    print(f"interpreted kernel: {len(cases)} calls in {out['seconds']:.1f} s")
+    print(f"kernel on {dev}{'' if dev == 'cuda' else ' (interpreted)'}: {len(cases)} calls in {out['seconds']:.1f} s")
     return cases, out
 
 

@@ -378,7 +378,8 @@ N_GREEDY = 16
 
 @pytest.fixture(scope="module")
 def pvq_smollm2(smollm2):
-    """SmolLM2 converted by `python -m pvq_convert --bits 3.25 --no-hessian`, cached by the converter's inputs."""
+    """SmolLM2 converted by `python -m pvq_convert --bits 3.25` (Hessian-aware, calibrated on the eval text's
+    first half), cached by the converter's inputs."""
     from models.smollm2 import pvq_gguf
     return pvq_gguf(3.25)
 
@@ -403,7 +404,8 @@ def torch_model_of(path, hf_dir):
     for t in reader.tensors:
         if t.name.endswith(SCALE_SUFFIX):
             continue
-        w = dequantize_matrix(pvq[t.name].quantized()).numpy() if t.name in pvq else np.array(t.data, np.float32)
+        w = dequantize_matrix(pvq[t.name].quantized()).numpy() if t.name in pvq else \
+            gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
         name = hf_tensor_name(t.name)
         if name.endswith(("q_proj.weight", "k_proj.weight")):
             w = unpermute_qk(w, cfg.n_heads if "q_proj" in name else cfg.n_kv_heads)
@@ -456,6 +458,8 @@ def test_perplexity_matches_converter_fake_quant(pvq_smollm2, pvq_pair, eval_tex
     tok = Tokenizer(None, len(with_bos) > len(plain), with_bos[0] if len(with_bos) > len(plain) else None)
     with torch.no_grad():
         s = score(lambda ids: tm(ids), chunks(with_bos, N_CTX, N_CHUNKS, tok))
+    print(f"perplexity over {N_CHUNKS} x {N_CTX} tokens: pvqrun {ppl_rt:.4f}, converter's torch model {s.ppl:.4f} "
+          f"({100 * (ppl_rt / s.ppl - 1):+.3f}%)")
     assert abs(ppl_rt / s.ppl - 1) < 0.005, (ppl_rt, s.ppl)
 
 
