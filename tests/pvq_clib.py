@@ -11,7 +11,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ROOT / "runtime" / "src" / "kernels"
-SOURCES = ["pvq_codec.c", "pvq_ref.c", "pvq_scalar.c", "pvq_avx2.c", "pvq_avx512.c"]
+SOURCES = ["pvq_codec.c", "pvq_ref.c", "pvq_scalar.c", "pvq_repack.c", "pvq_avx2.c", "pvq_avx512.c"]
 SHIM = "#include \"pvq_codec.h\"\nsize_t pvq_test_codec_size(void) { return sizeof(pvq_codec); }\n"
 
 

@@ -149,9 +149,10 @@ def test_matvec_q8_with_fp16_scales(kernels):
 def test_kernel_selection(kernels):
     import ctypes
 
-    class Sel(ctypes.Structure):
+    class Sel(ctypes.Structure):  # every field of pvq_kernels (pvq_codec.h): the C side writes them all
         _fields_ = [("name", ctypes.c_char_p), ("dequantize", ctypes.c_void_p), ("dot", ctypes.c_void_p),
-                    ("matvec_q8", ctypes.c_void_p)]
+                    ("matvec_q8", ctypes.c_void_p), ("repack", ctypes.c_void_p), ("dot_repacked", ctypes.c_void_p),
+                    ("tile_repacked", ctypes.c_void_p)]
     L = kernels.lib
     L.pvq_select_kernels.argtypes = [ctypes.c_void_p, ctypes.POINTER(Sel)]
     lay = pvq_presets.preset(3.25)
