@@ -4,8 +4,9 @@
 #   on SmolLM2 F16 and SmolLM2 PVQ; the converter's Triton search; PVQ GEMV bandwidth vs the device copy
 #   bandwidth and vs torch's fp16 matmul at batch 1; decode tokens/s of a Llama-7B-shaped PVQ model;
 #   compute-sanitizer memcheck (last: the slowest).
-# Environment: F16_GGUF, PVQ_GGUF (SmolLM2 files, F16_GGUF=none skips that file; PVQ_GGUF is made with pvq_convert from HF_DIR, the
-#   HF directory in $PVQ_CACHE, when missing; calibration text from PVQ_SHARED_DATA), TOL and PVQ_TOL
+# Environment: F16_GGUF, PVQ_GGUF (SmolLM2 files, F16_GGUF=none skips that file; PVQ_GGUF is made with
+#   pvq_convert from HF_DIR, the HF directory in $PVQ_CACHE, when missing, calibrated as the tests' PVQ
+#   model is: models/smollm2.py calibration_text, from PVQ_SHARED_DATA), TOL and PVQ_TOL
 #   (logit tolerances of the two files, default 1e-2 and 3e-2), ONLY (space-separated step-name prefixes
 #   to run, e.g. ONLY="selftest bench-gemv"; build and info always run), LOG_DIR (logs, default
 #   /tmp/pvq-gpu-check).  Exit status 0 only when every step passed; each step's log is in $LOG_DIR.
@@ -45,12 +46,9 @@ step info "$EXE" info || { echo "no usable GPU: nothing else can run"; exit 1; }
 step selftest "$EXE" selftest
 
 if [ ! -f "$PVQ_GGUF" ] && [ -d "$HF_DIR" ]; then
-    # calibration on the first half of the shared eval text, as bench/quality.py does
     mkdir -p "$(dirname "$PVQ_GGUF")"
-    step calib-text python3 -c "import sys; from models import EVAL_TEXT; from pvq_convert.eval import split_text; \
-open(sys.argv[1], 'w', encoding='utf-8').write(split_text(EVAL_TEXT.read_text(encoding='utf-8'))[0])" "$LOG_DIR/calib.txt" &&
-    step convert-pvq python3 -m pvq_convert "$HF_DIR" --bits 3.25 --calib "$LOG_DIR/calib.txt" --calib-seqs 8 -q \
-        -o "$PVQ_GGUF"
+    calib=$(python3 -c "from models.smollm2 import calibration_text; print(calibration_text())") &&
+    step convert-pvq python3 -m pvq_convert "$HF_DIR" --bits 3.25 --calib "$calib" --calib-seqs 8 -q -o "$PVQ_GGUF"
 fi
 for kind in F16 PVQ; do
     model=$([ $kind = F16 ] && echo "$F16_GGUF" || echo "$PVQ_GGUF")
