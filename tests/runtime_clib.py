@@ -70,12 +70,12 @@ def lib_with(cdef: str):
 class Model:
     """A loaded model and one context, through the C API."""
 
-    def __init__(self, path, n_ctx=512, n_threads=2, logits_all=True, pvq_repack=False):
+    def __init__(self, path, n_ctx=512, n_threads=2, logits_all=True, pvq_repack=False, pvq_f32_act=False):
         ffi, L = self.ffi, self.L = lib()
         self.err = ffi.new("char[512]")
         pm = ffi.new("pvq_model **")
         mp = L.pvq_model_default_params()
-        mp.pvq_repack = int(pvq_repack)
+        mp.pvq_repack, mp.pvq_f32_activations = int(pvq_repack), int(pvq_f32_act)
         self._check(L.pvq_model_load_params(str(path).encode(), ffi.new("pvq_model_params *", mp), pm, self.err, 512))
         self.m = pm[0]
         p = L.pvq_context_default_params()

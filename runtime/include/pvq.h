@@ -33,6 +33,9 @@ pvq_status pvq_model_load(const char *path, pvq_model **out, char *err, size_t e
 typedef struct {
     int pvq_repack; /* also hold PVQ weights (D = 8) as int8 points + float group scales for decode: faster,
                      * 1.5 bytes per weight of RAM besides the file's mapping (0.41 at 3.25 bits) */
+    int pvq_f32_activations; /* PVQ products read float32 activations instead of int8 ones: slower, and the
+                              * same arithmetic as the converter's torch model up to float rounding. Not
+                              * with pvq_repack (PVQ_ERR_ARG). */
 } pvq_model_params;
 pvq_model_params pvq_model_default_params(void);
 pvq_status pvq_model_load_params(const char *path, const pvq_model_params *params, pvq_model **out, char *err,

@@ -44,7 +44,13 @@ pvq_status pvq_model_load_params(const char *path, const pvq_model_params *param
     pvq_model *pm = calloc(1, sizeof *pm);
     if (!pm) return error(PVQ_ERR_NOMEM, err, err_len, "out of memory");
     char msg[512];
-    if (model_load(&pm->m, path, params->pvq_repack, msg, sizeof msg)) {
+    if (params->pvq_repack && params->pvq_f32_activations) {
+        free(pm);
+        return error(PVQ_ERR_ARG, err, err_len, "pvq_repack and pvq_f32_activations exclude each other (the "
+                     "repacked rows serve int8 activations)");
+    }
+    pvq_mode mode = params->pvq_f32_activations ? PVQ_MODE_F32 : params->pvq_repack ? PVQ_MODE_REPACKED : PVQ_MODE_NATIVE;
+    if (model_load(&pm->m, path, mode, msg, sizeof msg)) {
         free(pm);
         /* model_load reports I/O problems as "cannot open/map ..." */
         return error(strncmp(msg, "cannot ", 7) ? PVQ_ERR_FORMAT : PVQ_ERR_IO, err, err_len, "%s", msg);
@@ -81,6 +87,8 @@ void pvq_model_describe(const pvq_model *pm, char *buf, size_t len) {
     else
         snprintf(wtype, sizeof wtype, "%s", type_get(m->layers[0].wq.type)->name);
     if (l && m->layers[0].wq.pvq.repacked) strncat(wtype, ", repacked", sizeof wtype - strlen(wtype) - 1);
+    if (l) strncat(wtype, m->layers[0].wq.pvq.f32_activations ? ", f32 activations" : ", int8 activations",
+                   sizeof wtype - strlen(wtype) - 1);
     if (m->ffn_hadamard.base) snprintf(rot, sizeof rot, ", ffn Hadamard %d x %d", m->ffn_hadamard.h, m->ffn_hadamard.p);
     snprintf(buf, len, "%s: %d layers, dim %d, ffn %d, %d heads (%d kv), vocab %d, weights %s, output %s%s, kernels %s",
              m->arch == ARCH_LLAMA ? "llama" : "qwen2", m->n_layer, m->dim, m->ffn_dim, m->n_head, m->n_head_kv,

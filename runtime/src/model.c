@@ -27,7 +27,7 @@ static int get_weight(model *m, weight *w, const char *name, int64_t n_in, int64
     w->row_bytes = type_row_bytes(t->type, n_in);
     memset(&w->pvq, 0, sizeof w->pvq);
     if (type_is_pvq(t->type))
-        return pvq_weight_load(&w->pvq, &m->pvq_layouts, &m->file, t, m->pvq_repack, err, err_len);
+        return pvq_weight_load(&w->pvq, &m->pvq_layouts, &m->file, t, m->pvq_mode, err, err_len);
     return 0;
 }
 
@@ -72,9 +72,9 @@ static int load_ffn_hadamard(model *m, char *err, size_t err_len) {
                               err_len);
 }
 
-int model_load(model *m, const char *path, int pvq_repack, char *err, size_t err_len) {
+int model_load(model *m, const char *path, pvq_mode pvq_mode, char *err, size_t err_len) {
     memset(m, 0, sizeof *m);
-    m->pvq_repack = pvq_repack;
+    m->pvq_mode = pvq_mode;
     if (gguf_open(&m->file, path, err, err_len)) return -1;
     gguf_str a;
     char arch[32] = "";
@@ -258,6 +258,7 @@ static void convert_task(void *arg, int ith, int nth) {
     matmul_task *mt = arg;
     const type_traits *vt = type_get(type_get(mt->w[0]->type)->vec_type);
     int64_t n = mt->w[0]->n_in;
+    if (mt->w[0]->pvq.f32_activations) return; /* the products read x itself */
     for (int t = ith; t < mt->T; t += nth) {
         if (mt->w[0]->pvq.layout)
             pvq_quantize_x(mt->x + t * n, n, (uint8_t *)mt->xq + t * mt->xq_row);

@@ -36,7 +36,7 @@ typedef struct {
     float *out_norm;
     layer *layers;
     pvq_layouts pvq_layouts;     /* the codecs the PVQ weights share */
-    int pvq_repack;              /* PVQ weights also held in the repacked layout for decode */
+    pvq_mode pvq_mode;           /* how PVQ products run (pvq_matmul.h) */
     hadamard_plan ffn_hadamard;  /* applied to down_proj's input when .base is set (pvq.rotation.ffn_hadamard) */
     gguf_file file;
 } model;
@@ -59,8 +59,8 @@ typedef struct {
     threadpool *pool;
 } state;
 
-/* pvq_repack: also expand PVQ weights into the repacked layout (pvq_matmul.h) for faster decode. */
-int model_load(model *m, const char *path, int pvq_repack, char *err, size_t err_len);
+/* pvq_mode: int8 activations from the PVQ fields or from rows repacked at load, or float32 activations. */
+int model_load(model *m, const char *path, pvq_mode pvq_mode, char *err, size_t err_len);
 void model_free(model *m);
 
 int state_new(state *s, const model *m, int n_ctx, int n_batch, int n_threads, int logits_all, char *err,

@@ -57,7 +57,7 @@ void pvq_weight_free(pvq_weight *pw) {
     memset(pw, 0, sizeof *pw);
 }
 
-int pvq_weight_load(pvq_weight *pw, pvq_layouts *set, const gguf_file *f, const gguf_tensor *t, int repack_rows,
+int pvq_weight_load(pvq_weight *pw, pvq_layouts *set, const gguf_file *f, const gguf_tensor *t, pvq_mode mode,
                     char *err, size_t err_len) {
     memset(pw, 0, sizeof *pw);
     char name[256], key[300], why[200];
@@ -89,7 +89,8 @@ int pvq_weight_load(pvq_weight *pw, pvq_layouts *set, const gguf_file *f, const 
         return err_fail(err, err_len, "%s: %s", name, why);
     pw->layout = l;
     pw->scales = st->data;
-    if (repack_rows && l->k.repack && repack(pw, t->data, n, rows))
+    pw->f32_activations = mode == PVQ_MODE_F32;
+    if (mode == PVQ_MODE_REPACKED && l->k.repack && repack(pw, t->data, n, rows))
         return err_fail(err, err_len, "out of memory repacking %s", name);
     return 0;
 }
@@ -117,21 +118,21 @@ void pvq_matvec_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes
                      const float *x, const void *xq, float *y) {
     const pvq_layout *l = pw->layout;
     if (r1 <= r0) return;
+    if (pw->f32_activations || !l->k.matvec_q8) { /* asked for, or no integer kernel (D != 8) */
+        for (int64_t r = r0; r < r1; r++)
+            y[r] = l->k.dot(&l->codec, data + (size_t)r * row_bytes, pvq_half_to_float(pw->scales[r]), n, x);
+        return;
+    }
     if (pw->repacked) {
         for (int64_t r = r0; r < r1; r++)
             y[r] = l->k.dot_repacked(pw->repacked + (size_t)r * pw->repacked_row_bytes, n, xq, xq_scales(xq, n));
         return;
     }
-    if (l->k.matvec_q8) {
-        l->k.matvec_q8(&l->codec, data + (size_t)r0 * row_bytes, pw->scales + r0, r1 - r0, n, xq, xq_scales(xq, n),
-                       y + r0);
-        return;
-    }
-    for (int64_t r = r0; r < r1; r++) /* layouts without an integer kernel (D != 8) */
-        y[r] = l->k.dot(&l->codec, data + (size_t)r * row_bytes, pvq_half_to_float(pw->scales[r]), n, x);
+    l->k.matvec_q8(&l->codec, data + (size_t)r0 * row_bytes, pw->scales + r0, r1 - r0, n, xq, xq_scales(xq, n), y + r0);
 }
 
-/* Layouts without a fast path: the tile decoded to float32, 2 x 4 f32 tiles with f32 activations. */
+/* Float32 activations (asked for, or a layout without the int8 fast path): the tile decoded to float32,
+ * 2 x 4 f32 tiles. */
 static void matmul_rows_f32(const pvq_weight *pw, const uint8_t *data, size_t row_bytes, int64_t n, int64_t r0,
                             int64_t r1, const float *x, int T, float *out, int64_t out_stride, float *tile) {
     const pvq_layout *l = pw->layout;
@@ -156,7 +157,7 @@ void pvq_matmul_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes
                      const float *x, const void *xq, size_t xq_stride, int T, float *out, int64_t out_stride,
                      void *tile) {
     const pvq_layout *l = pw->layout;
-    if (!l->k.tile_repacked) {
+    if (pw->f32_activations || !l->k.tile_repacked) {
         matmul_rows_f32(pw, data, row_bytes, n, r0, r1, x, T, out, out_stride, tile);
         return;
     }

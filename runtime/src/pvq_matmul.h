@@ -39,13 +39,19 @@ typedef struct {
     const uint16_t *scales; /* n_out fp16 row scales, the "<name>.pvq_scale" tensor in the mapping */
     uint8_t *repacked;      /* owned: the rows in the repacked layout (pvq_codec.h), or NULL */
     size_t repacked_row_bytes;
+    int f32_activations;    /* products read x as float32, not as int8 (pvq_quantize_x) */
 } pvq_weight;
 
+/* How a model's PVQ products run: from the PVQ fields with int8 activations (the default), from rows
+ * repacked at load with int8 activations (faster decode, more RAM), or from the PVQ fields with float32
+ * activations (slower; the same arithmetic as the converter's torch model up to float rounding). */
+typedef enum { PVQ_MODE_NATIVE = 0, PVQ_MODE_REPACKED, PVQ_MODE_F32 } pvq_mode;
+
 /* For tensor t of type PVQ with rows of n: finds "<name>.pvq_scale" and "pvq.gain_levels.<name>",
- * checks them and every field of every row, and shares or builds the layout in `set`. With repack, a
- * weight of a fast-path layout (D == 8) also gets its rows in the repacked layout (12 bits per weight of RAM besides the mapping)
- * that decode then reads instead of the PVQ fields. Returns 0, or -1 with a message naming the tensor. */
-int pvq_weight_load(pvq_weight *pw, pvq_layouts *set, const gguf_file *f, const gguf_tensor *t, int repack,
+ * checks them and every field of every row, and shares or builds the layout in `set`. In PVQ_MODE_REPACKED,
+ * a weight of a fast-path layout (D == 8) also gets its rows in the repacked layout (12 bits per weight of RAM besides
+ * the mapping) that decode then reads instead of the PVQ fields. Returns 0, or -1 with a message naming the tensor. */
+int pvq_weight_load(pvq_weight *pw, pvq_layouts *set, const gguf_file *f, const gguf_tensor *t, pvq_mode mode,
                     char *err, size_t err_len);
 void pvq_weight_free(pvq_weight *pw);
 void pvq_layouts_free(pvq_layouts *set);

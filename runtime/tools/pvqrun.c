@@ -11,7 +11,7 @@
 
 typedef struct {
     const char *model, *prompt, *file, *kld_base;
-    int n_predict, n_threads, n_ctx, n_batch, print_ids, perplexity, kld, chunks, verbose, pvq_repack;
+    int n_predict, n_threads, n_ctx, n_batch, print_ids, perplexity, kld, chunks, verbose, pvq_repack, pvq_f32_act;
     pvq_sampler_params sp;
 } options;
 
@@ -41,6 +41,8 @@ static void usage(FILE *o) {
             "  -v, --verbose             describe the model and report timings\n"
             "  --pvq-repack              hold PVQ weights also as int8 points + group scales (1.5 bytes per\n"
             "                            weight of RAM) for a faster decode\n"
+            "  --pvq-f32-act             PVQ products with float32 activations instead of int8: slower, the\n"
+            "                            converter's torch model's arithmetic (for checking agreement)\n"
             "  -h, --help                this text\n");
 }
 
@@ -86,6 +88,7 @@ static int parse_args(int argc, char **argv, options *o) {
         if (IS("--kl-divergence")) { o->kld = 1; continue; }
         if (IS("-v") || IS("--verbose")) { o->verbose = 1; continue; }
         if (IS("--pvq-repack")) { o->pvq_repack = 1; continue; }
+        if (IS("--pvq-f32-act")) { o->pvq_f32_act = 1; continue; }
         if (i + 1 >= argc) {
             fprintf(stderr, "error: %s needs a value (or is unknown; see --help)\n", a);
             return -1;
@@ -422,6 +425,7 @@ int main(int argc, char **argv) {
     pvq_model *m = NULL;
     pvq_model_params mp = pvq_model_default_params();
     mp.pvq_repack = o.pvq_repack;
+    mp.pvq_f32_activations = o.pvq_f32_act;
     if (pvq_model_load_params(o.model, &mp, &m, err, sizeof err)) {
         fprintf(stderr, "error: %s\n", err);
         free(text);
