@@ -3,10 +3,11 @@ gets one of the PVQ rates (pvq_presets.PRESETS) from its measured sensitivity.
 
 Sensitivity.  For every linear weight W of the rotated model, a sample of its rows is PVQ-coded at
 every rate (plain nearest-point coding, no GPTQ feedback) and the error is weighted by the Hessian of
-the layer's input, H = X^T X over the calibration tokens: E(r) = tr((W - Q_r) H (W - Q_r)^T), scaled
-to all rows.  That is the squared error the tensor adds to its layer's output.  Errors of different
-blocks are made comparable by dividing by the energy of the block's input (the residual stream,
-sum of x^2 over the calibration tokens): the following RMS norms see an error relative to it.
+the layer's input, H = X^T X over the calibration tokens, and by the diagonal F of the Fisher
+information in the layer's output space (quantize.output_fisher):
+E(r) = sum_rows F_row ((W - Q_r) H (W - Q_r)^T)_row,row, scaled to all rows.  The Hessian says how
+large an error the tensor adds to its layer's output, the Fisher how much of it reaches the KL
+divergence at the logits, so errors of different layers and blocks compare directly.
 
 Allocation.  Minimise sum_t E_t(r_t) subject to sum_t n_t r_t <= --bits x sum_t n_t (n_t weights,
 r_t the nominal rate, so that a uniform preset is one of the choices and both carry the same fp16
@@ -125,17 +126,20 @@ def allocate(tensors: list[Tensor], errors: dict[str, dict[float, float]], targe
         rate[best.name] = up
 
 
-def tensor_errors(W: torch.Tensor, H: torch.Tensor, energy: float, sample_rows: int = 64,
+def tensor_errors(W: torch.Tensor, H: torch.Tensor, fisher: torch.Tensor, sample_rows: int = 64,
                   seed: int = 0) -> dict[float, float]:
-    """E(rate) / energy for W (R, n) with input Hessian H (n, n), from `sample_rows` random rows."""
+    """E(rate) for W (R, n) with input Hessian H (n, n) and output Fisher diagonal `fisher` (R,), estimated from
+    `sample_rows` random rows (a ratio estimator: the sampled rows' errors scaled by their share of the
+    Fisher weight)."""
     R = W.shape[0]
     rows = torch.randperm(R, generator=torch.Generator().manual_seed(seed))[:sample_rows]
-    Ws = W[rows].float()
+    Ws, f = W[rows].float(), fisher[rows].to(torch.float64)
+    scale = float(fisher.sum()) / max(float(f.sum()), 1e-300)
     out = {}
     for r in RATES:
         lay = preset(r)
         E = (Ws - dequantize_matrix(quantize_matrix(Ws, lay.D, lay.K, lay.gain_bits))).to(torch.float64)
-        out[r] = float(torch.einsum("ri,ij,rj->", E, H, E)) * R / len(rows) / energy
+        out[r] = float((torch.einsum("ri,ij,rj->r", E, H, E) * f).sum()) * scale
     return out
 
 

@@ -139,7 +139,9 @@ def linear_tensors(hf: HFModel) -> list[Tensor]:
 
 
 def measure_errors(model: Model, calib: torch.Tensor, progress: bool = True) -> dict[str, dict[float, float]]:
-    """allocate.tensor_errors for every linear weight, with the Hessians of the unquantized model."""
+    """allocate.tensor_errors for every linear weight, with the Hessians and output Fisher diagonals of the
+    unquantized model."""
+    fisher = output_fisher(model, calib, progress)
     xs = [model.embed(seq) for seq in calib]
     errors = {}
     leaders = {group[0]: group for group in INPUT_GROUPS}
@@ -151,14 +153,41 @@ def measure_errors(model: Model, calib: torch.Tensor, progress: bool = True) -> 
                 x = inp.to(torch.float64)
                 Hs[name] = x.T @ x + Hs[name] if name in Hs else x.T @ x
 
-        energy = sum(float(x.to(torch.float64).pow(2).sum()) for x in xs)
         xs = [model.block(i, x, hook) for x in xs]
         with one_thread():
             for leader, group in leaders.items():
                 for name in group:
-                    errors[f"model.layers.{i}.{name}.weight"] = tensor_errors(
-                        model.blocks[i][f"{name}.weight"], Hs[leader], energy, seed=i)
+                    full = f"model.layers.{i}.{name}.weight"
+                    errors[full] = tensor_errors(model.blocks[i][f"{name}.weight"], Hs[leader], fisher[full], seed=i)
     return errors
+
+
+def output_fisher(model: Model, calib: torch.Tensor, progress: bool = True) -> dict[str, torch.Tensor]:
+    """For every linear weight (HF name), the diagonal of the Fisher information of the model's next-token
+    distribution in that layer's output space: the sum over calibration tokens of (d log p(y) / d out_r)^2
+    per output row r, with y drawn from the model itself.  An output error e (e_r^2 summed over the same
+    tokens) then costs about sum_r fisher_r e_r^2 / (2 tokens^2) nats of KL divergence per token: how much
+    an error in this layer reaches the logits."""
+    out: dict[str, torch.Tensor] = {}
+    gen = torch.Generator(device=calib.device).manual_seed(0)
+    for seq in tqdm(calib, unit="seq", disable=not progress, desc="fisher"):
+        probes = {}
+
+        def probe(layer, name, y):  # a zero added to the output: its gradient is d log p / d output
+            probes[f"model.layers.{layer}.{name}.weight"] = p = torch.zeros_like(y, requires_grad=True)
+            return y + p
+
+        with torch.enable_grad():
+            x = model.embed(seq)
+            for i in range(model.config.n_layers):
+                x = model.block(i, x, out_hook=probe)
+            logp = torch.log_softmax(model.head(x).float(), -1)
+            y = torch.multinomial(logp.detach().exp(), 1, generator=gen)
+            logp.gather(-1, y).sum().backward()
+        for name, p in probes.items():
+            g = p.grad.to(torch.float64).pow(2).sum(0)
+            out[name] = out[name] + g if name in out else g
+    return out
 
 
 def quantize_model(model: Model, calib: torch.Tensor | None, method: Method, progress: bool = True,

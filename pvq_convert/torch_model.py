@@ -26,6 +26,8 @@ LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_att
 
 # hook(layer, linear name, input rows (T, n_in)): sees the exact input of each linear layer.
 LinearHook = Callable[[int, str, torch.Tensor], None]
+# out_hook(layer, linear name, output rows (T, n_out)) -> what the block uses as that output.
+OutputHook = Callable[[int, str, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ class Model:
         return self.globals["embed_tokens.weight"][tokens]
 
     def block(self, i: int, x: torch.Tensor, hook: LinearHook | None = None,
-              cache: dict | None = None) -> torch.Tensor:
+              cache: dict | None = None, out_hook: OutputHook | None = None) -> torch.Tensor:
         """One transformer block on sequences x (..., T, dim), causal.
 
         Without `cache` the positions are 0..T-1.  With one (a dict the caller keeps for this block
@@ -87,7 +89,8 @@ class Model:
                 hook(i, name, inp)
             y = inp @ w[name + ".weight"].T
             bias = w.get(name + ".bias")
-            return y if bias is None else y + bias
+            y = y if bias is None else y + bias
+            return y if out_hook is None else out_hook(i, name, y)
 
         *lead, T, _ = x.shape
         past = 0 if cache is None or "k" not in cache else cache["k"].shape[-2]

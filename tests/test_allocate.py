@@ -76,6 +76,42 @@ def test_measured_errors_fall_with_the_rate(smollm2):
     g = torch.Generator().manual_seed(0)
     X = torch.randn(2048, W.shape[1], generator=g, dtype=torch.float64) * torch.linspace(0.2, 3, W.shape[1],
                                                                                        dtype=torch.float64)
-    e = tensor_errors(W, X.T @ X, energy=1.0)
+    e = tensor_errors(W, X.T @ X, torch.ones(W.shape[0], dtype=torch.float64))
     ratios = [e[a] / e[b] for a, b in zip(RATES, RATES[1:])]
     assert all(1.4 < q < 3 for q in ratios), (e, ratios)
+
+
+def test_output_fisher_predicts_the_kl_divergence_of_an_error(smollm2):
+    """The allocation's sensitivity: for a small random error in one layer of SmolLM2, the KL divergence from
+    the original model that output_fisher predicts (per token, sum_r F_r (dW H dW^T)_rr / (2 tokens^2)) is the
+    one measured, within a factor of 2 (a second-order estimate that keeps only the diagonal, over rows and
+    over tokens)."""
+    from models import EVAL_TEXT
+    from pvq_convert.calib import calibration_tokens
+    from pvq_convert.quantize import output_fisher
+    from pvq_convert.torch_model import load_model
+    model = load_model(smollm2.hf_dir)
+    calib = calibration_tokens(smollm2.hf_dir, EVAL_TEXT, 2, 256)
+    fisher = output_fisher(model, calib, progress=False)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        base = [torch.log_softmax(model(s), -1) for s in calib]
+    for i, name in ((3, "mlp.down_proj"), (20, "self_attn.v_proj")):
+        W = model.blocks[i][name + ".weight"]
+        dW = torch.randn(W.shape, generator=g) * W.std() * 0.05
+        with torch.no_grad():
+            model.blocks[i][name + ".weight"] = W + dW
+            kld = sum(float((p.exp() * (p - torch.log_softmax(model(s), -1))).sum()) for p, s in zip(base, calib))
+            model.blocks[i][name + ".weight"] = W
+        xs = []
+        with torch.no_grad():
+            for s in calib:
+                x = model.embed(s)
+                for j in range(i):
+                    x = model.block(j, x)
+                model.block(i, x, lambda layer, n, inp: xs.append(inp.double()) if n == name else None)
+        X = torch.cat(xs)
+        dY2 = ((X @ dW.double().T) ** 2).sum(0)
+        predicted = float((fisher[f"model.layers.{i}.{name}.weight"] * dY2).sum()) / 2 / X.shape[0] ** 2
+        measured = kld / X.shape[0]
+        assert 1 / 2 < predicted / measured < 2, (name, predicted, measured)
