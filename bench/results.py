@@ -13,7 +13,8 @@ measured and later runs skip it: run again after an interruption, and it goes on
     python -m bench.results [--rows all | NAME,NAME] [--chunks 40] [--calib-seqs 16] [--calib-len 512]
                             [--cache DIR] [--no-write]
 
-Row names: pvq, pvq-alloc, pvq-nohess, gptq, gptq-norot, rtn, each with @3.25 or @4.25 (e.g.
+Row names: pvq-tune (the converter's default: Hessian GPTQ, then scale tuning), pvq (Hessian GPTQ only),
+pvq-alloc (with per-tensor rates), pvq-nohess, gptq, gptq-norot, rtn, each with @3.25 or @4.25 (e.g.
 pvq@3.25), and llama.cpp's q3_k_m, q4_k_m, iq4_xs, q4_0.
 """
 from __future__ import annotations
@@ -31,16 +32,18 @@ import torch
 
 from models import EVAL_TEXT
 from models.smollm2 import CACHE, ensure
+from pvq_convert.cli import TUNE_EPOCHS
 from pvq_convert.eval import Scores, chunks, gguf_tokenizer, score, split_text
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = {  # name -> (method, hessian, rotate, allocate)
-    "rtn": ("rtn", False, False, False),
-    "gptq-norot": ("gptq", True, False, False),
-    "gptq": ("gptq", True, True, False),
-    "pvq-nohess": ("pvq", False, True, False),
-    "pvq": ("pvq", True, True, False),
-    "pvq-alloc": ("pvq", True, True, True),
+OURS = {  # name -> (method, hessian, rotate, allocate, scale-tuning epochs)
+    "rtn": ("rtn", False, False, False, 0),
+    "gptq-norot": ("gptq", True, False, False, 0),
+    "gptq": ("gptq", True, True, False, 0),
+    "pvq-nohess": ("pvq", False, True, False, 0),
+    "pvq": ("pvq", True, True, False, 0),
+    "pvq-alloc": ("pvq", True, True, True, 0),
+    "pvq-tune": ("pvq", True, True, False, TUNE_EPOCHS),
 }
 PEER = ("q3_k_m", "q4_k_m", "iq4_xs", "q4_0")
 ALL_ROWS = [f"{name}@{bits}" for bits in (3.25, 4.25) for name in OURS] + list(PEER)
@@ -61,9 +64,9 @@ def measure_ours(name: str, bits: float, smol, calib_half: str, eval_chunks, arg
     from pvq_convert.quantize import Method, QuantOptions, quantize_checkpoint
     from pvq_convert.torch_model import load_model
 
-    kind, hessian, rotate, alloc = OURS[name]
+    kind, hessian, rotate, alloc, tune = OURS[name]
     method = Method(kind, layout=None if alloc else preset(bits), hessian=hessian, scalar_bits=int(bits),
-                    bits=bits if alloc else None)
+                    bits=bits if alloc else None, tune_epochs=tune)
     hf = open_model(smol.hf_dir)
     with tempfile.TemporaryDirectory() as tmp:
         calib_file = Path(tmp) / "calib.txt"

@@ -10,6 +10,8 @@ from . import ConvertError
 from .gguf_out import OUTTYPES
 from .vocab import PRE_TOKENIZERS
 
+TUNE_EPOCHS = 3  # scale tuning's passes by default (measured in docs/pipeline.md)
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -31,9 +33,9 @@ def parser() -> argparse.ArgumentParser:
                    help="bits per linear weight: pvq 2.25, 2.75, 3.25, 3.75 or 4.25 (with --allocate or --bits-map "
                         "any average from 2.25 to 4.25); gptq/rtn: 2.25, 3.25 or 4.25")
     q.add_argument("--allocate", action="store_true",
-                   help="pvq: rates per tensor from a measured sensitivity, --bits their average (experimental: "
-                        "raised the KLD in the measurement of docs/pipeline.md); default: every linear weight at "
-                        "the --bits preset (2.25, 2.75, 3.25, 3.75 or 4.25)")
+                   help="pvq: rates per tensor from a measured sensitivity (the error weighted by the input "
+                        "Hessian and the output Fisher information), --bits their average; default: every linear "
+                        "weight at the --bits preset (2.25, 2.75, 3.25, 3.75 or 4.25)")
     q.add_argument("--bits-map", metavar="SPEC",
                    help="pvq: fixed rates for some tensors, e.g. 'ffn_down=4.25,blk.0.attn_v=4.25' (kinds or "
                         "GGUF names), or a file of such pairs; the rest is allocated (implies --allocate)")
@@ -43,6 +45,10 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the quantization runs (default: %(default)s)")
     q.add_argument("--no-hessian", action="store_true", help="pvq: plain nearest-point coding, no GPTQ feedback")
+    q.add_argument("--tune-epochs", type=int, default=TUNE_EPOCHS,
+                   help="pvq with the Hessian: passes over the calibration text that fit the row scales to the "
+                        "unquantized model's next-token distribution after GPTQ (docs/pipeline.md; 0: none) "
+                        "(default: %(default)s)")
     q.add_argument("--no-rotate", action="store_true",
                    help="skip coherence processing (norm folding and Hadamard rotations, docs/rotation.md)")
     q.add_argument("--calib", type=Path, help="calibration text file (plain UTF-8); default: text the model "
@@ -64,6 +70,8 @@ def quant_options(args):
 
     if args.calib_seqs < 1 or args.calib_len < 2:
         raise ConvertError("--calib-seqs must be >= 1 and --calib-len >= 2")
+    if args.tune_epochs < 0:
+        raise ConvertError("--tune-epochs must be >= 0")
     if args.device == "cuda":
         import torch
         if not torch.cuda.is_available():
@@ -82,7 +90,7 @@ def quant_options(args):
         raise ConvertError("--bits-map needs the per-tensor allocation of --method pvq")
     method = Method(args.method, layout=preset(args.bits) if uniform else None, hessian=not args.no_hessian,
                     scalar_bits=int(args.bits), bits=None if uniform else args.bits,
-                    bits_map=parse_bits_map(args.bits_map))
+                    bits_map=parse_bits_map(args.bits_map), tune_epochs=args.tune_epochs)
     return QuantOptions(method, args.calib, args.calib_seqs, args.calib_len, rotate=not args.no_rotate,
                         device=args.device)
 

@@ -24,6 +24,7 @@ from .pvq_presets import preset
 from .quantizers import PVQQuantizer, ScalarQuantizer
 from .rotate import Rotation, gguf_metadata, rotate_model
 from .torch_model import Model, load_model, one_thread
+from .tune import reference_log_probs, tune_scales
 
 # Linear layers that read the same input, in the order the block computes them.
 INPUT_GROUPS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
@@ -35,7 +36,8 @@ class Method:
     """What to do with each linear weight: `pvq` (with or without the Hessian), scalar `gptq`, or
     scalar `rtn`. Scalar methods use `scalar_bits` per weight plus an fp16 scale per 64. PVQ codes
     every tensor with `layout`, unless `bits` asks for a per-tensor allocation (allocate.py) to that
-    average, with `bits_map` ({tensor pattern: rate}) fixing some rates."""
+    average, with `bits_map` ({tensor pattern: rate}) fixing some rates.  PVQ with the Hessian then
+    tunes its row scales and the norms for `tune_epochs` passes over the calibration text (tune.py)."""
     name: str = "pvq"
     layout: Layout | None = None
     hessian: bool = True
@@ -44,6 +46,11 @@ class Method:
     damp: float = 0.01
     bits: float | None = None
     bits_map: dict = field(default_factory=dict)
+    tune_epochs: int = 0
+
+    @property
+    def tunes(self) -> bool:
+        return self.name == "pvq" and self.hessian and self.tune_epochs > 0
 
     @property
     def needs_hessian(self) -> bool:
@@ -124,7 +131,10 @@ def quantize_checkpoint(hf: HFModel, opts: QuantOptions, progress: bool = True) 
     rates = {}
     if m.allocates:
         rates = allocate(tensors, measure_errors(model, calib, progress), m.bits, m.bits_map)
+    targets = reference_log_probs(model, calib) if m.tunes else None
     qm = quantize_model(model, calib if m.needs_hessian else None, m, progress, rates)
+    if m.tunes:
+        tune_scales(qm.model, qm.codes, calib, targets, m.tune_epochs, progress=progress)
     qm.model = qm.model.to("cpu")
     qm.codes = {name: q.to("cpu") for name, q in qm.codes.items()}
     qm.metadata, qm.rates = metadata, rates

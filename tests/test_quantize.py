@@ -20,7 +20,7 @@ from pvq_convert.quantize import Method, QuantOptions, quantize_checkpoint
 
 def test_file_holds_the_weights_the_pipeline_used(spm_model_dir, tmp_path):
     torch.manual_seed(0)
-    opts = QuantOptions(Method("pvq", preset(3.25)), EVAL_TEXT, n_seq=2, seq_len=32)
+    opts = QuantOptions(Method("pvq", preset(3.25), tune_epochs=2), EVAL_TEXT, n_seq=2, seq_len=32)
     hf = open_model(spm_model_dir)
     qm = quantize_checkpoint(hf, opts, progress=False)
     out = convert(spm_model_dir, tmp_path / "m.gguf", "f16", progress=False, quant=opts)
@@ -39,6 +39,31 @@ def test_file_holds_the_weights_the_pipeline_used(spm_model_dir, tmp_path):
             assert torch.equal(got, w), key
 
 
+def test_scale_tuning_lowers_the_kl_divergence(spm_model_dir):
+    """tune.py on a PVQ 2.25 model: the KLD from the unquantized model over the calibration tokens falls, and
+    the model's weights stay exactly its codes decoded (with their new fp16 scales)."""
+    from pvq_convert.calib import calibration_tokens
+    from pvq_convert.torch_model import load_model
+    from pvq_convert.tune import reference_log_probs, tune_scales
+    hf = open_model(spm_model_dir)
+    qm = quantize_checkpoint(hf, QuantOptions(Method("pvq", preset(2.25)), EVAL_TEXT, n_seq=2, seq_len=64),
+                             progress=False)
+    calib = calibration_tokens(spm_model_dir, EVAL_TEXT, 2, 64)
+    targets = reference_log_probs(load_model(hf), calib)  # the original basis: the logits do not depend on it
+
+    def kld():
+        with torch.no_grad():
+            return sum(float((p.float().exp() * (p.float() - torch.log_softmax(qm.model(s), -1))).sum(-1).mean())
+                       for s, p in zip(calib, targets)) / len(calib)
+    before = kld()
+    tune_scales(qm.model, qm.codes, calib, targets, epochs=10, lr=1e-2, progress=False)
+    after = kld()
+    assert after < 0.9 * before, (before, after)
+    for name, q in qm.codes.items():
+        layer, key = name.removeprefix("model.layers.").split(".", 1)
+        assert torch.equal(qm.model.blocks[int(layer)][key], dequantize_matrix(q)), name
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "pvq_convert", *map(str, args), "-q"],
                           capture_output=True, text=True, timeout=300)
@@ -55,6 +80,7 @@ def run_cli(*args):
     (["--bits", "3.25", "--bits-map", "/nonexistent.map"], "cannot read"),
     (["--bits", "3.25", "--calib", EVAL_TEXT, "--calib-seqs", "100000"], "calibration text too short"),
     (["--bits", "3.25", "--calib", "/nonexistent.txt"], "cannot read calibration file"),
+    (["--bits", "3.25", "--tune-epochs", "-1"], "--tune-epochs must be >= 0"),
 ])
 def test_bad_quantization_requests(spm_model_dir, tmp_path, args, message):
     r = run_cli(spm_model_dir, "-o", tmp_path / "o.gguf", *args)
