@@ -2,8 +2,8 @@
 C runtime.
 
 The conversion is Hessian-aware PVQ (GPTQ-style, calibrated on 8 x 512 tokens of the shared eval text's first
-half; about 7 minutes on 2 cores). Its output is kept in $PVQ_CACHE under a name that changes with the
-converter's inputs (models/smollm2.py, pvq_gguf), so a second `make demo` only generates."""
+half, then scale tuning; about 10 minutes on 2 cores). Its output is kept in $PVQ_CACHE under a name that
+changes with the converter's inputs (models/smollm2.py, pvq_gguf), so a second `make demo` only generates."""
 from __future__ import annotations
 
 import shutil
