@@ -153,7 +153,10 @@ def markdown(results: dict[str, dict], args) -> str:
              "tensors' bytes); embeddings and output stay F16 in our files. The scalar baselines (rtn, gptq) "
              "have no file format: they are evaluated in torch only.", "",
              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads; rows measured "
-             "over several runs (each row cached as JSON).", "",
+             "over several runs (each row cached as JSON). Quantize time: wall time of the row's quantization "
+             "on a 2-core machine shared with other jobs, not a conversion time (docs/pipeline.md). Rows: "
+             "pvq-tune is the converter's default (Hessian GPTQ, then scale tuning), pvq is Hessian GPTQ "
+             "alone, pvq-alloc adds per-tensor rates, pvq-nohess is plain nearest-point PVQ.", "",
              "| row | bits/weight (linear) | file size | KLD | PPL | PPL base | same top-1 | quantize time |",
              "|---|---|---|---|---|---|---|---|"]
     for name in ALL_ROWS:
