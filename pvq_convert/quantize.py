@@ -37,7 +37,7 @@ class Method:
     scalar `rtn`. Scalar methods use `scalar_bits` per weight plus an fp16 scale per 64. PVQ codes
     every tensor with `layout`, unless `bits` asks for a per-tensor allocation (allocate.py) to that
     average, with `bits_map` ({tensor pattern: rate}) fixing some rates.  PVQ with the Hessian then
-    tunes its row scales and the norms for `tune_epochs` passes over the calibration text (tune.py)."""
+    tunes its row scales for `tune_epochs` passes over the calibration text (tune.py)."""
     name: str = "pvq"
     layout: Layout | None = None
     hessian: bool = True
@@ -188,10 +188,7 @@ def output_fisher(model: Model, calib: torch.Tensor, progress: bool = True) -> d
             return y + p
 
         with torch.enable_grad():
-            x = model.embed(seq)
-            for i in range(model.config.n_layers):
-                x = model.block(i, x, out_hook=probe)
-            logp = torch.log_softmax(model.head(x).float(), -1)
+            logp = torch.log_softmax(model(seq, out_hook=probe).float(), -1)
             y = torch.multinomial(logp.detach().exp(), 1, generator=gen)
             logp.gather(-1, y).sum().backward()
         for name, p in probes.items():

@@ -123,11 +123,11 @@ class Model:
         out = g.get("lm_head.weight")
         return rms_norm(x, g["norm.weight"], self.config.norm_eps) @ (g["embed_tokens.weight"] if out is None else out).T
 
-    def forward(self, tokens: torch.Tensor | list[int]) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor | list[int], out_hook: OutputHook | None = None) -> torch.Tensor:
         tokens = torch.as_tensor(tokens, dtype=torch.int64)
         x = self.embed(tokens)
         for i in range(self.config.n_layers):
-            x = self.block(i, x)
+            x = self.block(i, x, out_hook=out_hook)
         return self.head(x)
 
     __call__ = forward

@@ -41,11 +41,8 @@ def tune_scales(model: Model, codes: dict[str, Quantized], calib: torch.Tensor, 
     for _ in range(epochs):
         for seq, target in zip(calib, targets):
             with torch.enable_grad():
-                x = model.embed(seq)
-                for i in range(model.config.n_layers):
-                    x = model.block(i, x, out_hook=scaled)
                 p = target.float()
-                kld = (p.exp() * (p - torch.log_softmax(model.head(x).float(), -1))).sum(-1).mean()
+                kld = (p.exp() * (p - torch.log_softmax(model(seq, out_hook=scaled).float(), -1))).sum(-1).mean()
                 opt.zero_grad()
                 kld.backward()
                 opt.step()
