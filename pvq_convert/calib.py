@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from tqdm import tqdm
 
 from . import ConvertError
 from .torch_model import one_thread
@@ -43,10 +44,10 @@ def token_windows(ids: list[int], n_seq: int, seq_len: int, seed: int = 0) -> to
 
 
 def calibration_tokens(model_dir: Path, text_file: Path | None, n_seq: int, seq_len: int, seed: int = 0,
-                       model=None) -> torch.Tensor:
+                       model=None, progress: bool = False) -> torch.Tensor:
     """(n_seq, seq_len) token ids: windows of `text_file`, or text `model` generates when it is None."""
     if text_file is None:
-        return generated_tokens(model, load_tokenizer(model_dir), n_seq, seq_len, seed)
+        return generated_tokens(model, load_tokenizer(model_dir), n_seq, seq_len, seed, progress)
     try:
         text = Path(text_file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -61,7 +62,7 @@ SEEDS = ("The", "In 1887,", "def main():", "Question:", "# Installation", "Once 
 
 
 def generated_tokens(model, encode: Callable[[str], list[int]], n_seq: int, seq_len: int,
-                     seed: int = 0) -> torch.Tensor:
+                     seed: int = 0, progress: bool = False) -> torch.Tensor:
     """n_seq sequences of seq_len tokens that `model` (torch_model.Model) writes itself, all sampled
     in one batch with a key/value cache -> (n_seq, seq_len)."""
     prompts = [encode(SEEDS[i % len(SEEDS)])[:seq_len] for i in range(n_seq)]
@@ -69,7 +70,7 @@ def generated_tokens(model, encode: Callable[[str], list[int]], n_seq: int, seq_
     out = torch.empty(n_seq, seq_len, dtype=torch.int64)
     caches = [{} for _ in range(model.config.n_layers)]
     with torch.no_grad(), one_thread():
-        for t in range(seq_len):
+        for t in tqdm(range(seq_len), unit="token", disable=not progress, desc="writing calibration text"):
             forced = [p[t] if t < len(p) else -1 for p in prompts]
             if t == 0:
                 out[:, 0] = torch.tensor(forced)

@@ -313,6 +313,13 @@ class Quantized:
         self.index, self.code, self.scale = index, code, scale
         self.D, self.K, self.levels = D, K, levels
 
+    @staticmethod
+    def cat_rows(parts: list["Quantized"]) -> "Quantized":
+        """The matrix whose rows are those of `parts` in order (same D, K and levels)."""
+        first = parts[0]
+        return Quantized(torch.cat([p.index for p in parts]), torch.cat([p.code for p in parts]),
+                         torch.cat([p.scale for p in parts]), first.D, first.K, first.levels)
+
     def to(self, device: str | torch.device) -> "Quantized":
         return Quantized(self.index.to(device), self.code.to(device), self.scale.to(device), self.D, self.K,
                          self.levels.to(device))

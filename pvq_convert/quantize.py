@@ -7,6 +7,7 @@ q/k/v read the attention norm's output, gate/up the FFN norm's; o_proj and down_
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from .pvq_format import Layout
 from .pvq_presets import preset
 from .quantizers import PVQQuantizer, ScalarQuantizer
 from .rotate import Rotation, gguf_metadata, rotate_model
+from .row_workers import RowWorkers
 from .torch_model import Model, load_model, one_thread
 from .tune import reference_log_probs, tune_scales
 
@@ -122,7 +124,7 @@ def quantize_checkpoint(hf: HFModel, opts: QuantOptions, progress: bool = True) 
     model = load_model(hf).to(opts.device)
     calib = None
     if m.needs_hessian or m.allocates:
-        calib = calibration_tokens(hf.dir, opts.calib, opts.n_seq, opts.seq_len, opts.seed, model)
+        calib = calibration_tokens(hf.dir, opts.calib, opts.n_seq, opts.seq_len, opts.seed, model, progress)
     metadata = {}
     if opts.rotate:
         rotation = Rotation(seed=opts.seed)
@@ -205,21 +207,47 @@ def quantize_model(model: Model, calib: torch.Tensor | None, method: Method, pro
     out = QuantizedModel(model)
     bar = tqdm(total=model.config.n_layers * len(INPUT_GROUPS), unit="step", disable=not progress,
                desc="quantizing")
-    for i in range(model.config.n_layers):
-        for group in INPUT_GROUPS:
-            H = _input_hessian(model, i, xs, group[0]) if xs else None
-            for name in group:
-                key = f"{name}.weight"
-                full = f"model.layers.{i}.{key}"
-                with one_thread():
-                    Wq, codes = method.quantize(model.blocks[i][key], H, preset(rates[full]) if rates else None)
-                model.blocks[i][key] = Wq.to(model.dtype)
-                if codes is not None:
-                    out.codes[full] = codes
-            bar.update()
-        xs = [model.block(i, x) for x in xs]
-        bar.set_postfix(block=i)
+    workers = RowWorkers(torch.get_num_threads()) if _wants_workers(model) else None
+    with workers or contextlib.nullcontext():
+        for i in range(model.config.n_layers):
+            for group in INPUT_GROUPS:
+                H = _input_hessian(model, i, xs, group[0]) if xs else None
+                keys = [f"{name}.weight" for name in group]
+                layouts = [preset(rates[f"model.layers.{i}.{k}"]) if rates else None for k in keys]
+                done = quantize_group(method, [model.blocks[i][k] for k in keys], H, layouts, workers)
+                for key, (Wq, codes) in zip(keys, done):
+                    model.blocks[i][key] = Wq.to(model.dtype)
+                    if codes is not None:
+                        out.codes[f"model.layers.{i}.{key}"] = codes
+                bar.update()
+            xs = [model.block(i, x) for x in xs]
+            bar.set_postfix(block=i)
     bar.close()
+    return out
+
+
+# Below this many linear weights the workers' start (about 4 s) is not worth it (fixtures, tests).
+WORKERS_MIN_WEIGHTS = 1 << 24
+
+
+def _wants_workers(model: Model) -> bool:
+    linear = sum(w.numel() for block in model.blocks for k, w in block.items() if k.endswith("proj.weight"))
+    on_cpu = model.globals["embed_tokens.weight"].is_cpu
+    return on_cpu and torch.get_num_threads() > 1 and linear >= WORKERS_MIN_WEIGHTS
+
+
+def quantize_group(method: Method, Ws: list[torch.Tensor], H: torch.Tensor | None, layouts: list[Layout | None],
+                   workers: RowWorkers | None) -> list[tuple[torch.Tensor, Quantized | None]]:
+    """[method.quantize(W, H, layout)] for matrices that share the input Hessian H: on one torch
+    thread, or cut into row blocks that `workers` quantize side by side."""
+    if workers is None:
+        with one_thread():
+            return [method.quantize(W, H, lay) for W, lay in zip(Ws, layouts)]
+    parts = workers.map_rows(method.quantize, Ws, H, layouts)
+    out = []
+    for matrix in parts:
+        codes = [c for _, c in matrix]
+        out.append((torch.cat([w for w, _ in matrix]), None if codes[0] is None else Quantized.cat_rows(codes)))
     return out
 
 
@@ -228,15 +256,16 @@ class _Captured(Exception):
 
 
 def _input_hessian(model: Model, i: int, xs: list[torch.Tensor], linear: str) -> torch.Tensor:
-    """sum over calibration tokens of x x^T for the input x of `linear` in block i (float64).
+    """sum over calibration tokens of x x^T for the input x of `linear` in block i (float64; each
+    sequence's product in the model's precision, half the time of float64 products).
     Each pass stops at `linear`: q/k/v need only the norm, gate/up only the attention half."""
     H = None
 
     def hook(layer, name, inp):
         nonlocal H
         if name == linear:
-            x = inp.to(torch.float64)
-            H = x.T @ x if H is None else H + x.T @ x
+            xx = (inp.T @ inp).to(torch.float64)
+            H = xx if H is None else H + xx
             raise _Captured
 
     for x in xs:

@@ -93,7 +93,7 @@ class Model:
             return y if out_hook is None else out_hook(i, name, y)
 
         *lead, T, _ = x.shape
-        past = 0 if cache is None or "k" not in cache else cache["k"].shape[-2]
+        past = 0 if cache is None else cache.get("len", 0)
         h = rms_norm(x, w["input_layernorm.weight"], c.norm_eps)
         q = linear("self_attn.q_proj", h).view(*lead, T, c.n_heads, c.head_dim).transpose(-3, -2)
         k = linear("self_attn.k_proj", h).view(*lead, T, c.n_kv_heads, c.head_dim).transpose(-3, -2)
@@ -101,14 +101,11 @@ class Model:
         cos, sin = self._rope(past + T, x.dtype, x.device)
         q, k = apply_rope(q, cos[past:], sin[past:]), apply_rope(k, cos[past:], sin[past:])
         if cache is not None:
-            if past:
-                k, v = torch.cat([cache["k"], k], -2), torch.cat([cache["v"], v], -2)
-            cache["k"], cache["v"] = k, v
-        group = c.n_heads // c.n_kv_heads  # GQA: each K/V head serves `group` query heads
-        k, v = k.repeat_interleave(group, dim=-3), v.repeat_interleave(group, dim=-3)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(c.head_dim)
-        causal = torch.ones(T, past + T, dtype=torch.bool, device=x.device).triu(past + 1)
-        att = torch.softmax(scores.masked_fill(causal, float("-inf")), dim=-1) @ v
+            k, v = cache_append(cache, k, v)
+        # causal: with a cache, query t (position past + t) sees keys 0 .. past + t
+        causal = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past) if past else None
+        att = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=causal, is_causal=not past,
+                                                               enable_gqa=True)
         x = x + linear("self_attn.o_proj", att.transpose(-3, -2).reshape(*lead, T, c.n_heads * c.head_dim))
 
         h = rms_norm(x, w["post_attention_layernorm.weight"], c.norm_eps)
@@ -151,6 +148,21 @@ class Model:
             ang = torch.cat([ang, ang], dim=-1)
             self._rope_cache = {key: (ang.cos().to(dtype).to(device), ang.sin().to(dtype).to(device))}
         return self._rope_cache[key]
+
+
+def cache_append(cache: dict, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adds one call's keys and values (..., T, head_dim) to a block's cache -> all of them so far.
+    The buffers grow by doubling, so a decoding step writes its own row instead of copying the cache."""
+    past, T = cache.get("len", 0), k.shape[-2]
+    if "k" not in cache or past + T > cache["k"].shape[-2]:
+        for name, new in (("k", k), ("v", v)):
+            buf = new.new_empty(*new.shape[:-2], max(2 * past, past + T, 64), new.shape[-1])
+            if past:
+                buf[..., :past, :] = cache[name][..., :past, :]
+            cache[name] = buf
+    cache["k"][..., past:past + T, :], cache["v"][..., past:past + T, :] = k, v
+    cache["len"] = past + T
+    return cache["k"][..., :past + T, :], cache["v"][..., :past + T, :]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -72,3 +72,26 @@ def test_method_ordering_on_a_real_layer(layer):
 def pvq_plain(W, lay):
     from pvq_convert import pvq
     return pvq.dequantize_matrix(pvq.quantize_matrix(W, lay.D, lay.K, lay.gain_bits))
+
+
+def test_row_workers_give_the_codes_of_one_process(layer):
+    """The converter quantizes a matrix in row blocks in worker processes (row_workers.py): rows are
+    independent, so the result must be exactly that of one process, for PVQ and scalar GPTQ, for two
+    matrices sharing the Hessian (a larger and a smaller one) and for a 3-way split."""
+    from pvq_convert.quantize import Method, quantize_group
+    from pvq_convert.row_workers import RowWorkers
+
+    W, H = layer
+    Ws = [W, W[:40] * 2]
+    for method in (Method("pvq", layout=preset(3.25)), Method("gptq")):
+        alone = quantize_group(method, Ws, H, [None, None], None)
+        for n in (2, 3):
+            with RowWorkers(n) as workers:
+                split = quantize_group(method, Ws, H, [None, None], workers)
+            for (a, qa), (b, qb) in zip(alone, split):
+                assert torch.equal(a, b)
+                if method.name == "pvq":
+                    assert torch.equal(qa.index, qb.index) and torch.equal(qa.code, qb.code)
+                    assert torch.equal(qa.scale, qb.scale)
+                else:
+                    assert qa is None and qb is None
