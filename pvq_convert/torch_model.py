@@ -10,7 +10,6 @@ of each head (`rotate_half`), not adjacent pairs as llama.cpp does on its permut
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
