@@ -4,7 +4,8 @@ GPTQ and the quantizers treat the rows of a matrix independently (row scales, co
 feedback are per row; only the Hessian is shared), so a matrix can be cut into row blocks that are
 quantized side by side and put back together, bit-identical to the whole.  The quantizers issue
 thousands of small torch ops each; torch's own threads slow them down (docs/pipeline.md) and Python
-threads contend for the interpreter lock (1.3x on 2 cores), while separate processes give 2.0x.
+threads contend for the interpreter lock (1.3x on one SmolLM2 gate_proj, 2 cores).  Processes gave
+1.3-1.5x per large matrix and 1.25x per block on the 2-vCPU machine (docs/pipeline.md).
 """
 from __future__ import annotations
 
