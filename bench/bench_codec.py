@@ -25,12 +25,13 @@ from pvq_convert import pvq_presets
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ROOT / "runtime" / "src" / "kernels"
 SOURCES = [ROOT / "bench" / "pvq_bench.c"] + [KERNELS / f for f in
-                                               ("pvq_codec.c", "pvq_ref.c", "pvq_scalar.c", "pvq_avx2.c", "pvq_avx512.c")]
+                                               ("isa.c", "pvq_codec.c", "pvq_ref.c", "pvq_scalar.c", "pvq_repack.c", "pvq_avx2.c",
+                                                "pvq_avx512.c")]
 
 
 def build() -> Path:
     h = hashlib.sha256()
-    for p in SOURCES + [KERNELS / "pvq_codec.h"]:
+    for p in SOURCES + [KERNELS / "pvq_codec.h", KERNELS / "isa.h"]:
         h.update(p.read_bytes())
     cache = Path(os.environ.get("PVQ_CACHE", Path.home() / ".cache" / "pvq")) / "bench"
     cache.mkdir(parents=True, exist_ok=True)

@@ -64,10 +64,10 @@ def repacked_mib(path: Path) -> float:
 def gemv(type_id: int, rows: int, n: int, threads: int, reps: int, repacked: bool) -> dict:
     exe = build_dir() / "pvq_gemv"
     src = ROOT / "bench" / "pvq_gemv.c"
-    lib = build_dir() / "libpvq.so"
+    lib = build_dir() / "libpvq_internal.so"  # the kernels' symbols
     if not exe.exists() or exe.stat().st_mtime < max(src.stat().st_mtime, lib.stat().st_mtime):
         subprocess.run(["cc", "-std=c11", "-O2", "-D_GNU_SOURCE", "-march=native", f"-I{RUNTIME / 'src'}", str(src),
-                        "-o", str(exe), f"-L{exe.parent}", "-lpvq", "-Wl,-rpath,$ORIGIN", "-lm", "-pthread"], check=True)
+                        "-o", str(exe), f"-L{exe.parent}", "-lpvq_internal", "-Wl,-rpath,$ORIGIN", "-lm", "-pthread"], check=True)
     r = subprocess.run([str(exe), hex(type_id), str(rows), str(n), str(threads), str(reps)] + ["repacked"] * repacked,
                        capture_output=True, text=True, check=True)
     return json.loads(r.stdout)

@@ -51,10 +51,10 @@ int main(int argc, char **argv)
     if (!strcmp(kind, "scalar")) {
         deq = pvq_dequantize_row_scalar; dot = pvq_dot_row_scalar;
     } else if (!strcmp(kind, "avx2")) {
-        if (!c.fast || !pvq_avx2_supported()) { fprintf(stderr, "no avx2 path\n"); return 1; }
+        if (!c.fast || !isa_cpu_supports(ISA_AVX2)) { fprintf(stderr, "no avx2 path\n"); return 1; }
         deq = pvq_dequantize_row_avx2; dot = pvq_dot_row_avx2; matvec_q8 = pvq_matvec_q8_avx2;
     } else if (!strcmp(kind, "avx512")) {
-        if (!c.fast || !pvq_avx512_supported()) { fprintf(stderr, "no avx512 path\n"); return 1; }
+        if (!c.fast || !isa_cpu_supports(ISA_AVX512)) { fprintf(stderr, "no avx512 path\n"); return 1; }
         deq = pvq_dequantize_row_avx512; dot = pvq_dot_row_avx512; matvec_q8 = pvq_matvec_q8_avx512;
     }
     if (!strcmp(op, "dot_q8") && (D != 8 || !strcmp(kind, "scalar"))) {

@@ -79,7 +79,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }
-    pvq_select_kernels(&layout.codec, &layout.k);
+    for (int isa = 0; isa < ISA_COUNT; isa++) pvq_select_kernels(&layout.codec, (isa_id)isa, &layout.k[isa]);
+    const pvq_kernels *k = &layout.k[isa_active()]; /* PVQ_ISA chooses, as in the runtime */
     size_t rb = pvq_row_bytes(&layout.codec, n);
     if (!rb) {
         fprintf(stderr, "n = %lld is not a whole number of blocks\n", (long long)n);
@@ -111,14 +112,14 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < read_n; i++) big[i] = (float)(i & 1023);
     pvq_weight w = {&layout, scales, NULL, 0};
     if (argc == 7) {
-        if (!layout.k.repack) {
+        if (!k->repack) {
             fprintf(stderr, "type %s has no repacked layout (D = 8 with a fast path only)\n", argv[1]);
             return 1;
         }
         w.repacked_row_bytes = pvq_repacked_row_bytes(n);
         if (!(w.repacked = malloc(w.repacked_row_bytes * (size_t)rows))) return 1;
         for (int64_t r = 0; r < rows; r++)
-            layout.k.repack(&layout.codec, data + (size_t)r * rb, 1.0f, n, w.repacked + (size_t)r * w.repacked_row_bytes);
+            k->repack(&layout.codec, data + (size_t)r * rb, 1.0f, n, w.repacked + (size_t)r * w.repacked_row_bytes);
     }
     threadpool *pool = pool_new(threads);
     if (!pool) return 1;
@@ -143,7 +144,7 @@ int main(int argc, char **argv) {
     printf("{\"rows\": %lld, \"n\": %lld, \"kernel\": \"%s%s\", \"threads\": %d, \"weight_bytes\": %.0f, "
            "\"bits_per_weight\": %.4f, \"gemv_s\": %.6f, \"gemv_gbps\": %.3f, \"weights_per_s\": %.4g, "
            "\"read_gbps\": %.3f, \"checksum\": %g}\n",
-           (long long)rows, (long long)n, layout.k.name, w.repacked ? " repacked" : "", threads, bytes, 8 * bytes / ((double)rows * (double)n), tg,
+           (long long)rows, (long long)n, k->name, w.repacked ? " repacked" : "", threads, bytes, 8 * bytes / ((double)rows * (double)n), tg,
            bytes / tg / 1e9, (double)rows * (double)n / tg, (double)read_n * 4 / tr / 1e9, (double)y[0] + rt.sums[0]);
     pool_free(pool);
     free(w.repacked);

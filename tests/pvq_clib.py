@@ -11,14 +11,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ROOT / "runtime" / "src" / "kernels"
-SOURCES = ["pvq_codec.c", "pvq_ref.c", "pvq_scalar.c", "pvq_repack.c", "pvq_avx2.c", "pvq_avx512.c"]
+SOURCES = ["isa.c", "pvq_codec.c", "pvq_ref.c", "pvq_scalar.c", "pvq_repack.c", "pvq_avx2.c", "pvq_avx512.c"]
 SHIM = "#include \"pvq_codec.h\"\nsize_t pvq_test_codec_size(void) { return sizeof(pvq_codec); }\n"
 
 
 def build(cache: Path | None = None) -> Path:
     srcs = [KERNELS / s for s in SOURCES if (KERNELS / s).exists()]
     h = hashlib.sha256(SHIM.encode())
-    for p in srcs + [KERNELS / "pvq_codec.h"]:
+    for p in srcs + [KERNELS / "pvq_codec.h", KERNELS / "isa.h"]:
         h.update(p.read_bytes())
     cache = cache or Path(os.environ.get("PVQ_CACHE", Path.home() / ".cache" / "pvq")) / "clib"
     cache.mkdir(parents=True, exist_ok=True)
@@ -54,9 +54,9 @@ class Kernels:
             if hasattr(L, name):
                 getattr(L, name).argtypes = [P, P, F, I64, P]
                 getattr(L, name).restype = F
+        # the kernel sets this CPU runs (kernels/isa.h: ISA_SCALAR, ISA_AVX2, ISA_AVX512)
         self.scalar = True
-        self.avx2 = bool(L.pvq_avx2_supported())
-        self.avx512 = hasattr(L, "pvq_avx512_supported") and bool(L.pvq_avx512_supported())
+        self.avx2, self.avx512 = bool(L.isa_cpu_supports(1)), bool(L.isa_cpu_supports(2))
 
     def codec(self, type_id: int, levels) -> "Codec":
         return Codec(self, type_id, levels)

@@ -37,34 +37,71 @@ def run_pvqrun(args, variant: str = BUILD, timeout: float = 300, input_bytes: by
                           input=input_bytes)
 
 
+def _header_cdef() -> str:
+    """pvq.h as cffi's cdef reads it: no comments, preprocessor lines, C++ guard or export macro."""
+    header = (RUNTIME / "include" / "pvq.h").read_text()
+    header = re.sub(r"/\*.*?\*/", "", header, flags=re.S)
+    header = re.sub(r"\bPVQ_API\b", "", header)
+    return "\n".join(l for l in header.splitlines() if not l.startswith("#") and "extern \"C\"" not in l
+                     and l.strip() != "}")
+
+
 _FFI = None
 
 
 def lib(variant: str = "build"):
-    """(ffi, lib) for libpvq. In-process use needs the plain build (ASan must be loaded first)."""
+    """(ffi, lib) for libpvq, which exports the public API only. In-process use needs the plain build (ASan
+    must be loaded first)."""
     global _FFI
     from cffi import FFI
     if _FFI is None:
-        header = (RUNTIME / "include" / "pvq.h").read_text()
-        header = re.sub(r"/\*.*?\*/", "", header, flags=re.S)
-        header = "\n".join(l for l in header.splitlines() if not l.startswith("#") and "extern \"C\"" not in l
-                           and l.strip() != "}")
         ffi = FFI()
-        ffi.cdef(header)
+        ffi.cdef(_header_cdef())
         _FFI = (ffi, ffi.dlopen(str(build_dir(variant) / "libpvq.so")))
     return _FFI
 
 
+_INTERNAL = None
 _DECLARED: set[str] = set()
 
 
 def lib_with(cdef: str):
-    """lib() with the internal declarations cdef added (once per text): tests reach kernels pvq.h keeps private."""
-    ffi, L = lib()
+    """(ffi, lib) for libpvq_internal.so, the same code with every symbol exported, with the internal
+    declarations cdef added (once per text): tests reach kernels pvq.h keeps private. A library instance of
+    its own: its kernel set is chosen apart from lib()'s."""
+    global _INTERNAL
+    from cffi import FFI
+    if _INTERNAL is None:
+        ffi = FFI()
+        ffi.cdef(_header_cdef() + ISA_CDEF)
+        _INTERNAL = (ffi, ffi.dlopen(str(build_dir() / "libpvq_internal.so")))
+    ffi, L = _INTERNAL
     if cdef not in _DECLARED:
         ffi.cdef(cdef)
         _DECLARED.add(cdef)
     return ffi, L
+
+
+# kernels/isa.h
+ISA_CDEF = """
+typedef enum { ISA_SCALAR, ISA_AVX2, ISA_AVX512, ISA_COUNT } isa_id;
+const char *isa_name(isa_id isa);
+int isa_cpu_supports(isa_id isa);
+isa_id isa_best(void);
+isa_id isa_active(void);
+int isa_select(const char *name, char *err, size_t err_len);
+"""
+ISA_NAMES = ("scalar", "avx2", "avx512")
+
+
+def cpu_isas() -> list[str]:
+    """The kernel sets this CPU runs, as the library detects them (every test of a kernel runs on each)."""
+    ffi, L = lib_with("")
+    return [name for i, name in enumerate(ISA_NAMES) if L.isa_cpu_supports(i)]
+
+
+def isa_index(name: str) -> int:
+    return ISA_NAMES.index(name)
 
 
 class Model:

@@ -99,9 +99,10 @@ def test_q8_dot(kernels, K, b):
         assert np.all(np.abs(ref - exact) <= 1e-5 * mag)
         # and W x up to the activation rounding (|x - xd| <= xs / 2 per element)
         assert np.all(np.abs(exact - w @ x) <= np.abs(w) @ np.repeat(xs / 2, 128)[:n] * 1.0001)
-        for kind in [k for k in ("avx2", "avx512") if getattr(kernels, k)]:
+        # every kernel set follows the reference's float order (pvq_codec.h): the same bits
+        for kind in [k for k in ("scalar", "avx2", "avx512") if getattr(kernels, k)]:
             got, _, _ = q8_dot(c, rows, scales, n, x, kind)
-            assert np.all(np.abs(got - exact) <= 1e-5 * mag), kind
+            assert np.array_equal(got.astype(np.float32).view(np.uint32), ref.astype(np.float32).view(np.uint32)), kind
 
 
 @pytest.mark.parametrize("bits", [2.25, 3.25])
@@ -137,16 +138,17 @@ def test_matvec_q8_with_fp16_scales(kernels):
     x = rng.standard_normal(n).astype(np.float32)
     per_row, xq, xs = q8_dot(c, packed, scales, n, x, "ref")
     L = c.k.lib
-    for kind in ["ref"] + [k for k in ("avx2", "avx512") if getattr(kernels, k)]:
+    for kind in ["ref", "scalar"] + [k for k in ("avx2", "avx512") if getattr(kernels, k)]:
         fn = getattr(L, f"pvq_matvec_q8_{kind}")
         fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3
         y = np.zeros(rows, dtype=np.float32)
         data = np.ascontiguousarray(packed)
         fn(c.buf, data.ctypes.data, scales.ctypes.data, rows, n, xq.ctypes.data, xs.ctypes.data, y.ctypes.data)
-        assert np.allclose(y, per_row, rtol=1e-5, atol=1e-6 * np.abs(per_row).max()), kind
+        assert np.array_equal(y.view(np.uint32), per_row.astype(np.float32).view(np.uint32)), kind
 
 
-def test_kernel_selection(kernels):
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+def test_kernel_selection(kernels, isa):
     import ctypes
 
     class Sel(ctypes.Structure):  # every field of pvq_kernels (pvq_codec.h): the C side writes them all
@@ -154,15 +156,16 @@ def test_kernel_selection(kernels):
                     ("matvec_q8", ctypes.c_void_p), ("repack", ctypes.c_void_p), ("dot_repacked", ctypes.c_void_p),
                     ("tile_repacked", ctypes.c_void_p)]
     L = kernels.lib
-    L.pvq_select_kernels.argtypes = [ctypes.c_void_p, ctypes.POINTER(Sel)]
+    L.pvq_select_kernels.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(Sel)]
+    isa_id = ["scalar", "avx2", "avx512"].index(isa)
     lay = pvq_presets.preset(3.25)
     sel = Sel()
     codec = kernels.codec(lay.type_id, np.arange(1, 9))
-    L.pvq_select_kernels(codec.buf, ctypes.byref(sel))
-    expected = "avx512" if kernels.avx512 else "avx2" if kernels.avx2 else "scalar"
-    assert sel.name.decode() == expected and sel.matvec_q8
-    assert sel.dot == ctypes.cast(getattr(L, f"pvq_dot_row_{expected}"), ctypes.c_void_p).value
+    L.pvq_select_kernels(codec.buf, isa_id, ctypes.byref(sel))
+    assert sel.name.decode() == isa and sel.matvec_q8
+    assert sel.dot == ctypes.cast(getattr(L, f"pvq_dot_row_{isa}"), ctypes.c_void_p).value
+    assert sel.matvec_q8 == ctypes.cast(getattr(L, f"pvq_matvec_q8_{isa}"), ctypes.c_void_p).value
     wide = pvq_format.layout(16, 26, 5)          # no fast path: the reference, no Q8 matvec
     codec = kernels.codec(wide.type_id, np.arange(1, 33))
-    L.pvq_select_kernels(codec.buf, ctypes.byref(sel))
+    L.pvq_select_kernels(codec.buf, isa_id, ctypes.byref(sel))
     assert sel.name.decode() == "ref" and not sel.matvec_q8

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from runtime_clib import RUNTIME, lib_with
+from runtime_clib import RUNTIME, cpu_isas, isa_index, lib_with
 
 # The structs of the codec header, for cffi: taken from the header itself so they cannot drift.
 def _codec_cdef() -> str:
@@ -18,13 +18,14 @@ def _codec_cdef() -> str:
     text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
     text = text[:text.index("static inline")]
     text = "\n".join(l for l in text.splitlines() if not l.startswith("#"))
+    text = text.replace("static inline", "")
     for k, v in defines.items():
         text = re.sub(rf"\b{k}\b", v, text)
     return re.sub(r"\[(\d+) << (\d+)\]", lambda m: f"[{int(m[1]) << int(m[2])}]", text)
 
 
 CDEF = _codec_cdef() + """
-typedef struct { pvq_codec codec; pvq_kernels k; } pvq_layout;
+typedef struct { pvq_codec codec; pvq_kernels k[3]; } pvq_layout;
 typedef struct { const pvq_layout *layout; const uint16_t *scales; uint8_t *repacked; size_t repacked_row_bytes;
                  int f32_activations; } pvq_weight;
 size_t pvq_xq_bytes(int64_t n);
@@ -65,7 +66,8 @@ class RandomPVQ:
         err = ffi.new("char[256]")
         assert L.pvq_codec_init(ffi.addressof(self.layout, "codec"), self.type_id, _f(ffi, self.levels),
                                 len(self.levels), err, 256) == 0, ffi.string(err)
-        L.pvq_select_kernels(ffi.addressof(self.layout, "codec"), ffi.addressof(self.layout, "k"))
+        for isa in range(3):
+            L.pvq_select_kernels(ffi.addressof(self.layout, "codec"), isa, ffi.addressof(self.layout.k, isa))
         c = self.layout.codec
         self.n, self.rows, self.row_bytes = n, rows, L.pvq_row_bytes(ffi.addressof(self.layout, "codec"), n)
         W, G = c.field_bits, n // D
@@ -84,8 +86,13 @@ class RandomPVQ:
         self.L.pvq_codec_free(self.ffi.addressof(self.layout, "codec"))
 
     @property
+    def kernels(self):
+        """The kernels of the active kernel set."""
+        return self.layout.k[self.L.isa_active()]
+
+    @property
     def kernel_name(self) -> str:
-        return self.ffi.string(self.layout.k.name).decode()
+        return self.ffi.string(self.kernels.name).decode()
 
     def dequantize_ref(self) -> np.ndarray:
         ffi, L = self.ffi, self.L
@@ -127,7 +134,7 @@ class RandomPVQ:
             L.pvq_matvec_rows(self.weight, _f(ffi, self.data, "uint8_t *"), self.row_bytes, self.n, r0, r1,
                               _f(ffi, x), _f(ffi, xq, "void *"), _f(ffi, y))
         ref = np.empty(self.rows, np.float32)
-        if self.layout.k.matvec_q8 == ffi.NULL:  # no integer path (D != 8)
+        if self.kernels.matvec_q8 == ffi.NULL:  # no integer path (D != 8)
             return y, None, xs
         # the repacked layout: the same integer products without decoding
         self.repacked = {}
@@ -161,7 +168,17 @@ class RandomPVQ:
         return out
 
 
-KINDS = ("ref", "avx2") if "avx2" in open("/proc/cpuinfo").read() else ("ref",)
+KINDS = ("ref", "avx2") if "avx2" in cpu_isas() else ("ref",)  # the repacked layout's kernels
+
+
+@pytest.fixture(params=cpu_isas())
+def isa(request):
+    """Each kernel set this CPU runs, made active in the kernels' library for the test (then the best again)."""
+    ffi, L = kernels()
+    err = ffi.new("char[256]")
+    assert L.isa_select(request.param.encode(), err, 256) == 0, ffi.string(err)
+    yield request.param
+    assert L.isa_select(b"auto", err, 256) == 0
 # (D, K, b): the 2.25 / 3.25 / 4.25 presets (D = 8: integer kernels), and D = 16 (reference only)
 LAYOUTS = [(8, 6, 3), (8, 14, 3), (8, 29, 4), (16, 10, 4)]
 SHAPES = [(64, 576), (48, 1536), (20, 96), (33, 4096)]
@@ -169,7 +186,7 @@ SHAPES = [(64, 576), (48, 1536), (20, 96), (33, 4096)]
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: "D%d-K%d-b%d" % l)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "%dx%d" % s)
-def test_decode_product_against_reference(layout, shape):
+def test_decode_product_against_reference(layout, shape, isa):
     """Decode (int8 activations): equal to the codec's scalar int8 reference up to float summation order, and
     within the error that rounding x to int8 can cause of the exact product."""
     D, K, b = layout
@@ -184,10 +201,11 @@ def test_decode_product_against_reference(layout, shape):
     y, ref, xs = t.matvec(x)
     assert np.isfinite(y).all()
     absterms = np.abs(W) @ np.abs(x.astype(np.float64))
-    if t.layout.k.matvec_q8 != t.ffi.NULL:
-        # same integer products, float sums in another order: a few ulps of the sum of |terms|
+    if t.kernels.matvec_q8 != t.ffi.NULL:
+        # the same integer products and the reference's float order (pvq_codec.h): the same bits, decoded or
+        # repacked, on every kernel set
         for got in (y, *t.repacked.values()):
-            np.testing.assert_array_less(np.abs(got - ref), 1e-5 * absterms + 1e-30)
+            np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
         # each x_i moves by at most half its block's step xs / 2 when rounded to int8
         step = np.repeat(xs, 128)[:n].astype(np.float64)
         bound = np.abs(W) @ (step / 2) + 1e-5 * absterms
@@ -200,11 +218,11 @@ def test_decode_product_against_reference(layout, shape):
 
 @pytest.mark.parametrize("layout", LAYOUTS[1:], ids=lambda l: "D%d-K%d-b%d" % l)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "%dx%d" % s)
-def test_batch_product_against_reference(layout, shape):
+def test_batch_product_against_reference(layout, shape, isa):
     """Prefill (a tile of rows decoded once, every token against it). Fast layouts: the decode product's int8
-    activations and integer dots, so within the scalar reference's float summation of the same terms, equal
-    bit for bit to the one-token product on AVX2 (whole 8-group chunks), and within the bound of x's int8
-    rounding of the exact product. Others: f32 activations against the exact weights."""
+    activations, integer dots and float order, so equal bit for bit to the scalar reference and to the
+    one-token product on every kernel set (a token gets the same logits in a prompt or alone), and within the
+    bound of x's int8 rounding of the exact product. Others: f32 activations against the exact weights."""
     rows, n = shape
     D, K, b = layout
     if kernels()[1].pvq_type_row_bytes(0x50000000 | D << 20 | b << 16 | K, n) == 0:
@@ -217,7 +235,7 @@ def test_batch_product_against_reference(layout, shape):
     absterms = np.abs(x.astype(np.float64)) @ np.abs(W).T
     out = t.matmul(x)
     assert np.isfinite(out).all()
-    if t.layout.k.tile_repacked == t.ffi.NULL:
+    if t.kernels.tile_repacked == t.ffi.NULL:
         np.testing.assert_array_less(np.abs(out - exact), 1e-5 * absterms + 1e-30)
         return
     xq, xs = t.quantize(x)
@@ -225,11 +243,10 @@ def test_batch_product_against_reference(layout, shape):
     ffi, L = t.ffi, t.L
     ref = np.array([[L.pvq_dot_repacked_ref(_f(ffi, packed[r], "uint8_t *"), n, _f(ffi, xq[u], "int8_t *"),
                                             _f(ffi, xs[u])) for r in range(rows)] for u in range(len(x))])
-    np.testing.assert_array_less(np.abs(out - ref), 1e-5 * absterms + 1e-30)
+    np.testing.assert_array_equal(out.view(np.uint32), ref.astype(np.float32).view(np.uint32))
     np.testing.assert_array_equal(t.matmul(x, repacked=packed).view(np.uint32), out.view(np.uint32))
-    if "avx2" in KINDS and n % 64 == 0:
-        one = np.array([t.matvec(row)[0] for row in x])
-        np.testing.assert_array_equal(out.view(np.uint32), one.view(np.uint32))
+    one = np.array([t.matvec(row)[0] for row in x])
+    np.testing.assert_array_equal(out.view(np.uint32), one.view(np.uint32))
     step = np.repeat(xs, 128, axis=1)[:, :n].astype(np.float64)
     np.testing.assert_array_less(np.abs(out - exact), (step / 2) @ np.abs(W).T + 1e-5 * absterms)
 
@@ -239,8 +256,8 @@ def test_batch_product_against_reference(layout, shape):
 @pytest.mark.skipif("avx2" not in open("/proc/cpuinfo").read(), reason="no AVX2")
 def test_repacked_tile_kernels_against_reference(layout, shape):
     """The AVX2 repacking is the reference's bytes; the AVX2 2 x 4 tile equals the scalar reference dot of
-    each (row, token) pair up to float summation order (the same integer dots of int8 points and int8
-    activations: a few float32 ulps of the sum of |terms|), and pvq_dot_repacked_avx2 bit for bit."""
+    each (row, token) pair bit for bit (the same integer dots of int8 points and int8 activations, the same
+    float order), and pvq_dot_repacked_avx2."""
     rows, n = shape
     t = RandomPVQ(*layout, rows, n, seed=7 * n + rows)
     ffi, L = t.ffi, t.L
@@ -259,7 +276,7 @@ def test_repacked_tile_kernels_against_reference(layout, shape):
                 _f(ffi, packed[r], "uint8_t *"), packed.shape[1], n, _f(ffi, xq, "int8_t *"),
                 ffi.cast("float *", _f(ffi, xq, "uint8_t *") + (n + 127) // 128 * 128), xq.shape[1], _f(ffi, out), 2)
             got[kind] = out
-        np.testing.assert_array_less(np.abs(got["avx2"] - got["ref"]), 1e-5 * absterms[:, r:r + 2] + 1e-30)
+        np.testing.assert_array_equal(got["avx2"].view(np.uint32), got["ref"].view(np.uint32))
         dots = np.array([[L.pvq_dot_repacked_avx2(_f(ffi, packed[r + i], "uint8_t *"), n, _f(ffi, xq[u], "int8_t *"),
                                                   _f(ffi, xs[u])) for i in range(2)] for u in range(4)], np.float32)
         np.testing.assert_array_equal(got["avx2"].view(np.uint32), dots.view(np.uint32))
@@ -287,17 +304,34 @@ def test_activation_quantizer_avx2_is_the_reference(n):
     assert (got["q8"][0][pad // 128 * 128 + pad % 8 // 4 * 64 + pad % 128 // 8 * 4 + pad % 4] == 0).all()
 
 
-def test_kernel_choice_is_reported():
-    """The fast layouts use the best integer kernel of this CPU, and the description says which."""
+def test_kernel_choice_is_reported(isa):
+    """The fast layouts take the active kernel set's integer kernels, and the description says which set."""
     ffi, L = kernels()
     t = RandomPVQ(8, 14, 3, 4, 64, seed=0)
-    flags = open("/proc/cpuinfo").read()
-    want = "avx512" if all(f in flags for f in ("avx512vbmi", "avx512vnni", "avx512bw")) else \
-        "avx2" if "avx2" in flags else "scalar"
-    assert t.kernel_name == want
-    name = ffi.string(L.type_simd_name()).decode()
-    assert {"avx512": "PVQ AVX-512", "avx2": "PVQ AVX2", "scalar": "PVQ scalar"}[want] in name
+    assert t.kernel_name == isa
+    assert ffi.string(L.type_simd_name()).decode().startswith(isa)
     assert RandomPVQ(16, 10, 4, 4, 128, seed=0).kernel_name == "ref"
+
+
+def test_kernel_set_choice():
+    """The best set by default; every set the CPU lacks, and an unknown name, is a clear error that leaves the
+    active set as it was. The sets' CPU checks agree with /proc/cpuinfo."""
+    ffi, L = kernels()
+    flags = set(re.search(r"^flags\s*:(.*)$", open("/proc/cpuinfo").read(), re.M).group(1).split())
+    want = ["scalar"] + (["avx2"] if {"avx2", "fma", "f16c"} <= flags else [])
+    if "avx2" in want and {"avx512f", "avx512bw", "avx512vl", "avx512vbmi", "avx512_vnni"} <= flags:
+        want.append("avx512")
+    assert cpu_isas() == want
+    assert ffi.string(L.isa_name(L.isa_best())).decode() == want[-1]
+    err = ffi.new("char[256]")
+    for name in ("avx512", "avx2", "sse9"):
+        if name in want:
+            continue
+        before = L.isa_active()
+        assert L.isa_select(name.encode(), err, 256) == -1 and L.isa_active() == before
+        msg = ffi.string(err).decode()
+        assert ("needs instructions this CPU lacks" in msg and ", ".join(want) in msg) if name != "sse9" else \
+            "unknown kernel set 'sse9'" in msg, msg
 
 
 # ---------------------------------------------------------------- online Hadamard

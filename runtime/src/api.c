@@ -2,6 +2,7 @@
 #include "errmsg.h"
 #include "pvq.h"
 #include "model.h"
+#include "unicode.h"
 #include "vocab.h"
 
 #include <stdarg.h>
@@ -28,6 +29,14 @@ static pvq_status error(pvq_status st, char *err, size_t err_len, const char *fm
     return st;
 }
 
+const char *pvq_isa(void) { return isa_name(isa_active()); }
+
+pvq_status pvq_set_isa(const char *name, char *err, size_t err_len) {
+    char why[200];
+    if (isa_select(name, why, sizeof why)) return error(PVQ_ERR_ARG, err, err_len, "%s", why);
+    return PVQ_OK;
+}
+
 pvq_model_params pvq_model_default_params(void) {
     pvq_model_params p = {0};
     return p;
@@ -41,6 +50,7 @@ pvq_status pvq_model_load(const char *path, pvq_model **out, char *err, size_t e
 pvq_status pvq_model_load_params(const char *path, const pvq_model_params *params, pvq_model **out, char *err,
                                  size_t err_len) {
     *out = NULL;
+    if (*isa_env_error()) return error(PVQ_ERR_ARG, err, err_len, "%s", isa_env_error());
     pvq_model *pm = calloc(1, sizeof *pm);
     if (!pm) return error(PVQ_ERR_NOMEM, err, err_len, "out of memory");
     char msg[512];
@@ -83,14 +93,14 @@ void pvq_model_describe(const pvq_model *pm, char *buf, size_t len) {
     const pvq_layout *l = m->layers[0].wq.pvq.layout;
     if (l)
         snprintf(wtype, sizeof wtype, "pvq D=%d K=%d b=%d (%s kernels)", l->codec.D, l->codec.K, l->codec.gain_bits,
-                 l->k.name);
+                 l->k[isa_active()].name);
     else
         snprintf(wtype, sizeof wtype, "%s", type_get(m->layers[0].wq.type)->name);
     if (l && m->layers[0].wq.pvq.repacked) strncat(wtype, ", repacked", sizeof wtype - strlen(wtype) - 1);
     if (l) strncat(wtype, m->layers[0].wq.pvq.f32_activations ? ", f32 activations" : ", int8 activations",
                    sizeof wtype - strlen(wtype) - 1);
     if (m->ffn_hadamard.base) snprintf(rot, sizeof rot, ", ffn Hadamard %d x %d", m->ffn_hadamard.h, m->ffn_hadamard.p);
-    snprintf(buf, len, "%s: %d layers, dim %d, ffn %d, %d heads (%d kv), vocab %d, weights %s, output %s%s, kernels %s",
+    snprintf(buf, len, "%s: %d layers, dim %d, ffn %d, %d heads (%d kv), vocab %d, weights %s, output %s%s, kernel set %s",
              m->arch == ARCH_LLAMA ? "llama" : "qwen2", m->n_layer, m->dim, m->ffn_dim, m->n_head, m->n_head_kv,
              m->n_vocab, wtype, m->output.data == m->tok_embd.data ? "tied" : type_get(m->output.type)->name, rot,
              type_simd_name());
@@ -127,6 +137,9 @@ int32_t pvq_token_to_piece(const pvq_model *pm, int32_t id, char *buf, int32_t b
 }
 
 size_t pvq_utf8_incomplete(const char *buf, size_t len) { return tokenizer_utf8_incomplete(buf, len); }
+size_t pvq_utf8_repair(const char *in, size_t len, int final, char *out, size_t *out_len) {
+    return utf8_repair((const uint8_t *)in, len, final, (uint8_t *)out, out_len);
+}
 
 uint16_t pvq_f32_to_f16(float f) { return f32_to_fp16(f); }
 float pvq_f16_to_f32(uint16_t h) { return fp16_to_f32(h); }

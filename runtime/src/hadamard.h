@@ -28,7 +28,7 @@ void hadamard_plan_free(hadamard_plan *pl);
 /* x[0..n) <- H x in place. */
 void hadamard_ref(const hadamard_plan *pl, float *x);
 void hadamard_avx2(const hadamard_plan *pl, float *x);
-/* The fastest of the above this build has. */
+/* The one of the active kernel set (kernels/isa.h). */
 void hadamard_apply(const hadamard_plan *pl, float *x);
 
 #endif

@@ -257,13 +257,14 @@ typedef struct {
 static void convert_task(void *arg, int ith, int nth) {
     matmul_task *mt = arg;
     const type_traits *vt = type_get(type_get(mt->w[0]->type)->vec_type);
+    const isa_id isa = isa_active();
     int64_t n = mt->w[0]->n_in;
     if (mt->w[0]->pvq.f32_activations) return; /* the products read x itself */
     for (int t = ith; t < mt->T; t += nth) {
         if (mt->w[0]->pvq.layout)
             pvq_quantize_x(mt->x + t * n, n, (uint8_t *)mt->xq + t * mt->xq_row);
         else
-            vt->from_float(mt->x + t * n, (uint8_t *)mt->xq + t * mt->xq_row, n);
+            vt->from_float[isa](mt->x + t * n, (uint8_t *)mt->xq + t * mt->xq_row, n);
     }
 }
 
@@ -271,6 +272,7 @@ static void convert_task(void *arg, int ith, int nth) {
 
 static void matmul_rows(void *arg, int ith, int nth) {
     matmul_task *mt = arg;
+    const isa_id isa = isa_active();
     int64_t total = 0;
     for (int i = 0; i < mt->nw; i++) total += mt->w[i]->n_out;
     /* split at even rows so 2-row tiles never straddle threads */
@@ -281,15 +283,16 @@ static void matmul_rows(void *arg, int ith, int nth) {
         while (r >= base + mt->w[i]->n_out) base += mt->w[i++]->n_out;
         const weight *w = mt->w[i];
         const type_traits *tt = type_get(w->type);
-        dot_fn dot = mt->T == 1 ? tt->dot : tt->dot_batch;
+        dot_fn dot = mt->T == 1 ? tt->dot[isa] : tt->dot_batch[isa];
+        tile_fn tile = tt->tile[isa];
         int64_t row = r - base, end = row + ROW_TILE;
         if (end > w->n_out) end = w->n_out;
         if (end > row + (r1 - r)) end = row + (r1 - r);
         int t = 0;
-        if (tt->tile && (end - row) % TILE_ROWS == 0 && mt->T > 1)
+        if (tile && (end - row) % TILE_ROWS == 0 && mt->T > 1)
             for (; t + TILE_COLS <= mt->T; t += TILE_COLS)
                 for (int64_t j = row; j < end; j += TILE_ROWS)
-                    tt->tile(w->n_in, w->data + j * w->row_bytes, w->row_bytes, (const uint8_t *)mt->xq + t * mt->xq_row,
+                    tile(w->n_in, w->data + j * w->row_bytes, w->row_bytes, (const uint8_t *)mt->xq + t * mt->xq_row,
                              mt->xq_row, mt->out[i] + (int64_t)t * w->n_out + j, (size_t)w->n_out);
         for (; t < mt->T; t++) {
             const uint8_t *xq = (const uint8_t *)mt->xq + t * mt->xq_row;
@@ -377,7 +380,7 @@ typedef struct {
     int layer, T;
 } attn_task;
 
-static void to_f16(const float *x, uint16_t *y, int n) { type_get(T_F16)->from_float(x, y, n); }
+static void to_f16(const float *x, uint16_t *y, int n) { type_get(T_F16)->from_float[isa_active()](x, y, n); }
 
 /* One (token, head) pair per step: causal softmax(q.K / sqrt(hd)) . V over the cache. */
 static void attention(void *arg, int ith, int nth) {
@@ -391,8 +394,10 @@ static void attention(void *arg, int ith, int nth) {
     const uint16_t *kc = s->k_cache + (size_t)at->layer * s->n_ctx * kv_dim;
     const uint16_t *vc = s->v_cache + (size_t)at->layer * s->n_ctx * kv_dim;
     /* llama.cpp sums single tokens and batches in different orders (kernels/sums.c) */
-    dot_fn dot16 = at->T == 1 ? type_get(T_F16)->dot : type_get(T_F16)->dot_batch;
-    const lane_order *lo = at->T == 1 ? &F16_LANES_SINGLE : &F16_LANES_BATCH;
+    const isa_id isa = isa_active();
+    const isa_kernels *k = isa_kernels_of(isa);
+    dot_fn dot16 = at->T == 1 ? type_get(T_F16)->dot[isa] : type_get(T_F16)->dot_batch[isa];
+    const lane_order *lo = at->T == 1 ? &k->sums->f16_single : &k->sums->f16_batch;
     for (int item = ith; item < at->T * m->n_head; item += nth) {
         int t = item / m->n_head, h = item % m->n_head, n_kv = s->n_past + t + 1;
         size_t koff = (size_t)(h / group) * hd;
@@ -404,12 +409,12 @@ static void attention(void *arg, int ith, int nth) {
             if (att[p] > mx) mx = att[p];
         }
         for (int p = 0; p < n_kv; p++) att[p] -= mx;
-        vec_exp(n_kv, att, att);
-        float inv = (float)(1.0 / softmax_sum(att, n_kv));
+        k->exp(n_kv, att, att);
+        float inv = (float)(1.0 / k->sums->softmax_sum(att, n_kv));
         for (int p = 0; p < n_kv; p++) att[p] *= inv;
         to_f16(att, p16, n_kv); /* the row conversion rounds as f32_to_fp16 does (to nearest even) */
         for (int p = 0; p < n_kv; p++) att[p] = fp16_to_f32_fast(p16[p]); /* the fp16 values that weight V */
-        vec_lane_sums_f16(hd, lo->lanes, n_kv, att, vc + koff, kv_dim, lanes);
+        k->lane_sums_f16(hd, lo->lanes, n_kv, att, vc + koff, kv_dim, lanes);
         lo->reduce(lanes, hd, s->xb + (size_t)t * m->dim + (size_t)h * hd);
     }
 }
@@ -474,7 +479,7 @@ void forward(const model *m, state *s, const int32_t *tokens, int T) {
 
         for (int t = 0; t < rows; t++) rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, L->ffn_norm, dim, m->rms_eps);
         matmul(s, s->xb, rows, 2, &L->w_gate, s->hb, &L->w_up, s->hb2, NULL, NULL);
-        vec_swiglu((int64_t)rows * ffn, s->hb, s->hb, s->hb2);
+        isa_kernels_active()->swiglu((int64_t)rows * ffn, s->hb, s->hb, s->hb2);
         if (m->ffn_hadamard.base) ffn_hadamard(m, s, rows);
         matmul(s, s->hb, rows, 1, &L->w_down, s->xb, NULL, NULL, NULL, NULL);
         for (size_t i = 0; i < (size_t)rows * dim; i++) s->x[i] += s->xb[i];

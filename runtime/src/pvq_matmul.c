@@ -26,7 +26,7 @@ static const pvq_layout *layout_for(pvq_layouts *set, uint32_t type_id, const fl
         free(l);
         return NULL;
     }
-    pvq_select_kernels(&l->codec, &l->k);
+    for (int isa = 0; isa < ISA_COUNT; isa++) pvq_select_kernels(&l->codec, (isa_id)isa, &l->k[isa]);
     set->items[set->n++] = l;
     return l;
 }
@@ -47,7 +47,7 @@ static int repack(pvq_weight *pw, const uint8_t *data, int64_t n, int64_t rows) 
     pw->repacked_row_bytes = pvq_repacked_row_bytes(n);
     if (!(pw->repacked = malloc(pw->repacked_row_bytes * (size_t)rows))) return -1;
     for (int64_t r = 0; r < rows; r++)
-        l->k.repack(&l->codec, data + (size_t)r * rb, pvq_half_to_float(pw->scales[r]), n,
+        l->k[isa_active()].repack(&l->codec, data + (size_t)r * rb, pvq_half_to_float(pw->scales[r]), n,
                     pw->repacked + (size_t)r * pw->repacked_row_bytes);
     return 0;
 }
@@ -90,7 +90,7 @@ int pvq_weight_load(pvq_weight *pw, pvq_layouts *set, const gguf_file *f, const 
     pw->layout = l;
     pw->scales = st->data;
     pw->f32_activations = mode == PVQ_MODE_F32;
-    if (mode == PVQ_MODE_REPACKED && l->k.repack && repack(pw, t->data, n, rows))
+    if (mode == PVQ_MODE_REPACKED && l->k[ISA_SCALAR].repack && repack(pw, t->data, n, rows))
         return err_fail(err, err_len, "out of memory repacking %s", name);
     return 0;
 }
@@ -106,7 +106,7 @@ static const float *xq_scales(const void *xq, int64_t n) {
 }
 
 void pvq_quantize_x(const float *x, int64_t n, void *xq) {
-    (pvq_avx2_supported() ? pvq_quantize_x_q8_avx2 : pvq_quantize_x_q8)(x, n, xq, (float *)xq_scales(xq, n));
+    (isa_active() >= ISA_AVX2 ? pvq_quantize_x_q8_avx2 : pvq_quantize_x_q8)(x, n, xq, (float *)xq_scales(xq, n));
 }
 
 size_t pvq_tile_bytes(int64_t n) {
@@ -116,31 +116,34 @@ size_t pvq_tile_bytes(int64_t n) {
 
 void pvq_matvec_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes, int64_t n, int64_t r0, int64_t r1,
                      const float *x, const void *xq, float *y) {
-    const pvq_layout *l = pw->layout;
+    const pvq_kernels *k = &pw->layout->k[isa_active()];
+    const pvq_codec *c = &pw->layout->codec;
     if (r1 <= r0) return;
-    if (pw->f32_activations || !l->k.matvec_q8) { /* asked for, or no integer kernel (D != 8) */
+    if (pw->f32_activations || !k->matvec_q8) { /* asked for, or no integer kernel (D != 8) */
         for (int64_t r = r0; r < r1; r++)
-            y[r] = l->k.dot(&l->codec, data + (size_t)r * row_bytes, pvq_half_to_float(pw->scales[r]), n, x);
+            y[r] = k->dot(c, data + (size_t)r * row_bytes, pvq_half_to_float(pw->scales[r]), n, x);
         return;
     }
     if (pw->repacked) {
         for (int64_t r = r0; r < r1; r++)
-            y[r] = l->k.dot_repacked(pw->repacked + (size_t)r * pw->repacked_row_bytes, n, xq, xq_scales(xq, n));
+            y[r] = k->dot_repacked(pw->repacked + (size_t)r * pw->repacked_row_bytes, n, xq, xq_scales(xq, n));
         return;
     }
-    l->k.matvec_q8(&l->codec, data + (size_t)r0 * row_bytes, pw->scales + r0, r1 - r0, n, xq, xq_scales(xq, n), y + r0);
+    k->matvec_q8(c, data + (size_t)r0 * row_bytes, pw->scales + r0, r1 - r0, n, xq, xq_scales(xq, n), y + r0);
 }
 
 /* Float32 activations (asked for, or a layout without the int8 fast path): the tile decoded to float32,
  * 2 x 4 f32 tiles. */
 static void matmul_rows_f32(const pvq_weight *pw, const uint8_t *data, size_t row_bytes, int64_t n, int64_t r0,
                             int64_t r1, const float *x, int T, float *out, int64_t out_stride, float *tile) {
-    const pvq_layout *l = pw->layout;
-    const type_traits *f32 = type_get(T_F32);
+    const isa_id isa = isa_active();
+    const pvq_kernels *k = &pw->layout->k[isa];
+    const dot_fn dot_f32 = type_get(T_F32)->dot_batch[isa];
+    const tile_fn tile_f32 = isa_kernels_of(isa)->tile_f32;
     for (int64_t r = r0; r < r1; r += PVQ_TILE_ROWS) {
         int64_t nr = r1 - r < PVQ_TILE_ROWS ? r1 - r : PVQ_TILE_ROWS;
         for (int64_t i = 0; i < nr; i++)
-            l->k.dequantize(&l->codec, data + (size_t)(r + i) * row_bytes, pvq_half_to_float(pw->scales[r + i]), n,
+            k->dequantize(&pw->layout->codec, data + (size_t)(r + i) * row_bytes, pvq_half_to_float(pw->scales[r + i]), n,
                             tile + i * n);
         int t = 0;
         size_t row = (size_t)n * sizeof(float);
@@ -149,15 +152,16 @@ static void matmul_rows_f32(const pvq_weight *pw, const uint8_t *data, size_t ro
                 tile_f32(n, tile + i * n, row, x + (int64_t)t * n, row, &out[t * out_stride + r + i], (size_t)out_stride);
         for (int64_t i = 0; i < nr; i++)
             for (int u = i < nr / TILE_ROWS * TILE_ROWS ? t : 0; u < T; u++)
-                f32->dot_batch(n, tile + i * n, x + (int64_t)u * n, &out[u * out_stride + r + i]);
+                dot_f32(n, tile + i * n, x + (int64_t)u * n, &out[u * out_stride + r + i]);
     }
 }
 
 void pvq_matmul_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes, int64_t n, int64_t r0, int64_t r1,
                      const float *x, const void *xq, size_t xq_stride, int T, float *out, int64_t out_stride,
                      void *tile) {
-    const pvq_layout *l = pw->layout;
-    if (pw->f32_activations || !l->k.tile_repacked) {
+    const pvq_kernels *k = &pw->layout->k[isa_active()];
+    const pvq_codec *c = &pw->layout->codec;
+    if (pw->f32_activations || !k->tile_repacked) {
         matmul_rows_f32(pw, data, row_bytes, n, r0, r1, x, T, out, out_stride, tile);
         return;
     }
@@ -169,18 +173,18 @@ void pvq_matmul_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes
         const uint8_t *rows = pw->repacked ? pw->repacked + (size_t)r * prb : tile;
         if (!pw->repacked)
             for (int64_t i = 0; i < nr; i++)
-                l->k.repack(&l->codec, data + (size_t)(r + i) * row_bytes, pvq_half_to_float(pw->scales[r + i]), n,
+                k->repack(c, data + (size_t)(r + i) * row_bytes, pvq_half_to_float(pw->scales[r + i]), n,
                             (uint8_t *)tile + (size_t)i * prb);
         int t = 0;
         int64_t whole = nr / PVQ_TILE_R * PVQ_TILE_R;
         for (; t + PVQ_TILE_T <= T; t += PVQ_TILE_T)
             for (int64_t i = 0; i < whole; i += PVQ_TILE_R)
-                l->k.tile_repacked(rows + (size_t)i * prb, prb, n, (const int8_t *)((const uint8_t *)xv + t * xq_stride),
+                k->tile_repacked(rows + (size_t)i * prb, prb, n, (const int8_t *)((const uint8_t *)xv + t * xq_stride),
                                    (const float *)((const uint8_t *)xs + t * xq_stride), xq_stride,
                                    &out[t * out_stride + r + i], (size_t)out_stride);
         for (int64_t i = 0; i < nr; i++) /* the tokens past the last whole tile, and an odd last row */
             for (int u = i < whole ? t : 0; u < T; u++)
-                out[u * out_stride + r + i] = l->k.dot_repacked(
+                out[u * out_stride + r + i] = k->dot_repacked(
                     rows + (size_t)i * prb, n, (const int8_t *)((const uint8_t *)xv + u * xq_stride),
                     (const float *)((const uint8_t *)xs + u * xq_stride));
     }

@@ -24,7 +24,7 @@
 /* A layout with its gain levels, and the kernels chosen for it. */
 typedef struct {
     pvq_codec codec;
-    pvq_kernels k;
+    pvq_kernels k[ISA_COUNT]; /* per kernel set, so that the set may change while the model is loaded */
 } pvq_layout;
 
 /* The distinct layouts of a model (a model has a few: one per layout and row length). */

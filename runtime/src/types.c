@@ -1,58 +1,37 @@
-/* The per-type traits table: one row per ggml type the runtime can read. */
+/* The per-type traits table: one row per ggml type the runtime can read, its kernels per kernel set; and
+ * the kernels that are not per type, one row per kernel set. */
 #include "types.h"
 
 #include "kernels/pvq_codec.h"
 
-#include <pthread.h>
 #include <stdio.h>
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#define SIMD(ref, avx2) avx2
-#if defined(__AVX512F__)
-#define F16_DOT dot_f16_avx512x4
-#define F16_DOT_BATCH dot_f16_avx512
-#define F16_TILE tile_f16_avx512
-#else
-#define F16_DOT dot_f16_avx2
-#define F16_DOT_BATCH dot_f16_avx2_batch
-#define F16_TILE tile_f16_avx2
-#endif
-#define TO_F16 f32_to_f16_row_f16c
-#define EXP exp_avx2
-#define SWIGLU swiglu_avx2
-#define LANE_SUMS_F16 lane_sums_f16_avx2
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-#define Q8_DOT dot_q8_0_vnni
-#define SIMD_NAME "AVX2+FMA+F16C, AVX-512 (F16), AVX512-VNNI (Q8_0)"
-#else
-#define Q8_DOT dot_q8_0_avx2
-#define SIMD_NAME "AVX2+FMA+F16C"
-#endif
-#else
-#define SIMD(ref, avx2) ref
-#define F16_DOT dot_f16_ref
-#define F16_DOT_BATCH dot_f16_ref
-#define F16_TILE NULL
-#define TO_F16 f32_to_f16_row
-#define LANE_SUMS_F16 lane_sums_f16_ref
-#define EXP exp_row_ref
-#define SWIGLU swiglu_ref
-#define Q8_DOT dot_q8_0_ref
-#define SIMD_NAME "scalar"
-#endif
+/* [scalar, avx2, avx512] */
+#define PER_ISA(scalar, avx2, avx512) {[ISA_SCALAR] = scalar, [ISA_AVX2] = avx2, [ISA_AVX512] = avx512}
 
 static const type_traits TRAITS[] = {
-    {T_F32, "f32", 1, 4, T_F32, f32_to_f32_row, f32_copy_row, dot_f32_ref, SIMD(dot_f32_ref, dot_f32_avx2),
-     SIMD(dot_f32_ref, dot_f32_avx2_batch), NULL},
-    {T_F16, "f16", 1, 2, T_F16, f16_to_f32_row, TO_F16, dot_f16_ref, F16_DOT, F16_DOT_BATCH, F16_TILE},
-    {T_BF16, "bf16", 1, 2, T_BF16, bf16_to_f32_row, f32_to_bf16_row, dot_bf16_ref,
-     SIMD(dot_bf16_ref, dot_bf16_avx2), SIMD(dot_bf16_ref, dot_bf16_avx2), NULL},
-    {T_Q8_0, "q8_0", QK8_0, sizeof(block_q8_0), T_Q8_0, q8_0_to_f32_row, f32_to_q8_0_row, dot_q8_0_ref, Q8_DOT,
-     Q8_DOT, SIMD(NULL, tile_q8_0_avx2)},
+    {.id = T_F32, .name = "f32", .block = 1, .block_bytes = 4, .vec_type = T_F32, .to_float = f32_to_f32_row,
+     .from_float = PER_ISA(f32_copy_row, f32_copy_row, f32_copy_row),
+     .dot = PER_ISA(dot_f32_ref, dot_f32_avx2, dot_f32_avx2),
+     .dot_batch = PER_ISA(dot_f32_ref, dot_f32_avx2_batch, dot_f32_avx2_batch)},
+    {.id = T_F16, .name = "f16", .block = 1, .block_bytes = 2, .vec_type = T_F16, .to_float = f16_to_f32_row,
+     .from_float = PER_ISA(f32_to_f16_row, f32_to_f16_row_f16c, f32_to_f16_row_f16c),
+     .dot = PER_ISA(dot_f16_ref, dot_f16_avx2, dot_f16_avx512x4),
+     .dot_batch = PER_ISA(dot_f16_ref, dot_f16_avx2_batch, dot_f16_avx512),
+     .tile = PER_ISA(NULL, tile_f16_avx2, tile_f16_avx512)},
+    {.id = T_BF16, .name = "bf16", .block = 1, .block_bytes = 2, .vec_type = T_BF16, .to_float = bf16_to_f32_row,
+     .from_float = PER_ISA(f32_to_bf16_row, f32_to_bf16_row, f32_to_bf16_row),
+     .dot = PER_ISA(dot_bf16_ref, dot_bf16_avx2, dot_bf16_avx2),
+     .dot_batch = PER_ISA(dot_bf16_ref, dot_bf16_avx2, dot_bf16_avx2)},
+    {.id = T_Q8_0, .name = "q8_0", .block = QK8_0, .block_bytes = sizeof(block_q8_0), .vec_type = T_Q8_0,
+     .to_float = q8_0_to_f32_row, .from_float = PER_ISA(f32_to_q8_0_row, f32_to_q8_0_row, f32_to_q8_0_row),
+     .dot = PER_ISA(dot_q8_0_ref, dot_q8_0_avx2, dot_q8_0_vnni),
+     .dot_batch = PER_ISA(dot_q8_0_ref, dot_q8_0_avx2, dot_q8_0_vnni),
+     .tile = PER_ISA(NULL, tile_q8_0_avx2, tile_q8_0_avx2)},
     /* Block 1 here: the real block (8 / gcd(W, 8) groups) depends on the id, and type_row_bytes asks the
      * codec. Activations stay f32 in the traits' sense; pvq_matmul.c quantizes them itself (int8 for
      * decode, f32 for batches). No generic kernels: every product needs the weight's codec. */
-    {T_PVQ, "pvq", 1, 0, T_F32, NULL, NULL, NULL, NULL, NULL, NULL},
+    {.id = T_PVQ, .name = "pvq", .block = 1, .block_bytes = 0, .vec_type = T_F32},
 };
 
 const type_traits *type_get(uint32_t id) {
@@ -73,34 +52,32 @@ size_t type_row_bytes(uint32_t id, int64_t n) {
     return (size_t)(n / t->block) * t->block_bytes;
 }
 
-/* The PVQ kernels are chosen at run time (pvq_select_kernels), the others at build time. */
-static char simd_name[160];
-static void name_simd(void) {
-    const char *pvq = pvq_avx512_supported() ? "AVX-512 VBMI+VNNI" : pvq_avx2_supported() ? "AVX2" : "scalar";
-    snprintf(simd_name, sizeof simd_name, "%s; PVQ %s (int8 activations for decode)", SIMD_NAME, pvq);
-}
-
 const char *type_simd_name(void) {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, name_simd);
-    return simd_name;
+    static const char *const NAMES[ISA_COUNT] = {
+        [ISA_SCALAR] = "scalar (PVQ with int8 activations)",
+        [ISA_AVX2] = "avx2: AVX2+FMA+F16C (PVQ AVX2, int8 activations)",
+        [ISA_AVX512] = "avx512: AVX-512 F16 dots, AVX512-VNNI Q8_0, PVQ AVX-512 VBMI+VNNI (int8 activations)",
+    };
+    return NAMES[isa_active()];
 }
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-const tile_fn tile_f32 = tile_f32_avx2;
-#else
 static void tile_f32_ref(int64_t n, const void *w, size_t w_stride, const void *x, size_t x_stride, float *out,
                          size_t out_stride) {
     for (int r = 0; r < TILE_ROWS; r++)
         for (int t = 0; t < TILE_COLS; t++)
             dot_f32_ref(n, (const uint8_t *)w + r * w_stride, (const uint8_t *)x + t * x_stride, &out[t * out_stride + r]);
 }
-const tile_fn tile_f32 = tile_f32_ref;
-#endif
 
-void vec_lane_sums_f16(int64_t n, int lanes, int64_t n_pos, const float *w, const uint16_t *v, size_t v_stride,
-                       float *out) {
-    LANE_SUMS_F16(n, lanes, n_pos, w, v, v_stride, out);
-}
-void vec_exp(int64_t n, float *y, const float *x) { EXP(n, y, x); }
-void vec_swiglu(int64_t n, float *y, const float *gate, const float *up) { SWIGLU(n, y, gate, up); }
+/* The scalar set follows llama.cpp's AVX2 orders (any fixed order would do; these keep one set of
+ * reference sums for the tests). */
+static const isa_kernels KERNELS[ISA_COUNT] = {
+    [ISA_SCALAR] = {.sums = &SUMS_AVX2, .exp = exp_row_ref, .swiglu = swiglu_ref, .lane_sums_f16 = lane_sums_f16_ref,
+                    .tile_f32 = tile_f32_ref},
+    [ISA_AVX2] = {.sums = &SUMS_AVX2, .exp = exp_avx2, .swiglu = swiglu_avx2, .lane_sums_f16 = lane_sums_f16_avx2,
+                  .tile_f32 = tile_f32_avx2},
+    [ISA_AVX512] = {.sums = &SUMS_AVX512, .exp = exp_avx2, .swiglu = swiglu_avx2,
+                    .lane_sums_f16 = lane_sums_f16_avx2, .tile_f32 = tile_f32_avx2},
+};
+
+const isa_kernels *isa_kernels_of(isa_id isa) { return &KERNELS[isa]; }
+const isa_kernels *isa_kernels_active(void) { return &KERNELS[isa_active()]; }

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/isa.h"
+
 enum ggml_type_id { T_F32 = 0, T_F16 = 1, T_Q8_0 = 8, T_BF16 = 30 };
 
 /* PVQ: one id per layout, 0x50000000 | D << 20 | b << 16 | K (docs/format.md). All valid ids share one
@@ -32,6 +34,8 @@ typedef void (*tile_fn)(int64_t n, const void *w, size_t w_stride, const void *x
 #define TILE_ROWS 2
 #define TILE_COLS 4
 
+/* One row per type. The kernels come per kernel set (kernels/isa.h): index them by isa_active(), or by
+ * any set the CPU runs; [ISA_SCALAR] is the reference the others are tested against. */
 typedef struct {
     uint32_t id;            /* ggml type id */
     const char *name;
@@ -39,19 +43,18 @@ typedef struct {
     size_t block_bytes;     /* bytes per block */
     uint32_t vec_type;      /* activations are converted to this type before dot */
     void (*to_float)(const void *src, float *dst, int64_t n);
-    void (*from_float)(const float *src, void *dst, int64_t n); /* NULL if not a vec_type */
-    dot_fn dot_ref;         /* scalar reference */
-    dot_fn dot;             /* fastest kernel for this build, one activation row */
-    dot_fn dot_batch;       /* the same for batches of >= 2 rows; differs only where llama.cpp sums in
-                             * another order for batches (F16 on AVX-512), so logits match it in both */
-    tile_fn tile;           /* dot_batch on a 2x4 tile, or NULL */
+    void (*from_float[ISA_COUNT])(const float *src, void *dst, int64_t n); /* NULL if not a vec_type */
+    dot_fn dot[ISA_COUNT];        /* one activation row */
+    dot_fn dot_batch[ISA_COUNT];  /* the same for batches of >= 2 rows; differs only where llama.cpp sums in
+                                   * another order for batches (F16), so logits match it in both */
+    tile_fn tile[ISA_COUNT];      /* dot_batch on a 2x4 tile, or NULL */
 } type_traits;
 
 /* NULL for an unknown id (or a PVQ id with out-of-range parameters). */
 const type_traits *type_get(uint32_t id);
 /* Bytes of a row of n elements; 0 when n is not a whole number of blocks. */
 size_t type_row_bytes(uint32_t id, int64_t n);
-/* Names of the SIMD kernels compiled in, for docs and --help. */
+/* The active kernel set and what its kernels are, for docs and --help. */
 const char *type_simd_name(void);
 
 float fp16_to_f32(uint16_t h);
@@ -65,7 +68,7 @@ uint16_t f32_to_fp16(float f);
 float bf16_to_f32(uint16_t h);
 uint16_t f32_to_bf16(float f);
 
-/* Kernels (kernels/ref.c, kernels/avx2.c) */
+/* Kernels (kernels/ref.c, kernels/avx2.c, kernels/avx512.c) */
 void f32_to_f32_row(const void *src, float *dst, int64_t n);
 void f16_to_f32_row(const void *src, float *dst, int64_t n);
 void f32_to_f16_row(const float *src, void *dst, int64_t n);
@@ -75,30 +78,44 @@ void q8_0_to_f32_row(const void *src, float *dst, int64_t n);
 void f32_to_q8_0_row(const float *src, void *dst, int64_t n);
 void f32_copy_row(const float *src, void *dst, int64_t n);
 
-/* Attention's probabilities . V summed as llama.cpp's F16 dot sums it on this build (kernels/sums.c):
- * position p accumulates into lane p % lanes, then reduce adds lanes[lanes][n] into out[n]. */
+/* Attention's probabilities . V summed as llama.cpp's F16 dot sums it (kernels/sums.c): position p
+ * accumulates into lane p % lanes, then reduce adds lanes[lanes][n] into out[n]. */
 typedef struct {
     int lanes;
     void (*reduce)(float *lanes, int n, float *out);
 } lane_order;
-extern const lane_order F16_LANES_SINGLE, F16_LANES_BATCH;
-/* sum of v[0..n) as ggml_vec_soft_max_f32 forms it on this build */
-double softmax_sum(const float *v, int64_t n);
+/* llama.cpp's summation orders on a CPU of one instruction set: probabilities . V for one token and for
+ * batches, and the softmax denominator (ggml_vec_soft_max_f32's sum of v[0..n)). */
+typedef struct {
+    lane_order f16_single, f16_batch;
+    double (*softmax_sum)(const float *v, int64_t n);
+} sum_orders;
+extern const sum_orders SUMS_AVX2, SUMS_AVX512;
 
-/* exp and SwiGLU (silu(gate) * up) with llama.cpp's vectorised expf (kernels/ref.c says how) */
-void vec_exp(int64_t n, float *y, const float *x);
-void vec_swiglu(int64_t n, float *y, const float *gate, const float *up);
 float exp_ref(float x);
 void exp_row_ref(int64_t n, float *y, const float *x);
 void swiglu_ref(int64_t n, float *y, const float *gate, const float *up);
 void exp_avx2(int64_t n, float *y, const float *x);
 void swiglu_avx2(int64_t n, float *y, const float *gate, const float *up);
 
+/* The kernels that are not per type, one row per kernel set (types.c). */
+typedef struct {
+    const sum_orders *sums;
+    /* exp and SwiGLU (silu(gate) * up) with llama.cpp's vectorised expf (kernels/ref.c says how) */
+    void (*exp)(int64_t n, float *y, const float *x);
+    void (*swiglu)(int64_t n, float *y, const float *gate, const float *up);
+    /* see lane_sums_f16_ref */
+    void (*lane_sums_f16)(int64_t n, int lanes, int64_t n_pos, const float *w, const uint16_t *v, size_t v_stride,
+                          float *out);
+    tile_fn tile_f32;       /* 2x4 f32 tile for PVQ rows decoded to floats (dot_f32_ref per pair in scalar) */
+} isa_kernels;
+const isa_kernels *isa_kernels_of(isa_id isa);
+/* isa_kernels_of(isa_active()) */
+const isa_kernels *isa_kernels_active(void);
+
 /* Attention's weighted sum of V in lanes: out[l][0..n) for l < lanes = the fused multiply-adds
  * fma(w[p], v[p][0..n), .) from 0 over the positions p < n_pos with p % lanes == l, in increasing p
  * (v[p] = v + p * v_stride, fp16). The vector kernel holds a lane in registers over its positions. */
-void vec_lane_sums_f16(int64_t n, int lanes, int64_t n_pos, const float *w, const uint16_t *v, size_t v_stride,
-                       float *out);
 void lane_sums_f16_ref(int64_t n, int lanes, int64_t n_pos, const float *w, const uint16_t *v, size_t v_stride,
                        float *out);
 void lane_sums_f16_avx2(int64_t n, int lanes, int64_t n_pos, const float *w, const uint16_t *v, size_t v_stride,
@@ -126,8 +143,6 @@ void tile_q8_0_avx2(int64_t n, const void *w, size_t w_stride, const void *x, si
                     size_t out_stride);
 void tile_f32_avx2(int64_t n, const void *w, size_t w_stride, const void *x, size_t x_stride, float *out,
                    size_t out_stride);
-/* The 2x4 f32 tile of this build (dot_f32 by dot_f32 without AVX2), for PVQ rows decoded to floats. */
-extern const tile_fn tile_f32;
 void dot_q8_0_vnni(int64_t n, const void *w, const void *x, float *out);
 
 #endif

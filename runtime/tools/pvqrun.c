@@ -10,7 +10,7 @@
 #include <time.h>
 
 typedef struct {
-    const char *model, *prompt, *file, *kld_base;
+    const char *model, *prompt, *file, *kld_base, *isa;
     int n_predict, n_threads, n_ctx, n_batch, print_ids, perplexity, kld, chunks, verbose, pvq_repack, pvq_f32_act;
     pvq_sampler_params sp;
 } options;
@@ -43,6 +43,8 @@ static void usage(FILE *o) {
             "                            weight of RAM) for a faster decode\n"
             "  --pvq-f32-act             PVQ products with float32 activations instead of int8: slower, the\n"
             "                            converter's torch model's arithmetic (for checking agreement)\n"
+            "  --isa SET                 kernel set: auto (default: the best this CPU runs), avx512, avx2 or\n"
+            "                            scalar; the environment variable PVQ_ISA does the same\n"
             "  -h, --help                this text\n");
 }
 
@@ -99,6 +101,7 @@ static int parse_args(int argc, char **argv, options *o) {
         else if (IS("-p") || IS("--prompt")) o->prompt = v;
         else if (IS("-f") || IS("--file")) o->file = v;
         else if (IS("--kl-divergence-base")) o->kld_base = v;
+        else if (IS("--isa")) o->isa = v;
         else if (IS("-n") || IS("--n-predict")) rc = parse_int(a, v, -1, 1 << 24, &o->n_predict);
         else if (IS("-t") || IS("--threads")) rc = parse_int(a, v, 1, 1024, &o->n_threads);
         else if (IS("-c") || IS("--ctx-size")) rc = parse_int(a, v, 1, 1 << 20, &o->n_ctx);
@@ -189,21 +192,30 @@ static int32_t *tokenize(const pvq_model *m, const char *text, size_t len, int32
 
 /* ---- generation */
 
-/* Prints a token's bytes, holding back an unfinished UTF-8 character until its last byte arrives. */
+/* Prints a token's bytes as valid UTF-8: an unfinished character is held back until its last byte arrives,
+ * invalid bytes become U+FFFD (maximal subparts, as Python's errors="replace"). */
 typedef struct {
-    char buf[256 + 4];
+    char buf[256 + 4], out[3 * (256 + 4)];
     size_t held;
 } stream;
+
+static void stream_write(stream *s, size_t len, int final) {
+    size_t n_out, used = pvq_utf8_repair(s->buf, len, final, s->out, &n_out);
+    fwrite(s->out, 1, n_out, stdout);
+    memmove(s->buf, s->buf + used, len - used);
+    s->held = len - used;
+    fflush(stdout);
+}
 
 static void stream_put(const pvq_model *m, stream *s, int32_t id) {
     int32_t n = pvq_token_to_piece(m, id, s->buf + s->held, 256, 0);
     if (n < 0) return; /* longer than 256 bytes: no real vocabulary has such tokens */
-    size_t len = s->held + (size_t)n, keep = pvq_utf8_incomplete(s->buf, len);
-    if (keep == len && len >= 4) keep = 0; /* never hold more than a character's worth */
-    fwrite(s->buf, 1, len - keep, stdout);
-    memmove(s->buf, s->buf + len - keep, keep);
-    s->held = keep;
-    fflush(stdout);
+    stream_write(s, s->held + (size_t)n, 0);
+}
+
+/* End of generation: a character the model never finished is one U+FFFD. */
+static void stream_end(stream *s) {
+    if (s->held) stream_write(s, s->held, 1);
 }
 
 static int generate(pvq_model *m, pvq_context *c, const options *o, const char *text, size_t len) {
@@ -239,7 +251,7 @@ static int generate(pvq_model *m, pvq_context *c, const options *o, const char *
     }
     double t1 = now();
     for (int32_t i = 0; i < n_prompt; i++) pvq_sampler_accept(smp, prompt[i]);
-    stream out = {{0}, 0};
+    stream out = {{0}, {0}, 0};
     int n_gen = 0;
     while (o->n_predict < 0 || n_gen < o->n_predict) {
         int32_t tok = pvq_sampler_sample(smp, pvq_logits(c, -1));
@@ -260,7 +272,8 @@ static int generate(pvq_model *m, pvq_context *c, const options *o, const char *
         }
     }
     double t2 = now();
-    printf("\n"); /* bytes of a character the model never finished are dropped */
+    if (!o->print_ids) stream_end(&out);
+    printf("\n");
     if (o->verbose)
         fprintf(stderr, "prompt: %d tokens in %.3f s (%.1f tok/s); generated: %d tokens in %.3f s (%.1f tok/s)\n",
                 n_prompt, t1 - t0, n_prompt / (t1 - t0), n_gen, t2 - t1, n_gen / (t2 - t1));
@@ -420,6 +433,11 @@ int main(int argc, char **argv) {
         memcpy(text, o.prompt, len + 1);
     } else if (!o.kld) {
         fprintf(stderr, "error: no prompt (-p TEXT or -f FILE)\n");
+        return 2;
+    }
+    if (o.isa && pvq_set_isa(o.isa, err, sizeof err)) {
+        fprintf(stderr, "error: --isa: %s\n", err);
+        free(text);
         return 2;
     }
     pvq_model *m = NULL;

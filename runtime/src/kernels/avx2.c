@@ -1,5 +1,6 @@
-/* AVX2 (+FMA, F16C) dot products, and the AVX512-VNNI variant of Q8_0. Each has a scalar reference
- * in ref.c; tests/test_runtime_kernels.py compares them on random rows. */
+/* AVX2 (+FMA, F16C) dot products, and the AVX512-VNNI variant of Q8_0 (built with -mavx2 -mfma -mf16c:
+ * called only when the active kernel set has them). Each has a scalar reference in ref.c;
+ * tests/test_runtime_kernels.py compares them on random rows. */
 #include "../types.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -283,9 +284,9 @@ void tile_f32_avx2(int64_t n, const void *w, size_t w_stride, const void *x, siz
         }
 }
 
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-/* dpbusd gives the same int32 lane sums as maddubs+madd here (|w| <= 128, |x| <= 127: no saturation). */
-void dot_q8_0_vnni(int64_t n, const void *w, const void *x, float *out) {
+/* dpbusd gives the same int32 lane sums as maddubs+madd here (|w| <= 128, |x| <= 127: no saturation).
+ * The avx512 kernel set only (its CPUs have AVX512-VNNI). */
+__attribute__((target("avx512vnni,avx512vl"))) void dot_q8_0_vnni(int64_t n, const void *w, const void *x, float *out) {
     const block_q8_0 *a = w, *b = x;
     __m256 acc = _mm256_setzero_ps();
     const __m256i zero = _mm256_setzero_si256();
@@ -297,5 +298,4 @@ void dot_q8_0_vnni(int64_t n, const void *w, const void *x, float *out) {
     }
     *out = hsum8(acc);
 }
-#endif
 #endif

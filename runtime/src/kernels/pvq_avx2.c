@@ -15,12 +15,6 @@
 #define TARGET __attribute__((target("avx2,fma")))
 #define INLINE static inline __attribute__((always_inline))
 
-int pvq_avx2_supported(void)
-{
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
-
 /* t[k] for each lane; t has ntab entries (a multiple of 16), lanes k < ntab. */
 TARGET INLINE __m256i lookup(const uint32_t *t, int ntab, __m256i k)
 {

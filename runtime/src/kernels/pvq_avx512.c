@@ -6,25 +6,17 @@
  * shift and a mask.  The split k1 is a binary search in the cumulative table held in registers
  * (vpermd / vpermi2d), every per-k1 constant is a register permute, the division is a float
  * reciprocal product with one correction (quotients < 2^16), the halves are two gathers from the
- * 4-dim point table (int8 x 4), ||y||^2 is two vpdpbusd; dots take 1/||y|| from rsqrt14 and a
+ * 4-dim point table (int8 x 4), ||y||^2 is two vpdpbusd; float dots take 1/||y|| from rsqrt14 and a
  * Newton step instead of the format's sqrt and divide.
  * Outputs: floats (dequantize: bit-identical to pvq_ref.c), a float dot (up to summation order), or
  * an integer dot with Q8 activations (pvq_quantize_x_q8), where the point bytes meet the activation
- * bytes in vpdpbusd without ever becoming floats. */
+ * bytes in vpdpbusd without ever becoming floats, bit-identical to pvq_dot_row_q8_ref. */
 #include "pvq_codec.h"
 
 #include <immintrin.h>
 
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline))
-
-int pvq_avx512_supported(void)
-{
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("f16c") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi") &&
-           __builtin_cpu_supports("avx512vnni");
-}
 
 /* A table of ntab (power of two) 32-bit entries, in registers when it has <= 32. */
 typedef struct { __m512i a, b; const void *t; } table;
@@ -194,21 +186,42 @@ TARGET INLINE __m512i sign_of(__m512i x, __m512i y)
 
 enum op { DEQUANTIZE, DOT, DOT_Q8 };
 
-/* One step of ng <= 16 groups whose fields start at p, avail bytes before the row's end. */
+/* Lanes 8-15 (AVX512F only: no AVX512DQ extract). */
+TARGET INLINE __m256 upper8(__m512 v)
+{
+    return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+}
+
+/* As pvq_sum_lanes8. */
+TARGET INLINE float sum_lanes8(__m256 acc)
+{
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
+/* One step of ng <= 16 groups whose fields start at p, avail bytes before the row's end (DOT_Q8: ng is 8 or
+ * 16, into acc8; the others into acc0, acc1). */
 TARGET INLINE void step(const kernel *k, const uint8_t *p, int64_t avail, int64_t g0, int64_t ng, float scale,
                         const float *x, const int8_t *xq, const float *xs, float *out,
-                        int ntab, int nlev, int narrow, int exact_div, enum op op, __m512 *acc0, __m512 *acc1)
+                        int ntab, int nlev, int narrow, int exact_div, enum op op, __m512 *acc0, __m512 *acc1,
+                        __m256 *acc8)
 {
     __m512i lo, hi, alo, ahi;
     __m512 s;
-    decode16(k, p, avail, scale, ntab, nlev, narrow, exact_div, op == DEQUANTIZE, &lo, &hi, &alo, &ahi, &s);
+    decode16(k, p, avail, scale, ntab, nlev, narrow, exact_div, op != DOT, &lo, &hi, &alo, &ahi, &s);
     if (ng < 16) s = _mm512_maskz_mov_ps((__mmask16)((1u << ng) - 1), s);   /* padding adds nothing */
     if (op == DOT_Q8) {
         const int8_t *xp = xq + g0 * 8;
         /* y . x = |y| . (sign(y) x): vpdpbusd multiplies unsigned by signed bytes. */
         __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), alo, sign_of(_mm512_loadu_si512(xp), lo));
         d = _mm512_dpbusd_epi32(d, ahi, sign_of(_mm512_loadu_si512(xp + 64), hi));
-        *acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(s, _mm512_set1_ps(xs[g0 / 16])), *acc0);
+        /* the reference's order (pvq_codec.h): the step's two chunks of 8 into the same 8 lanes, in turn */
+        __m512 df = _mm512_cvtepi32_ps(d), m = _mm512_mul_ps(s, _mm512_set1_ps(xs[g0 / 16]));
+        *acc8 = _mm256_fmadd_ps(_mm512_castps512_ps256(df), _mm512_castps512_ps256(m), *acc8);
+        if (ng > 8)
+            *acc8 = _mm256_fmadd_ps(upper8(df), upper8(m), *acc8);
         return;
     }
 #pragma GCC unroll 8
@@ -243,17 +256,28 @@ TARGET INLINE void rows_kernel(const pvq_codec *c, const uint8_t *data, size_t r
         const float sc = scales_f16 ? _cvtsh_ss(scales_f16[r]) : scale;
         float *o = op == DEQUANTIZE ? out + r * n : NULL;
         __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+        __m256 acc8 = _mm256_setzero_ps();
+        if (op == DOT_Q8) { /* whole chunks of 8 in steps, the rest as the reference adds it */
+            const int64_t whole = G / 8 * 8;
+            for (int64_t g0 = 0; g0 < whole; g0 += 16)
+                step(&k, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, whole - g0 < 16 ? 8 : 16, sc, x, xq, xs, o, ntab,
+                     nlev, narrow, exact_div, op, &acc0, &acc1, &acc8);
+            y[r] = sum_lanes8(acc8) + pvq_dot_groups_q8_ref(c, row, whole, G, sc, xq, xs);
+            continue;
+        }
         int64_t g0 = 0;
         for (; g0 + 32 <= G; g0 += 32) {
-            step(&k, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, 16, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div, op, &acc0, &acc1);
-            step(&k, row + (g0 + 16) / 8 * k.W, (G - g0 - 16) * k.W / 8, g0 + 16, 16, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div, op,
-                 &acc1, &acc0);
+            step(&k, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, 16, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div, op,
+                 &acc0, &acc1, &acc8);
+            step(&k, row + (g0 + 16) / 8 * k.W, (G - g0 - 16) * k.W / 8, g0 + 16, 16, sc, x, xq, xs, o, ntab, nlev, narrow,
+                 exact_div, op, &acc1, &acc0, &acc8);
         }
         for (; g0 + 16 <= G; g0 += 16)
-            step(&k, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, 16, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div, op, &acc0, &acc1);
+            step(&k, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, 16, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div, op,
+                 &acc0, &acc1, &acc8);
         if (g0 < G)
             step(&k, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, G - g0, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div, op,
-                 &acc0, &acc1);
+                 &acc0, &acc1, &acc8);
         if (op != DEQUANTIZE) y[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
     }
 }

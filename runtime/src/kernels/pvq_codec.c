@@ -287,7 +287,7 @@ int pvq_validate_tensor(const pvq_codec *c, const uint8_t *data, size_t nbytes, 
     return 0;
 }
 
-void pvq_select_kernels(const pvq_codec *c, pvq_kernels *k)
+void pvq_select_kernels(const pvq_codec *c, isa_id isa, pvq_kernels *k)
 {
     k->name = "ref";
     k->dequantize = pvq_dequantize_row_ref;
@@ -297,11 +297,11 @@ void pvq_select_kernels(const pvq_codec *c, pvq_kernels *k)
     k->dot_repacked = NULL;
     k->tile_repacked = NULL;
     if (!c->fast) return;
-    int avx2 = pvq_avx2_supported();
+    int avx2 = isa >= ISA_AVX2;
     k->repack = avx2 ? pvq_repack_row_avx2 : pvq_repack_row;
     k->dot_repacked = avx2 ? pvq_dot_repacked_avx2 : pvq_dot_repacked_ref;
     k->tile_repacked = avx2 ? pvq_tile_repacked_avx2 : pvq_tile_repacked_ref;
-    if (pvq_avx512_supported()) {
+    if (isa == ISA_AVX512) {
         k->name = "avx512";
         k->dequantize = pvq_dequantize_row_avx512;
         k->dot = pvq_dot_row_avx512;
@@ -315,5 +315,6 @@ void pvq_select_kernels(const pvq_codec *c, pvq_kernels *k)
         k->name = "scalar";
         k->dequantize = pvq_dequantize_row_scalar;
         k->dot = pvq_dot_row_scalar;
+        k->matvec_q8 = pvq_matvec_q8_scalar;
     }
 }

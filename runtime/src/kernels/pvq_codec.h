@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "isa.h"
+
 #define PVQ_TYPE_BASE       0x50000000u
 #define PVQ_MAX_D           64
 #define PVQ_MAX_K           65535
@@ -110,11 +112,9 @@ float pvq_dot_row_scalar(const pvq_codec *c, const uint8_t *row, float scale, in
 
 /* AVX2 kernels (pvq_avx2.c) and AVX-512 VBMI kernels (pvq_avx512.c) for codecs with a fast path
  * (c->fast != NULL; without one they run the reference); same results as the reference:
- * dequantize bit-identical, dot up to rounding.  The CPU must support them (pvq_*_supported). */
-int pvq_avx2_supported(void);
+ * dequantize bit-identical, dot up to rounding.  The CPU must run their kernel set (isa_cpu_supports). */
 void pvq_dequantize_row_avx2(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, float *out);
 float pvq_dot_row_avx2(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, const float *x);
-int pvq_avx512_supported(void);
 void pvq_dequantize_row_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, float *out);
 float pvq_dot_row_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, const float *x);
 
@@ -125,11 +125,17 @@ float pvq_dot_row_avx512(const pvq_codec *c, const uint8_t *row, float scale, in
  * xq needs 128 * ceil(n / 128) bytes, xs ceil(n / 128) floats; the last step is zero-padded. */
 void pvq_quantize_x_q8(const float *x, int64_t n, int8_t *xq, float *xs);
 void pvq_quantize_x_q8_avx2(const float *x, int64_t n, int8_t *xq, float *xs); /* the same bytes */
-/* D == 8 only (the caller checks c->D).  The groups variant covers groups [g0, g1) of a row. */
+/* D == 8 only (the caller checks c->D).  The groups variant covers groups [g0, g1) of a row, one group after
+ * the other from 0.  The row's product fixes its float order, which every kernel follows bit for bit (a
+ * token's product is the same alone or in a batch, repacked or not, on every kernel set): group g's integer
+ * dot d_g (exact) gives fmaf(d_g, s_g * xs, lane[g % 8]) over the groups of whole chunks of 8, in order;
+ * then pvq_sum_lanes8; then plus the groups past the last whole chunk by the groups variant. */
 float pvq_dot_groups_q8_ref(const pvq_codec *c, const uint8_t *row, int64_t g0, int64_t g1, float scale,
                             const int8_t *xq, const float *xs);
 float pvq_dot_row_q8_ref(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
                          const int8_t *xq, const float *xs);
+float pvq_dot_row_q8_scalar(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
+                            const int8_t *xq, const float *xs);
 float pvq_dot_row_q8_avx2(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
                           const int8_t *xq, const float *xs);
 float pvq_dot_row_q8_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
@@ -138,6 +144,8 @@ float pvq_dot_row_q8_avx512(const pvq_codec *c, const uint8_t *row, float scale,
  * stored in "<name>.pvq_scale", activations from pvq_quantize_x_q8 (D == 8 only). */
 void pvq_matvec_q8_ref(const pvq_codec *c, const uint8_t *data, const uint16_t *scales_f16, int64_t rows,
                        int64_t n, const int8_t *xq, const float *xs, float *y);
+void pvq_matvec_q8_scalar(const pvq_codec *c, const uint8_t *data, const uint16_t *scales_f16, int64_t rows,
+                          int64_t n, const int8_t *xq, const float *xs, float *y);
 void pvq_matvec_q8_avx2(const pvq_codec *c, const uint8_t *data, const uint16_t *scales_f16, int64_t rows,
                         int64_t n, const int8_t *xq, const float *xs, float *y);
 void pvq_matvec_q8_avx512(const pvq_codec *c, const uint8_t *data, const uint16_t *scales_f16, int64_t rows,
@@ -173,7 +181,7 @@ void pvq_tile_repacked_avx2(const uint8_t *prow, size_t prow_stride, int64_t n, 
 /* IEEE half (as stored in F16 tensors) to float, exactly. */
 float pvq_half_to_float(uint16_t h);
 
-/* The best kernels for this CPU and codec: the reference when no fast path applies (D != 8 or a
+/* The kernels of a kernel set for a codec: the reference when no fast path applies (D != 8 or a
  * 32-bit index), else AVX-512, AVX2 or the portable table-driven ones.  matvec_q8 is NULL when
  * D != 8 (use dot with float activations then); the repacked layout's kernels are NULL without a fast
  * path (a batch then decodes rows to float).  AVX-512 CPUs repack and run tiles with the AVX2 kernels. */
@@ -192,7 +200,15 @@ typedef struct pvq_kernels {
     pvq_dot_repacked_fn dot_repacked;
     pvq_tile_repacked_fn tile_repacked;
 } pvq_kernels;
-void pvq_select_kernels(const pvq_codec *c, pvq_kernels *k);
+void pvq_select_kernels(const pvq_codec *c, isa_id isa, pvq_kernels *k);
+
+/* The eight lanes of an int8 product as AVX2's horizontal sum adds them: ((0+4) + (2+6)) + ((1+5) + (3+7)). */
+static inline float pvq_sum_lanes8(const float lane[8])
+{
+    float h[4];
+    for (int i = 0; i < 4; i++) h[i] = lane[i] + lane[i + 4];
+    return (h[0] + h[2]) + (h[1] + h[3]);
+}
 
 /* Field g of a row (W bits at bit g * W); reads only bytes of the row. */
 static inline uint64_t pvq_read_field(const uint8_t *row, int64_t g, int W)

@@ -80,7 +80,17 @@ float pvq_dot_groups_q8_ref(const pvq_codec *c, const uint8_t *row, int64_t g0, 
 float pvq_dot_row_q8_ref(const pvq_codec *c, const uint8_t *row, float scale, int64_t n,
                          const int8_t *xq, const float *xs)
 {
-    return pvq_dot_groups_q8_ref(c, row, 0, n / 8, scale, xq, xs);
+    const int64_t G = n / 8, whole = G / 8 * 8;
+    int32_t y[8];
+    float lane[8] = {0};
+    for (int64_t g = 0; g < whole; g++) {
+        float s = pvq_group_ref(c, row, g, scale, y);
+        int64_t st = g / 16, gl = g % 16;
+        int32_t d = 0;
+        for (int i = 0; i < 8; i++) d += y[i] * xq[st * 128 + 64 * (i / 4) + 4 * gl + i % 4];
+        lane[g % 8] = fmaf((float)d, s * xs[st], lane[g % 8]);
+    }
+    return pvq_sum_lanes8(lane) + pvq_dot_groups_q8_ref(c, row, whole, G, scale, xq, xs);
 }
 
 float pvq_half_to_float(uint16_t h)

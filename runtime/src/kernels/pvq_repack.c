@@ -4,6 +4,7 @@
 #include "pvq_codec.h"
 
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #define STEP_BYTES PVQ_REPACKED_STEP_BYTES
@@ -32,20 +33,39 @@ void pvq_repack_row(const pvq_codec *c, const uint8_t *row, float scale, int64_t
     pvq_repack_groups_ref(c, row, 0, n / 8, scale, out);
 }
 
-float pvq_dot_repacked_ref(const uint8_t *prow, int64_t n, const int8_t *xq, const float *xs)
+/* Group g's integer dot with the step's activations and its scale s, from the repacked row. */
+static int32_t group_dot(const uint8_t *prow, int64_t g, const int8_t *xq, float *s)
 {
-    float acc = 0.0f;
-    for (int64_t st = 0; st < (n / 8 + 15) / 16; st++) {
-        const int8_t *pt = (const int8_t *)(prow + (size_t)st * STEP_BYTES);
-        for (int g = 0; g < 16; g++) {
-            int32_t d = 0;
-            for (int i = 0; i < 8; i++) d += pt[64 * (i / 4) + 4 * g + i % 4] * xq[st * 128 + 64 * (i / 4) + 4 * g + i % 4];
-            float s;
-            memcpy(&s, pt + 128 + 4 * g, 4);
-            acc += s * xs[st] * (float)d;
-        }
+    const int8_t *pt = (const int8_t *)(prow + (size_t)(g / 16) * STEP_BYTES);
+    const int8_t *x = xq + g / 16 * 128;
+    int gl = (int)(g % 16);
+    int32_t d = 0;
+    for (int i = 0; i < 8; i++) d += pt[64 * (i / 4) + 4 * gl + i % 4] * x[64 * (i / 4) + 4 * gl + i % 4];
+    memcpy(s, pt + 128 + 4 * gl, 4);
+    return d;
+}
+
+/* Groups [g0, g1) one after the other from 0, as pvq_dot_groups_q8_ref adds them. */
+static float dot_repacked_groups(const uint8_t *prow, int64_t g0, int64_t g1, const int8_t *xq, const float *xs)
+{
+    float acc = 0.0f, s;
+    for (int64_t g = g0; g < g1; g++) {
+        int32_t d = group_dot(prow, g, xq, &s);
+        acc += s * xs[g / 16] * (float)d;
     }
     return acc;
+}
+
+/* The float order of pvq_dot_row_q8_ref (pvq_codec.h). */
+float pvq_dot_repacked_ref(const uint8_t *prow, int64_t n, const int8_t *xq, const float *xs)
+{
+    const int64_t G = n / 8, whole = G / 8 * 8;
+    float lane[8] = {0}, s;
+    for (int64_t g = 0; g < whole; g++) {
+        int32_t d = group_dot(prow, g, xq, &s);
+        lane[g % 8] = fmaf((float)d, s * xs[g / 16], lane[g % 8]);
+    }
+    return pvq_sum_lanes8(lane) + dot_repacked_groups(prow, whole, G, xq, xs);
 }
 
 void pvq_tile_repacked_ref(const uint8_t *prow, size_t prow_stride, int64_t n, const int8_t *xq, const float *xs,
@@ -79,22 +99,21 @@ TARGET static inline __m256i group_dots(__m256i alo, __m256i ahi, __m256i lo, __
     return _mm256_madd_epi16(d16, _mm256_set1_epi16(1));
 }
 
-/* Eight groups per register as pvq_dot_row_q8_avx2 does after decoding. */
+/* Eight groups per register as pvq_dot_row_q8_avx2 does after decoding: chunk c is half c % 2 of step c / 2. */
 TARGET float pvq_dot_repacked_avx2(const uint8_t *prow, int64_t n, const int8_t *xq, const float *xs)
 {
+    const int64_t G = n / 8;
     __m256 acc = _mm256_setzero_ps();
-    for (int64_t st = 0; st < (n / 8 + 15) / 16; st++) {
+    for (int64_t ch = 0; ch < G / 8; ch++) {
+        const int64_t st = ch / 2, half = ch % 2;
         const uint8_t *pt = prow + (size_t)st * STEP_BYTES;
-        const __m256 xsv = _mm256_set1_ps(xs[st]);
-        for (int half = 0; half < 2; half++) { /* groups 0-7, then 8-15 */
-            __m256i lo = _mm256_loadu_si256((const __m256i *)(pt + 32 * half));
-            __m256i hi = _mm256_loadu_si256((const __m256i *)(pt + 64 + 32 * half));
-            __m256i d = group_dots(_mm256_abs_epi8(lo), _mm256_abs_epi8(hi), lo, hi, xq + st * 128 + 32 * half);
-            __m256 s = _mm256_loadu_ps((const float *)(pt + 128 + 32 * half));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(s, xsv), acc);
-        }
+        __m256i lo = _mm256_loadu_si256((const __m256i *)(pt + 32 * half));
+        __m256i hi = _mm256_loadu_si256((const __m256i *)(pt + 64 + 32 * half));
+        __m256i d = group_dots(_mm256_abs_epi8(lo), _mm256_abs_epi8(hi), lo, hi, xq + st * 128 + 32 * half);
+        __m256 s = _mm256_loadu_ps((const float *)(pt + 128 + 32 * half));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(s, _mm256_set1_ps(xs[st])), acc);
     }
-    return hsum8(acc);
+    return hsum8(acc) + dot_repacked_groups(prow, G / 8 * 8, G, xq, xs);
 }
 
 /* The tile takes x as unsigned bytes, x + 128 (a sign-bit flip per token, shared by the rows), so that
@@ -109,31 +128,34 @@ TARGET void pvq_tile_repacked_avx2(const uint8_t *prow, size_t prow_stride, int6
     __m256 acc[PVQ_TILE_R][PVQ_TILE_T];
     UNROLL for (int r = 0; r < PVQ_TILE_R; r++)
         UNROLL for (int t = 0; t < PVQ_TILE_T; t++) acc[r][t] = _mm256_setzero_ps();
-    for (int64_t st = 0; st < (n / 8 + 15) / 16; st++) {
-        UNROLL for (int half = 0; half < 2; half++) {
-            __m256i lo[PVQ_TILE_R], hi[PVQ_TILE_R], excess[PVQ_TILE_R];
-            __m256 s[PVQ_TILE_R];
+    const int64_t G = n / 8;
+    for (int64_t ch = 0; ch < G / 8; ch++) {
+        const int64_t st = ch / 2, half = ch % 2;
+        __m256i lo[PVQ_TILE_R], hi[PVQ_TILE_R], excess[PVQ_TILE_R];
+        __m256 s[PVQ_TILE_R];
+        UNROLL for (int r = 0; r < PVQ_TILE_R; r++) {
+            const uint8_t *pt = prow + r * prow_stride + (size_t)st * STEP_BYTES + 32 * half;
+            lo[r] = _mm256_loadu_si256((const __m256i *)pt);
+            hi[r] = _mm256_loadu_si256((const __m256i *)(pt + 64));
+            excess[r] = _mm256_add_epi16(_mm256_maddubs_epi16(k128, lo[r]), _mm256_maddubs_epi16(k128, hi[r]));
+            s[r] = _mm256_loadu_ps((const float *)(pt + 128));
+        }
+        UNROLL for (int t = 0; t < PVQ_TILE_T; t++) {
+            const int8_t *xp = (const int8_t *)((const uint8_t *)xq + t * x_stride) + st * 128 + 32 * half;
+            const __m256i ulo = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)xp), k128);
+            const __m256i uhi = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(xp + 64)), k128);
+            const __m256 xsv = _mm256_set1_ps(((const float *)((const uint8_t *)xs + t * x_stride))[st]);
             UNROLL for (int r = 0; r < PVQ_TILE_R; r++) {
-                const uint8_t *pt = prow + r * prow_stride + (size_t)st * STEP_BYTES + 32 * half;
-                lo[r] = _mm256_loadu_si256((const __m256i *)pt);
-                hi[r] = _mm256_loadu_si256((const __m256i *)(pt + 64));
-                excess[r] = _mm256_add_epi16(_mm256_maddubs_epi16(k128, lo[r]), _mm256_maddubs_epi16(k128, hi[r]));
-                s[r] = _mm256_loadu_ps((const float *)(pt + 128));
-            }
-            UNROLL for (int t = 0; t < PVQ_TILE_T; t++) {
-                const int8_t *xp = (const int8_t *)((const uint8_t *)xq + t * x_stride) + st * 128 + 32 * half;
-                const __m256i ulo = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)xp), k128);
-                const __m256i uhi = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(xp + 64)), k128);
-                const __m256 xsv = _mm256_set1_ps(((const float *)((const uint8_t *)xs + t * x_stride))[st]);
-                UNROLL for (int r = 0; r < PVQ_TILE_R; r++) {
-                    __m256i d16 = _mm256_sub_epi16(
-                        _mm256_add_epi16(_mm256_maddubs_epi16(ulo, lo[r]), _mm256_maddubs_epi16(uhi, hi[r])), excess[r]);
-                    __m256i d = _mm256_madd_epi16(d16, ones);
-                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(s[r], xsv), acc[r][t]);
-                }
+                __m256i d16 = _mm256_sub_epi16(
+                    _mm256_add_epi16(_mm256_maddubs_epi16(ulo, lo[r]), _mm256_maddubs_epi16(uhi, hi[r])), excess[r]);
+                __m256i d = _mm256_madd_epi16(d16, ones);
+                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(s[r], xsv), acc[r][t]);
             }
         }
     }
     UNROLL for (int r = 0; r < PVQ_TILE_R; r++)
-        UNROLL for (int t = 0; t < PVQ_TILE_T; t++) out[t * out_stride + r] = hsum8(acc[r][t]);
+        UNROLL for (int t = 0; t < PVQ_TILE_T; t++)
+            out[t * out_stride + r] = hsum8(acc[r][t]) +
+                dot_repacked_groups(prow + r * prow_stride, G / 8 * 8, G, (const int8_t *)((const uint8_t *)xq + t * x_stride),
+                                    (const float *)((const uint8_t *)xs + t * x_stride));
 }

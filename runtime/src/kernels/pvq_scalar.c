@@ -67,3 +67,29 @@ float pvq_dot_row_scalar(const pvq_codec *c, const uint8_t *row, float scale, in
     }
     return acc;
 }
+
+/* The integer dot with Q8 activations in pvq_dot_row_q8_ref's float order (the same bits). */
+float pvq_dot_row_q8_scalar(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, const int8_t *xq,
+                            const float *xs)
+{
+    if (!c->fast) return pvq_dot_row_q8_ref(c, row, scale, n, xq, xs);
+    const int64_t G = n / 8, whole = G / 8 * 8;
+    float lane[8] = {0};
+    for (int64_t g = 0; g < whole; g++) {
+        int8_t y[8];
+        float s = decode(c, row, g, G, scale, y);
+        const int8_t *x = xq + g / 16 * 128 + 4 * (g % 16);
+        int32_t d = 0;
+        for (int i = 0; i < 8; i++) d += y[i] * x[64 * (i / 4) + i % 4];
+        lane[g % 8] = fmaf((float)d, s * xs[g / 16], lane[g % 8]);
+    }
+    return pvq_sum_lanes8(lane) + pvq_dot_groups_q8_ref(c, row, whole, G, scale, xq, xs);
+}
+
+void pvq_matvec_q8_scalar(const pvq_codec *c, const uint8_t *data, const uint16_t *scales_f16, int64_t rows,
+                          int64_t n, const int8_t *xq, const float *xs, float *y)
+{
+    size_t rb = pvq_row_bytes(c, n);
+    for (int64_t r = 0; r < rows; r++)
+        y[r] = pvq_dot_row_q8_scalar(c, data + (size_t)r * rb, pvq_half_to_float(scales_f16[r]), n, xq, xs);
+}
