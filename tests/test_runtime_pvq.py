@@ -536,14 +536,26 @@ def _assert_near_tie(rt, tm, ids, shared, mine, theirs, prompt):
           f"{spread:.3f})")
 
 
+@pytest.fixture(params=cpu_isas())
+def runtime_isa(request):
+    """Each kernel set this CPU runs, made libpvq's for the test (then the best again)."""
+    from runtime_clib import lib
+    ffi, L = lib()
+    err = ffi.new("char[256]")
+    assert L.pvq_set_isa(request.param.encode(), err, 256) == 0, ffi.string(err)
+    yield request.param
+    assert L.pvq_set_isa(b"auto", err, 256) == 0
+
+
 @pytest.mark.parametrize("mode", ["native", "repacked", "f32"])
-def test_greedy_matches_converter_torch_model(pvq_pair, pvq_smollm2, torch_greedy, mode):
+def test_greedy_matches_converter_torch_model(pvq_pair, pvq_smollm2, torch_greedy, mode, runtime_isa):
     """Greedy continuations (the prompt as a batch, then one token at a time) against the torch model's.
 
     With float32 activations (`--pvq-f32-act`) the runtime does the torch model's arithmetic up to float
     rounding and the fp16 KV cache, so all N_GREEDY tokens of every prompt must agree.  With int8
     activations (the default, from the PVQ fields or from the repacked rows) a logit moves by up to a few
-    tenths, so the continuations may part, but only at a near-tie."""
+    tenths, so the continuations may part, but only at a near-tie. On every kernel set: the int8 products
+    are the same bits on each, the float32 ones and the rest of the forward pass differ by rounding."""
     from runtime_clib import Model
     rt = pvq_pair[0] if mode == "native" else \
         Model(pvq_smollm2, n_ctx=N_CTX, n_threads=2, pvq_repack=mode == "repacked", pvq_f32_act=mode == "f32")
