@@ -25,7 +25,10 @@ N_CTX, N_CHUNKS = 512, 20
 # reorderings cause, measured (docs/runtime.md, "Kernel sets"): on F16 ~0.05, about llama.cpp's own
 # batch-against-token spread, and on Q8_0 up to ~1.5 (one int8 rounding of an activation flipped moves a
 # logit by that), and greedy paths may part only at near-ties.
+# The avx512 set follows the peer's AVX-512 summation orders as read, but keeps the AVX2 expf (llama.cpp's
+# AVX-512 one rounds differently), so its logits are not the peer's bits: it is held to the other-order bounds.
 PEER_ISA = "avx512" if b"AVX512 = 1" in llama_cpp.llama_print_system_info() else "avx2"
+EXACT_ISAS = {"avx2"}
 LOGIT_TOL = {"same order": {"f16": 1e-2, "q8_0": 0.1}, "other order": {"f16": 0.1, "q8_0": 2.0}}
 NEAR_TIE = {"same order": 0.0, "other order": 0.15}
 
@@ -36,7 +39,7 @@ def isa(request):
     ffi, L = lib()
     err = ffi.new("char[256]")
     assert L.pvq_set_isa(request.param.encode(), err, 256) == 0, ffi.string(err)
-    yield "same order" if request.param == PEER_ISA else "other order"
+    yield "same order" if request.param == PEER_ISA and request.param in EXACT_ISAS else "other order"
     assert L.pvq_set_isa(b"auto", err, 256) == 0
 
 
