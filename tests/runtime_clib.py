@@ -4,6 +4,7 @@ quantizer, and the peer's logits cached in $PVQ_CACHE."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import re
 import subprocess
@@ -37,13 +38,16 @@ def run_pvqrun(args, variant: str = BUILD, timeout: float = 300, input_bytes: by
                           input=input_bytes)
 
 
-def _header_cdef() -> str:
-    """pvq.h as cffi's cdef reads it: no comments, preprocessor lines, C++ guard or export macro."""
-    header = (RUNTIME / "include" / "pvq.h").read_text()
-    header = re.sub(r"/\*.*?\*/", "", header, flags=re.S)
+def header_cdef(path: Path) -> str:
+    """A header as cffi's cdef reads it: no comments, preprocessor lines, C++ guard or export macro."""
+    header = re.sub(r"/\*.*?\*/", "", path.read_text(), flags=re.S)
     header = re.sub(r"\bPVQ_API\b", "", header)
     return "\n".join(l for l in header.splitlines() if not l.startswith("#") and "extern \"C\"" not in l
                      and l.strip() != "}")
+
+
+def _header_cdef() -> str:
+    return header_cdef(RUNTIME / "include" / "pvq.h")
 
 
 _FFI = None
@@ -67,13 +71,14 @@ _DECLARED: set[str] = set()
 
 def lib_with(cdef: str):
     """(ffi, lib) for libpvq_internal.so, the same code with every symbol exported, with the internal
-    declarations cdef added (once per text): tests reach kernels pvq.h keeps private. A library instance of
+    declarations cdef added (once per text) to kernels/isa.h's and the traits table's: tests reach kernels pvq.h
+    keeps private. A library instance of
     its own: its kernel set is chosen apart from lib()'s."""
     global _INTERNAL
     from cffi import FFI
     if _INTERNAL is None:
         ffi = FFI()
-        ffi.cdef(_header_cdef() + ISA_CDEF)
+        ffi.cdef(_header_cdef() + ISA_CDEF + TRAITS_CDEF)
         _INTERNAL = (ffi, ffi.dlopen(str(build_dir() / "libpvq_internal.so")))
     ffi, L = _INTERNAL
     if cdef not in _DECLARED:
@@ -82,14 +87,31 @@ def lib_with(cdef: str):
     return ffi, L
 
 
-# kernels/isa.h
-ISA_CDEF = """
-typedef enum { ISA_SCALAR, ISA_AVX2, ISA_AVX512, ISA_COUNT } isa_id;
-const char *isa_name(isa_id isa);
-int isa_cpu_supports(isa_id isa);
-isa_id isa_best(void);
-isa_id isa_active(void);
-int isa_select(const char *name, char *err, size_t err_len);
+ISA_CDEF = header_cdef(RUNTIME / "src" / "kernels" / "isa.h")
+# types.h's traits table and per-set kernel rows, for the kernel tests
+TRAITS_CDEF = """
+typedef void (*dot_fn)(int64_t n, const void *w, const void *x, float *out);
+typedef void (*tile_fn)(int64_t n, const void *w, size_t w_stride, const void *x, size_t x_stride, float *out,
+                        size_t out_stride);
+typedef struct {
+    uint32_t id; const char *name; int64_t block; size_t block_bytes; uint32_t vec_type;
+    void (*to_float)(const void *src, float *dst, int64_t n);
+    void (*from_float[3])(const float *src, void *dst, int64_t n);
+    dot_fn dot[3]; dot_fn dot_batch[3]; tile_fn tile[3];
+} type_traits;
+const type_traits *type_get(uint32_t id);
+size_t type_row_bytes(uint32_t id, int64_t n);
+typedef struct { int lanes; void (*reduce)(float *lanes, int n, float *out); } lane_order;
+typedef struct { lane_order f16_single, f16_batch; double (*softmax_sum)(const float *v, int64_t n); } sum_orders;
+typedef struct {
+    const sum_orders *sums;
+    void (*exp)(int64_t n, float *y, const float *x);
+    void (*swiglu)(int64_t n, float *y, const float *gate, const float *up);
+    void (*lane_sums_f16)(int64_t n, int lanes, int64_t n_pos, const float *w, const uint16_t *v, size_t v_stride,
+                          float *out);
+    tile_fn tile_f32;
+} isa_kernels;
+const isa_kernels *isa_kernels_of(isa_id isa);
 """
 ISA_NAMES = ("scalar", "avx2", "avx512")
 
@@ -102,6 +124,19 @@ def cpu_isas() -> list[str]:
 
 def isa_index(name: str) -> int:
     return ISA_NAMES.index(name)
+
+
+@contextlib.contextmanager
+def kernel_set(name: str, internal: bool = False):
+    """The kernel set `name` active for the block in libpvq (or in libpvq_internal.so), then the best again."""
+    ffi, L = lib_with("") if internal else lib()
+    select = L.isa_select if internal else L.pvq_set_isa
+    err = ffi.new("char[256]")
+    assert select(name.encode(), err, 256) == 0, ffi.string(err)
+    try:
+        yield name
+    finally:
+        assert select(b"auto", err, 256) == 0
 
 
 class Model:

@@ -65,24 +65,10 @@ def peer_matmul(w16: np.ndarray, x: np.ndarray, threads: int = 1) -> np.ndarray:
         base.ggml_free(ctx)
 
 
-CDEF = """
-typedef void (*dot_fn)(int64_t n, const void *w, const void *x, float *out);
-typedef void (*tile_fn)(int64_t n, const void *w, size_t w_stride, const void *x, size_t x_stride, float *out,
-                        size_t out_stride);
-typedef struct {
-    uint32_t id; const char *name; int64_t block; size_t block_bytes; uint32_t vec_type;
-    void (*to_float)(const void *src, float *dst, int64_t n);
-    void (*from_float[3])(const float *src, void *dst, int64_t n);
-    dot_fn dot[3]; dot_fn dot_batch[3]; tile_fn tile[3];
-} type_traits;
-const type_traits *type_get(uint32_t id);
-"""
-
-
 def ours_matmul(w16: np.ndarray, x: np.ndarray, isa: str) -> np.ndarray:
     """The runtime's F16 products of a kernel set: activations rounded to fp16 as the peer does, then the set's
     one-token dot (T = 1) or its batch dot."""
-    ffi, L = lib_with(CDEF)
+    ffi, L = lib_with("")
     tt, i = L.type_get(GGML_F16), isa_index(isa)
     rows, n = w16.shape
     x16 = np.ascontiguousarray(x.astype(np.float16))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import peer_llama
-from runtime_clib import CACHE, Model, cpu_isas, file_key, lib, q8_0_gguf, run_pvqrun
+from runtime_clib import CACHE, Model, cpu_isas, file_key, kernel_set, q8_0_gguf, run_pvqrun
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
@@ -36,11 +36,8 @@ NEAR_TIE = {"same order": 0.0, "other order": 0.15}
 @pytest.fixture(params=cpu_isas())
 def isa(request):
     """Each kernel set this CPU runs, made the runtime's for the test; and whether it sums as the peer does."""
-    ffi, L = lib()
-    err = ffi.new("char[256]")
-    assert L.pvq_set_isa(request.param.encode(), err, 256) == 0, ffi.string(err)
-    yield "same order" if request.param == PEER_ISA and request.param in EXACT_ISAS else "other order"
-    assert L.pvq_set_isa(b"auto", err, 256) == 0
+    with kernel_set(request.param):
+        yield "same order" if request.param == PEER_ISA and request.param in EXACT_ISAS else "other order"
 
 
 @pytest.fixture(scope="module")

@@ -11,28 +11,6 @@ from runtime_clib import cpu_isas, isa_index, lib_with
 
 TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "bf16": 30}
 CDEF = """
-typedef void (*dot_fn)(int64_t n, const void *w, const void *x, float *out);
-typedef void (*tile_fn)(int64_t n, const void *w, size_t w_stride, const void *x, size_t x_stride, float *out,
-                        size_t out_stride);
-typedef struct {
-    uint32_t id; const char *name; int64_t block; size_t block_bytes; uint32_t vec_type;
-    void (*to_float)(const void *src, float *dst, int64_t n);
-    void (*from_float[3])(const float *src, void *dst, int64_t n);
-    dot_fn dot[3]; dot_fn dot_batch[3]; tile_fn tile[3];
-} type_traits;
-const type_traits *type_get(uint32_t id);
-size_t type_row_bytes(uint32_t id, int64_t n);
-typedef struct { int lanes; void (*reduce)(float *lanes, int n, float *out); } lane_order;
-typedef struct { lane_order f16_single, f16_batch; double (*softmax_sum)(const float *v, int64_t n); } sum_orders;
-typedef struct {
-    const sum_orders *sums;
-    void (*exp)(int64_t n, float *y, const float *x);
-    void (*swiglu)(int64_t n, float *y, const float *gate, const float *up);
-    void (*lane_sums_f16)(int64_t n, int lanes, int64_t n_pos, const float *w, const uint16_t *v, size_t v_stride,
-                          float *out);
-    tile_fn tile_f32;
-} isa_kernels;
-const isa_kernels *isa_kernels_of(isa_id isa);
 void lane_sums_f16_ref(int64_t n, int lanes, int64_t n_pos, const float *w, const uint16_t *v, size_t v_stride,
                        float *out);
 void exp_row_ref(int64_t n, float *y, const float *x);

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from runtime_clib import RUNTIME, cpu_isas, isa_index, lib_with
+from runtime_clib import RUNTIME, cpu_isas, kernel_set, lib_with
 
 # The structs of the codec header, for cffi: taken from the header itself so they cannot drift.
 def _codec_cdef() -> str:
@@ -173,12 +173,11 @@ KINDS = ("ref", "avx2") if "avx2" in cpu_isas() else ("ref",)  # the repacked la
 
 @pytest.fixture(params=cpu_isas())
 def isa(request):
-    """Each kernel set this CPU runs, made active in the kernels' library for the test (then the best again)."""
-    ffi, L = kernels()
-    err = ffi.new("char[256]")
-    assert L.isa_select(request.param.encode(), err, 256) == 0, ffi.string(err)
-    yield request.param
-    assert L.isa_select(b"auto", err, 256) == 0
+    """Each kernel set this CPU runs, made active in the kernels' library for the test."""
+    with kernel_set(request.param, internal=True):
+        yield request.param
+
+
 # (D, K, b): the 2.25 / 3.25 / 4.25 presets (D = 8: integer kernels), and D = 16 (reference only)
 LAYOUTS = [(8, 6, 3), (8, 14, 3), (8, 29, 4), (16, 10, 4)]
 SHAPES = [(64, 576), (48, 1536), (20, 96), (33, 4096)]
@@ -538,13 +537,9 @@ def _assert_near_tie(rt, tm, ids, shared, mine, theirs, prompt):
 
 @pytest.fixture(params=cpu_isas())
 def runtime_isa(request):
-    """Each kernel set this CPU runs, made libpvq's for the test (then the best again)."""
-    from runtime_clib import lib
-    ffi, L = lib()
-    err = ffi.new("char[256]")
-    assert L.pvq_set_isa(request.param.encode(), err, 256) == 0, ffi.string(err)
-    yield request.param
-    assert L.pvq_set_isa(b"auto", err, 256) == 0
+    """Each kernel set this CPU runs, made libpvq's for the test."""
+    with kernel_set(request.param):
+        yield request.param
 
 
 @pytest.mark.parametrize("mode", ["native", "repacked", "f32"])

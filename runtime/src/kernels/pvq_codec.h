@@ -210,6 +210,17 @@ static inline float pvq_sum_lanes8(const float lane[8])
     return (h[0] + h[2]) + (h[1] + h[3]);
 }
 
+/* y[r] = dot(row r) for the rows of a tensor (the matvec_q8 of kernels whose dot is one row at a time). */
+static inline void pvq_matvec_q8_by_rows(float (*dot)(const pvq_codec *, const uint8_t *, float, int64_t,
+                                                      const int8_t *, const float *),
+                                         const pvq_codec *c, const uint8_t *data, const uint16_t *scales_f16,
+                                         int64_t rows, int64_t n, const int8_t *xq, const float *xs, float *y)
+{
+    size_t rb = pvq_row_bytes(c, n);
+    for (int64_t r = 0; r < rows; r++)
+        y[r] = dot(c, data + (size_t)r * rb, pvq_half_to_float(scales_f16[r]), n, xq, xs);
+}
+
 /* Field g of a row (W bits at bit g * W); reads only bytes of the row. */
 static inline uint64_t pvq_read_field(const uint8_t *row, int64_t g, int W)
 {

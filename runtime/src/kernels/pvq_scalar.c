@@ -89,7 +89,5 @@ float pvq_dot_row_q8_scalar(const pvq_codec *c, const uint8_t *row, float scale,
 void pvq_matvec_q8_scalar(const pvq_codec *c, const uint8_t *data, const uint16_t *scales_f16, int64_t rows,
                           int64_t n, const int8_t *xq, const float *xs, float *y)
 {
-    size_t rb = pvq_row_bytes(c, n);
-    for (int64_t r = 0; r < rows; r++)
-        y[r] = pvq_dot_row_q8_scalar(c, data + (size_t)r * rb, pvq_half_to_float(scales_f16[r]), n, xq, xs);
+    pvq_matvec_q8_by_rows(pvq_dot_row_q8_scalar, c, data, scales_f16, rows, n, xq, xs, y);
 }
