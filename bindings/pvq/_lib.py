@@ -38,8 +38,9 @@ def _find(env: str, default: Path, what: str) -> Path:
 
 
 def _declarations(header: str) -> str:
-    """pvq.h without comments, preprocessor lines and the C++ guard: what cffi's cdef parses."""
+    """pvq.h without comments, preprocessor lines, the C++ guard and the export macro: what cffi's cdef parses."""
     header = re.sub(r"/\*.*?\*/", "", header, flags=re.S)
+    header = re.sub(r"\bPVQ_API\b", "", header)  # the export macro
     keep = [line for line in header.splitlines()
             if not line.lstrip().startswith("#") and 'extern "C"' not in line and line.strip() != "}"]
     return "\n".join(keep)
