@@ -6,7 +6,7 @@ export PVQ_CACHE ?= $(HOME)/.cache/pvq
 NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 PEER_CMAKE_ARGS := -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'
 
-.PHONY: setup demo test models runtime asan cuda bench clean
+.PHONY: setup demo test test-fast models runtime asan cuda bench clean
 
 # Installs every dependency from the project's own files. torch goes first, pinned to the CPU build
 # these machines carry, so that the package's own `torch==2.13.0` requirement is already satisfied.
@@ -32,6 +32,11 @@ demo: models
 
 test: models
 	$(PYTHON) -m pytest tests
+
+# The unit tests that need neither the peer, SmolLM2 nor a converted model (a few minutes less than `test`;
+# after `make setup` once).
+test-fast: runtime
+	$(PYTHON) -m pytest tests -m "not heavy" -q
 
 asan:
 	$(MAKE) -C runtime asan

@@ -1,6 +1,8 @@
 """Shared fixtures: the real SmolLM2 model, a small SentencePiece Llama, the peer (llama-cpp-python)."""
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
 from models import EVAL_TEXT
@@ -29,3 +31,24 @@ def peer_llama(path, **kw):
     from llama_cpp import Llama
     kw.setdefault("n_threads", 2)
     return Llama(str(path), verbose=False, **kw)
+
+
+# What makes a test heavy: the downloaded SmolLM2 (and every file converted from it), the peer
+# (llama-cpp-python), a fresh virtual environment, or seconds of start-up per test (the converter's command
+# line in a new Python that imports torch, Triton's interpreter). `make test-fast` runs the rest
+# (-m "not heavy"): the in-process unit tests.
+HEAVY_FIXTURES = {"smollm2"}
+HEAVY_WORDS = ("llama_cpp", "peer_llama", "models.smollm2", "PEER_ISA", "fresh_venv", "run_cli(", "TRITON")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fn = getattr(item, "function", None)
+        try:
+            source = inspect.getsource(fn) if fn else ""
+        except (OSError, TypeError):
+            source = ""
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & HEAVY_FIXTURES or any(w in source for w in HEAVY_WORDS) or \
+                any(w in " ".join(fixtures) for w in ("peer", "pvq_smollm2", "models")):
+            item.add_marker(pytest.mark.heavy)
