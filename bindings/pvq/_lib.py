@@ -8,8 +8,15 @@ from pathlib import Path
 
 from cffi import FFI
 
-# bindings/pvq/_lib.py -> the repository root (the package is installed in editable mode)
+# An installed package carries the runtime in pvq/lib (setup.py); an editable install or a checkout reads the
+# repository's runtime/build (bindings/pvq/_lib.py -> the repository root).
+_PACKAGED = Path(__file__).resolve().parent / "lib"
 _ROOT = Path(__file__).resolve().parents[2]
+
+
+def runtime_file(packaged: str, in_repo: str) -> Path:
+    """A file of the runtime: the package's copy when it has one, else the repository's."""
+    return _PACKAGED / packaged if (_PACKAGED / packaged).is_file() else _ROOT / "runtime" / in_repo
 
 
 class PvqError(RuntimeError):
@@ -47,8 +54,8 @@ def _declarations(header: str) -> str:
 
 
 def _load():
-    lib_path = _find("PVQ_LIB", _ROOT / "runtime" / "build" / "libpvq.so", "libpvq.so")
-    header_path = _find("PVQ_HEADER", _ROOT / "runtime" / "include" / "pvq.h", "pvq.h")
+    lib_path = _find("PVQ_LIB", runtime_file("libpvq.so", "build/libpvq.so"), "libpvq.so")
+    header_path = _find("PVQ_HEADER", runtime_file("pvq.h", "include/pvq.h"), "pvq.h")
     ffi = FFI()
     ffi.cdef(_declarations(header_path.read_text()))
     try:
