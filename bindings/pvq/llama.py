@@ -306,7 +306,7 @@ class Llama:
     def _completion(self, prompt, prompt_tokens, max_tokens, stops, stream, echo, n_logprobs, model, sampling):
         head = {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion", "created": int(time.time()),
                 "model": model if model is not None else self.model_path}
-        prompt_text = prompt if isinstance(prompt, str) else self.detokenize(prompt_tokens).decode("utf-8", "ignore")
+        prompt_text = prompt if isinstance(prompt, str) else self.detokenize(prompt_tokens).decode("utf-8", "replace")
 
         def chunk(text, finish_reason=None, logprobs=None):
             return {**head, "choices": [{"text": text, "index": 0, "logprobs": logprobs,

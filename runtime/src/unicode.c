@@ -1,6 +1,8 @@
 /* UTF-8 and the GPT-2 byte alphabet. The category tables are generated (unicode_tables.c). */
 #include "unicode.h"
 
+#include <string.h>
+
 int unicode_is_space(uint32_t cp) {
     switch (cp) {
     case 0x09: case 0x0a: case 0x0b: case 0x0c: case 0x0d: case 0x20: case 0x85: case 0xa0:
@@ -103,6 +105,28 @@ size_t utf8_incomplete_tail(const uint8_t *buf, size_t len) {
         return utf8_is_valid_prefix(buf + len - k, k) ? k : 0;
     }
     return 0;
+}
+
+size_t utf8_repair(const uint8_t *in, size_t len, int final, uint8_t *out, size_t *out_len) {
+    size_t i = 0, o = 0;
+    while (i < len) {
+        size_t need = utf8_seq_len(in[i]), k = 1;
+        /* the longest prefix of a valid sequence starting at i: k bytes */
+        while (k < need && i + k < len && (k == 1 ? utf8_second_ok(in[i], in[i + 1]) : (in[i + k] & 0xc0) == 0x80))
+            k++;
+        if (k == need) { /* a whole character (or ASCII) */
+            memcpy(out + o, in + i, k);
+            o += k;
+        } else if (i + k == len && need && !final) { /* may still complete: wait for the next piece */
+            break;
+        } else { /* a maximal invalid subpart, or the unfinished end: one U+FFFD; in[i + k] starts the next */
+            memcpy(out + o, "\xef\xbf\xbd", 3); /* U+FFFD */
+            o += 3;
+        }
+        i += k;
+    }
+    *out_len = o;
+    return i;
 }
 
 /* Printable Latin-1 bytes stand for themselves in GPT-2's alphabet. */

@@ -41,6 +41,13 @@ size_t utf8_encode(uint32_t cp, uint8_t out[4]);
  * valid count as complete (0), so they are not held forever. */
 size_t utf8_incomplete_tail(const uint8_t *buf, size_t len);
 
+/* Streaming repair with Unicode's "maximal subpart" rule (the same as Python's
+ * bytes.decode("utf-8", errors="replace")): copies in to out with each maximal invalid subpart replaced by
+ * U+FFFD (EF BF BD). A still-valid incomplete sequence at the end is left unread, unless final (then it is
+ * one U+FFFD). out needs 3 * len bytes. Returns the bytes of in read (len minus 0..3 held back) and stores
+ * the bytes written in *out_len. */
+size_t utf8_repair(const uint8_t *in, size_t len, int final, uint8_t *out, size_t *out_len);
+
 /* GPT-2's byte-level alphabet: each byte is shown as a printable code point (printable Latin-1 bytes
  * as themselves, the others as U+0100 + n in byte order). */
 uint32_t unicode_byte_to_cp(uint8_t byte);
