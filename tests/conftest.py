@@ -35,10 +35,10 @@ def peer_llama(path, **kw):
 
 # What makes a test heavy: the downloaded SmolLM2 (and every file converted from it), the peer
 # (llama-cpp-python), a fresh virtual environment, or seconds of start-up per test (the converter's command
-# line in a new Python that imports torch, Triton's interpreter). `make test-fast` runs the rest
-# (-m "not heavy"): the in-process unit tests.
+# line in a new Python that imports torch; test_pvq_triton.py, Triton's interpreter, marks itself).
+# `make test-fast` runs the rest (-m "not heavy"): the in-process unit tests.
 HEAVY_FIXTURES = {"smollm2"}
-HEAVY_WORDS = ("llama_cpp", "peer_llama", "models.smollm2", "PEER_ISA", "fresh_venv", "run_cli(", "TRITON")
+HEAVY_WORDS = ("llama_cpp", "peer_llama", "models.smollm2", "PEER_ISA", "fresh_venv", "run_cli(")
 
 
 def pytest_collection_modifyitems(config, items):

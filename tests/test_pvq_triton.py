@@ -17,6 +17,7 @@ from pvq_convert import pvq
 from pvq_convert.gptq import inverse_hessian_factor
 
 pytest.importorskip("triton", reason="triton is not installed")
+pytestmark = pytest.mark.heavy  # the interpreter takes ~25 s to start
 
 ROOT = Path(__file__).resolve().parent.parent
 
