@@ -35,10 +35,12 @@ def peer_llama(path, **kw):
 
 # What makes a test heavy: the downloaded SmolLM2 (and every file converted from it), the peer
 # (llama-cpp-python), a fresh virtual environment, or seconds of start-up per test (the converter's command
-# line in a new Python that imports torch; test_pvq_triton.py, Triton's interpreter, marks itself).
+# line in a new Python that imports torch; test_pvq_triton.py, Triton's interpreter, marks itself), or tens of
+# seconds of compute (quantize_checkpoint: GPTQ, PVQ and scale tuning over every layer of a model, ~25 s each).
 # `make test-fast` runs the rest (-m "not heavy"): the in-process unit tests.
 HEAVY_FIXTURES = {"smollm2"}
-HEAVY_WORDS = ("llama_cpp", "peer_llama", "models.smollm2", "PEER_ISA", "fresh_venv", "run_cli(")
+HEAVY_WORDS = ("llama_cpp", "peer_llama", "models.smollm2", "PEER_ISA", "fresh_venv", "run_cli(",
+               "quantize_checkpoint(")
 
 
 def pytest_collection_modifyitems(config, items):
