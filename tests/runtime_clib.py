@@ -95,7 +95,7 @@ typedef void (*tile_fn)(int64_t n, const void *w, size_t w_stride, const void *x
                         size_t out_stride);
 typedef struct {
     uint32_t id; const char *name; int64_t block; size_t block_bytes; uint32_t vec_type;
-    void (*to_float)(const void *src, float *dst, int64_t n);
+    void (*to_float[3])(const void *src, float *dst, int64_t n);
     void (*from_float[3])(const float *src, void *dst, int64_t n);
     dot_fn dot[3]; dot_fn dot_batch[3]; tile_fn tile[3];
 } type_traits;

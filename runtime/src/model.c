@@ -37,13 +37,13 @@ static int get_vector(const model *m, float **out, const char *name, int64_t n, 
     const gguf_tensor *t = gguf_find_tensor(&m->file, name);
     *out = NULL;
     if (!t) return optional ? 0 : err_fail(err, err_len, "missing tensor %s", name);
-    if (!type_get(t->type)->to_float)
+    if (!type_get(t->type)->to_float[ISA_SCALAR])
         return err_fail(err, err_len, "tensor %s is %s: vectors must be a float type", name, type_get(t->type)->name);
     if (t->ne[0] != n || t->ne[1] * t->ne[2] * t->ne[3] != 1)
         return err_fail(err, err_len, "tensor %s has %lld elements, expected %lld", name, (long long)t->ne[0],
                     (long long)n);
     if (!(*out = malloc((size_t)n * sizeof(float)))) return err_fail(err, err_len, "out of memory");
-    type_get(t->type)->to_float(t->data, *out, n);
+    type_get(t->type)->to_float[isa_active()](t->data, *out, n);
     return 0;
 }
 
@@ -135,7 +135,7 @@ int model_load(model *m, const char *path, pvq_mode pvq_mode, char *err, size_t 
     }
     m->n_vocab = (int)emb->ne[1];
     if (get_weight(m, &m->tok_embd, "token_embd.weight", dim, m->n_vocab, err, err_len)) goto bad;
-    if (!type_get(m->tok_embd.type)->to_float) {
+    if (!type_get(m->tok_embd.type)->to_float[ISA_SCALAR]) {
         err_fail(err, err_len, "token_embd.weight is %s: the embedding must be a float or Q8_0 type",
                  type_get(m->tok_embd.type)->name);
         goto bad;
@@ -413,7 +413,7 @@ static void attention(void *arg, int ith, int nth) {
         float inv = (float)(1.0 / k->sums->softmax_sum(att, n_kv));
         for (int p = 0; p < n_kv; p++) att[p] *= inv;
         to_f16(att, p16, n_kv); /* the row conversion rounds as f32_to_fp16 does (to nearest even) */
-        for (int p = 0; p < n_kv; p++) att[p] = fp16_to_f32_fast(p16[p]); /* the fp16 values that weight V */
+        type_get(T_F16)->to_float[isa](p16, att, n_kv); /* the fp16 values that weight V */
         k->lane_sums_f16(hd, lo->lanes, n_kv, att, vc + koff, kv_dim, lanes);
         lo->reduce(lanes, hd, s->xb + (size_t)t * m->dim + (size_t)h * hd);
     }
@@ -443,7 +443,7 @@ void forward(const model *m, state *s, const int32_t *tokens, int T) {
     int dim = m->dim, hd = m->head_dim, kv_dim = m->n_head_kv * hd, ffn = m->ffn_dim, rows = T;
     const type_traits *et = type_get(m->tok_embd.type);
     for (int t = 0; t < T; t++) {
-        et->to_float(m->tok_embd.data + (size_t)tokens[t] * m->tok_embd.row_bytes, s->x + (size_t)t * dim, dim);
+        et->to_float[isa_active()](m->tok_embd.data + (size_t)tokens[t] * m->tok_embd.row_bytes, s->x + (size_t)t * dim, dim);
         rope_table(s->rope + (size_t)t * m->rope_dim, s->n_past + t, m->rope_dim, m->rope_base);
     }
     for (int l = 0; l < m->n_layer; l++) {

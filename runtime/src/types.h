@@ -42,7 +42,7 @@ typedef struct {
     int64_t block;          /* elements per block */
     size_t block_bytes;     /* bytes per block */
     uint32_t vec_type;      /* activations are converted to this type before dot */
-    void (*to_float)(const void *src, float *dst, int64_t n);
+    void (*to_float[ISA_COUNT])(const void *src, float *dst, int64_t n);   /* exact in every set */
     void (*from_float[ISA_COUNT])(const float *src, void *dst, int64_t n); /* NULL if not a vec_type */
     dot_fn dot[ISA_COUNT];        /* one activation row */
     dot_fn dot_batch[ISA_COUNT];  /* the same for batches of >= 2 rows; differs only where llama.cpp sums in
@@ -58,12 +58,6 @@ size_t type_row_bytes(uint32_t id, int64_t n);
 const char *type_simd_name(void);
 
 float fp16_to_f32(uint16_t h);
-#if defined(__F16C__)
-#include <immintrin.h>
-static inline float fp16_to_f32_fast(uint16_t h) { return _cvtsh_ss(h); }
-#else
-static inline float fp16_to_f32_fast(uint16_t h) { return fp16_to_f32(h); }
-#endif
 uint16_t f32_to_fp16(float f);
 float bf16_to_f32(uint16_t h);
 uint16_t f32_to_bf16(float f);
@@ -121,6 +115,7 @@ void lane_sums_f16_ref(int64_t n, int lanes, int64_t n_pos, const float *w, cons
 void lane_sums_f16_avx2(int64_t n, int lanes, int64_t n_pos, const float *w, const uint16_t *v, size_t v_stride,
                         float *out);
 void f32_to_f16_row_f16c(const float *src, void *dst, int64_t n);
+void f16_to_f32_row_f16c(const void *src, float *dst, int64_t n);
 
 void dot_f32_ref(int64_t n, const void *w, const void *x, float *out);
 void dot_f16_ref(int64_t n, const void *w, const void *x, float *out);

@@ -173,6 +173,13 @@ void f32_to_f16_row_f16c(const float *src, void *dst, int64_t n) {
     for (; i < n; i++) d[i] = f32_to_fp16(src[i]);
 }
 
+void f16_to_f32_row_f16c(const void *src, float *dst, int64_t n) {
+    const uint16_t *h = src;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_f16(h + i));
+    for (; i < n; i++) dst[i] = fp16_to_f32(h[i]);
+}
+
 /* exp as llama.cpp's ggml_v_expf computes it on AVX2, lane for lane the same operations as exp_ref. */
 static __m256 exp8(__m256 x) {
     const __m256 shift = _mm256_set1_ps(0x1.8p23f);
@@ -222,7 +229,7 @@ static inline __m256i q8_products(const int8_t *wq, const int8_t *xq) {
 }
 
 static inline __m256 q8_scale(const block_q8_0 *a, const block_q8_0 *b) {
-    return _mm256_set1_ps(fp16_to_f32_fast(a->d) * fp16_to_f32_fast(b->d));
+    return _mm256_set1_ps(_cvtsh_ss(a->d) * _cvtsh_ss(b->d));
 }
 
 /* One 8-lane accumulator, blocks in order: the same sums as llama.cpp's tinyBLAS Q8_0 path. */

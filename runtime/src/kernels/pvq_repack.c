@@ -121,38 +121,47 @@ TARGET float pvq_dot_repacked_avx2(const uint8_t *prow, int64_t n, const int8_t 
  * 128 sum(y) per int16 lane, depends on the row only and is subtracted in int16.  No saturation: a lane
  * sums (x_i + 128) y_i over coordinates of one group, at most 255 K <= 255 * 127 in magnitude, and the
  * difference is the exact x . y of group_dots. */
+/* One chunk of 8 groups (half `half` of step st) of the tile into acc. */
+TARGET static inline __attribute__((always_inline)) void tile_chunk(const uint8_t *prow, size_t prow_stride,
+                                                                   const int8_t *xq, const float *xs, size_t x_stride,
+                                                                   int64_t st, int half, __m256 acc[PVQ_TILE_R][PVQ_TILE_T])
+{
+    const __m256i ones = _mm256_set1_epi16(1), k128 = _mm256_set1_epi8((char)0x80);
+    __m256i lo[PVQ_TILE_R], hi[PVQ_TILE_R], excess[PVQ_TILE_R];
+    __m256 s[PVQ_TILE_R];
+    UNROLL for (int r = 0; r < PVQ_TILE_R; r++) {
+        const uint8_t *pt = prow + r * prow_stride + (size_t)st * STEP_BYTES + 32 * half;
+        lo[r] = _mm256_loadu_si256((const __m256i *)pt);
+        hi[r] = _mm256_loadu_si256((const __m256i *)(pt + 64));
+        excess[r] = _mm256_add_epi16(_mm256_maddubs_epi16(k128, lo[r]), _mm256_maddubs_epi16(k128, hi[r]));
+        s[r] = _mm256_loadu_ps((const float *)(pt + 128));
+    }
+    UNROLL for (int t = 0; t < PVQ_TILE_T; t++) {
+        const int8_t *xp = (const int8_t *)((const uint8_t *)xq + t * x_stride) + st * 128 + 32 * half;
+        const __m256i ulo = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)xp), k128);
+        const __m256i uhi = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(xp + 64)), k128);
+        const __m256 xsv = _mm256_set1_ps(((const float *)((const uint8_t *)xs + t * x_stride))[st]);
+        UNROLL for (int r = 0; r < PVQ_TILE_R; r++) {
+            __m256i d16 = _mm256_sub_epi16(
+                _mm256_add_epi16(_mm256_maddubs_epi16(ulo, lo[r]), _mm256_maddubs_epi16(uhi, hi[r])), excess[r]);
+            __m256i d = _mm256_madd_epi16(d16, ones);
+            acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(s[r], xsv), acc[r][t]);
+        }
+    }
+}
+
 TARGET void pvq_tile_repacked_avx2(const uint8_t *prow, size_t prow_stride, int64_t n, const int8_t *xq,
                                    const float *xs, size_t x_stride, float *out, size_t out_stride)
 {
-    const __m256i ones = _mm256_set1_epi16(1), k128 = _mm256_set1_epi8((char)0x80);
     __m256 acc[PVQ_TILE_R][PVQ_TILE_T];
     UNROLL for (int r = 0; r < PVQ_TILE_R; r++)
         UNROLL for (int t = 0; t < PVQ_TILE_T; t++) acc[r][t] = _mm256_setzero_ps();
-    const int64_t G = n / 8;
-    for (int64_t ch = 0; ch < G / 8; ch++) {
-        const int64_t st = ch / 2, half = ch % 2;
-        __m256i lo[PVQ_TILE_R], hi[PVQ_TILE_R], excess[PVQ_TILE_R];
-        __m256 s[PVQ_TILE_R];
-        UNROLL for (int r = 0; r < PVQ_TILE_R; r++) {
-            const uint8_t *pt = prow + r * prow_stride + (size_t)st * STEP_BYTES + 32 * half;
-            lo[r] = _mm256_loadu_si256((const __m256i *)pt);
-            hi[r] = _mm256_loadu_si256((const __m256i *)(pt + 64));
-            excess[r] = _mm256_add_epi16(_mm256_maddubs_epi16(k128, lo[r]), _mm256_maddubs_epi16(k128, hi[r]));
-            s[r] = _mm256_loadu_ps((const float *)(pt + 128));
-        }
-        UNROLL for (int t = 0; t < PVQ_TILE_T; t++) {
-            const int8_t *xp = (const int8_t *)((const uint8_t *)xq + t * x_stride) + st * 128 + 32 * half;
-            const __m256i ulo = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)xp), k128);
-            const __m256i uhi = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(xp + 64)), k128);
-            const __m256 xsv = _mm256_set1_ps(((const float *)((const uint8_t *)xs + t * x_stride))[st]);
-            UNROLL for (int r = 0; r < PVQ_TILE_R; r++) {
-                __m256i d16 = _mm256_sub_epi16(
-                    _mm256_add_epi16(_mm256_maddubs_epi16(ulo, lo[r]), _mm256_maddubs_epi16(uhi, hi[r])), excess[r]);
-                __m256i d = _mm256_madd_epi16(d16, ones);
-                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(s[r], xsv), acc[r][t]);
-            }
-        }
+    const int64_t G = n / 8, chunks = G / 8;
+    for (int64_t st = 0; st < chunks / 2; st++) {
+        tile_chunk(prow, prow_stride, xq, xs, x_stride, st, 0, acc);
+        tile_chunk(prow, prow_stride, xq, xs, x_stride, st, 1, acc);
     }
+    if (chunks % 2) tile_chunk(prow, prow_stride, xq, xs, x_stride, chunks / 2, 0, acc);
     UNROLL for (int r = 0; r < PVQ_TILE_R; r++)
         UNROLL for (int t = 0; t < PVQ_TILE_T; t++)
             out[t * out_stride + r] = hsum8(acc[r][t]) +
