@@ -110,6 +110,8 @@ typedef struct {
     void (*lane_sums_f16)(int64_t n, int lanes, int64_t n_pos, const float *w, const uint16_t *v, size_t v_stride,
                           float *out);
     tile_fn tile_f32;
+    void (*pvq_quantize_x_q8)(const float *x, int64_t n, int8_t *xq, float *xs);
+    void (*hadamard)(const void *pl, float *x);
 } isa_kernels;
 const isa_kernels *isa_kernels_of(isa_id isa);
 """

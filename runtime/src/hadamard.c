@@ -1,7 +1,7 @@
 /* The online Hadamard transform: plan checks and the scalar reference (see hadamard.h). */
 #include "hadamard.h"
 #include "errmsg.h"
-#include "kernels/isa.h"
+#include "types.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -76,5 +76,5 @@ void hadamard_ref(const hadamard_plan *pl, float *x) {
 }
 
 void hadamard_apply(const hadamard_plan *pl, float *x) {
-    (isa_active() >= ISA_AVX2 ? hadamard_avx2 : hadamard_ref)(pl, x);
+    isa_kernels_active()->hadamard(pl, x);
 }

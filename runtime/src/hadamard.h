@@ -13,7 +13,7 @@
 
 #define HADAMARD_MAX_H 1024   /* the largest base any plan of docs/rotation.md needs is 344 */
 
-typedef struct {
+typedef struct hadamard_plan {
     int n, h, p;
     float scale;
     int8_t *base; /* h * h, row-major, owned */
@@ -28,7 +28,7 @@ void hadamard_plan_free(hadamard_plan *pl);
 /* x[0..n) <- H x in place. */
 void hadamard_ref(const hadamard_plan *pl, float *x);
 void hadamard_avx2(const hadamard_plan *pl, float *x);
-/* The one of the active kernel set (kernels/isa.h). */
+/* The active kernel set's (types.h, isa_kernels). */
 void hadamard_apply(const hadamard_plan *pl, float *x);
 
 #endif

@@ -106,7 +106,7 @@ static const float *xq_scales(const void *xq, int64_t n) {
 }
 
 void pvq_quantize_x(const float *x, int64_t n, void *xq) {
-    (isa_active() >= ISA_AVX2 ? pvq_quantize_x_q8_avx2 : pvq_quantize_x_q8)(x, n, xq, (float *)xq_scales(xq, n));
+    isa_kernels_active()->pvq_quantize_x_q8(x, n, xq, (float *)xq_scales(xq, n));
 }
 
 size_t pvq_tile_bytes(int64_t n) {

@@ -2,17 +2,20 @@
  * the kernels that are not per type, one row per kernel set. */
 #include "types.h"
 
+#include "hadamard.h"
 #include "kernels/pvq_codec.h"
 
 #include <stdio.h>
 
 /* [scalar, avx2, avx512] */
 #define PER_ISA(scalar, avx2, avx512) {[ISA_SCALAR] = scalar, [ISA_AVX2] = avx2, [ISA_AVX512] = avx512}
+/* one kernel serves every set */
+#define ALL_ISAS(kernel) PER_ISA(kernel, kernel, kernel)
 
 static const type_traits TRAITS[] = {
     {.id = T_F32, .name = "f32", .block = 1, .block_bytes = 4, .vec_type = T_F32,
-     .to_float = PER_ISA(f32_to_f32_row, f32_to_f32_row, f32_to_f32_row),
-     .from_float = PER_ISA(f32_copy_row, f32_copy_row, f32_copy_row),
+     .to_float = ALL_ISAS(f32_to_f32_row),
+     .from_float = ALL_ISAS(f32_copy_row),
      .dot = PER_ISA(dot_f32_ref, dot_f32_avx2, dot_f32_avx2),
      .dot_batch = PER_ISA(dot_f32_ref, dot_f32_avx2_batch, dot_f32_avx2_batch)},
     {.id = T_F16, .name = "f16", .block = 1, .block_bytes = 2, .vec_type = T_F16,
@@ -22,13 +25,13 @@ static const type_traits TRAITS[] = {
      .dot_batch = PER_ISA(dot_f16_ref, dot_f16_avx2_batch, dot_f16_avx512),
      .tile = PER_ISA(NULL, tile_f16_avx2, tile_f16_avx512)},
     {.id = T_BF16, .name = "bf16", .block = 1, .block_bytes = 2, .vec_type = T_BF16,
-     .to_float = PER_ISA(bf16_to_f32_row, bf16_to_f32_row, bf16_to_f32_row),
-     .from_float = PER_ISA(f32_to_bf16_row, f32_to_bf16_row, f32_to_bf16_row),
+     .to_float = ALL_ISAS(bf16_to_f32_row),
+     .from_float = ALL_ISAS(f32_to_bf16_row),
      .dot = PER_ISA(dot_bf16_ref, dot_bf16_avx2, dot_bf16_avx2),
      .dot_batch = PER_ISA(dot_bf16_ref, dot_bf16_avx2, dot_bf16_avx2)},
     {.id = T_Q8_0, .name = "q8_0", .block = QK8_0, .block_bytes = sizeof(block_q8_0), .vec_type = T_Q8_0,
-     .to_float = PER_ISA(q8_0_to_f32_row, q8_0_to_f32_row, q8_0_to_f32_row),
-     .from_float = PER_ISA(f32_to_q8_0_row, f32_to_q8_0_row, f32_to_q8_0_row),
+     .to_float = ALL_ISAS(q8_0_to_f32_row),
+     .from_float = ALL_ISAS(f32_to_q8_0_row),
      .dot = PER_ISA(dot_q8_0_ref, dot_q8_0_avx2, dot_q8_0_vnni),
      .dot_batch = PER_ISA(dot_q8_0_ref, dot_q8_0_avx2, dot_q8_0_vnni),
      .tile = PER_ISA(NULL, tile_q8_0_avx2, tile_q8_0_avx2)},
@@ -76,11 +79,12 @@ static void tile_f32_ref(int64_t n, const void *w, size_t w_stride, const void *
  * reference sums for the tests). */
 static const isa_kernels KERNELS[ISA_COUNT] = {
     [ISA_SCALAR] = {.sums = &SUMS_AVX2, .exp = exp_row_ref, .swiglu = swiglu_ref, .lane_sums_f16 = lane_sums_f16_ref,
-                    .tile_f32 = tile_f32_ref},
+                    .tile_f32 = tile_f32_ref, .pvq_quantize_x_q8 = pvq_quantize_x_q8, .hadamard = hadamard_ref},
     [ISA_AVX2] = {.sums = &SUMS_AVX2, .exp = exp_avx2, .swiglu = swiglu_avx2, .lane_sums_f16 = lane_sums_f16_avx2,
-                  .tile_f32 = tile_f32_avx2},
+                  .tile_f32 = tile_f32_avx2, .pvq_quantize_x_q8 = pvq_quantize_x_q8_avx2, .hadamard = hadamard_avx2},
     [ISA_AVX512] = {.sums = &SUMS_AVX512, .exp = exp_avx2, .swiglu = swiglu_avx2,
-                    .lane_sums_f16 = lane_sums_f16_avx2, .tile_f32 = tile_f32_avx2},
+                    .lane_sums_f16 = lane_sums_f16_avx2, .tile_f32 = tile_f32_avx2,
+                    .pvq_quantize_x_q8 = pvq_quantize_x_q8_avx2, .hadamard = hadamard_avx2},
 };
 
 const isa_kernels *isa_kernels_of(isa_id isa) { return &KERNELS[isa]; }

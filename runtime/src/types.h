@@ -92,6 +92,8 @@ void swiglu_ref(int64_t n, float *y, const float *gate, const float *up);
 void exp_avx2(int64_t n, float *y, const float *x);
 void swiglu_avx2(int64_t n, float *y, const float *gate, const float *up);
 
+struct hadamard_plan;
+
 /* The kernels that are not per type, one row per kernel set (types.c). */
 typedef struct {
     const sum_orders *sums;
@@ -102,6 +104,9 @@ typedef struct {
     void (*lane_sums_f16)(int64_t n, int lanes, int64_t n_pos, const float *w, const uint16_t *v, size_t v_stride,
                           float *out);
     tile_fn tile_f32;       /* 2x4 f32 tile for PVQ rows decoded to floats (dot_f32_ref per pair in scalar) */
+    /* PVQ's int8 activations (kernels/pvq_codec.h: the same bytes in every set) */
+    void (*pvq_quantize_x_q8)(const float *x, int64_t n, int8_t *xq, float *xs);
+    void (*hadamard)(const struct hadamard_plan *pl, float *x); /* hadamard.h: the same bits in every set */
 } isa_kernels;
 const isa_kernels *isa_kernels_of(isa_id isa);
 /* isa_kernels_of(isa_active()) */
