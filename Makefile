@@ -1,6 +1,5 @@
 # pvq — the two commands a user needs are `make demo` and `make test` (see README.md).
 PYTHON ?= python3
-SCRIPTS := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 export PVQ_CACHE ?= $(HOME)/.cache/pvq
 # The peer (llama.cpp) is built for this CPU but without AMX: its AMX matmul crashes here on Q8_0/Q4 models.
 NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
@@ -16,13 +15,13 @@ setup:
 	$(PYTHON) -c "import llama_cpp, sys; sys.exit(b'AMX_INT8 = 1' in llama_cpp.llama_print_system_info())" || \
 	  CMAKE_ARGS="$(PEER_CMAKE_ARGS)" $(PYTHON) -m pip install --quiet --force-reinstall --no-deps --no-cache-dir \
 	    "llama-cpp-python==$$($(PYTHON) -c 'import llama_cpp; print(llama_cpp.__version__)')"
+	@# pyenv finds new commands (the package's pvqrun) only through its shims
+	@if command -v pyenv >/dev/null; then pyenv rehash; fi
 	$(MAKE) runtime
 
+# pvqrun on PATH is the package's console script, which runs runtime/build/pvqrun in an editable install.
 runtime:
 	$(MAKE) -C runtime
-	ln -sf $(CURDIR)/runtime/build/pvqrun $(SCRIPTS)/pvqrun
-	@# pyenv finds new commands only through its shims
-	@if command -v pyenv >/dev/null; then pyenv rehash; fi
 
 models: setup
 	$(PYTHON) -m models.smollm2
