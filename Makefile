@@ -46,11 +46,13 @@ cuda:
 
 # Benchmarks (minutes each); they print their tables and the docs/ pages quote them.
 bench: models
+	$(PYTHON) -m pip install --quiet -e '.[bench]'
 	$(PYTHON) bench/bench_runtime.py
 	$(PYTHON) bench/bench_pvq.py
 	$(PYTHON) -m bench.bench_codec
 	$(PYTHON) -m bench.rd_codec
 	$(PYTHON) -m bench.quality
+	$(PYTHON) -m bench.results
 	$(PYTHON) bench/bench_bindings.py
 
 clean:

@@ -1,218 +1,200 @@
-"""docs/results.md: quality per bit of every method on SmolLM2-135M-Instruct, and llama.cpp's own types.
+"""docs/results.md and docs/rd_smollm2.png: whole files against llama.cpp's, on SmolLM2-135M-Instruct, on two texts
+no calibration reads.
 
-Protocol (issue 5): calibrate on the first half of the shared eval text, evaluate 40 chunks of 512
-tokens of the second half with llama-perplexity's chunking (pvq_convert.eval), tokenized by llama.cpp
-on the F16 reference.  Our methods: torch fake-quant of exactly the weights the GGUF file holds,
-against the unquantized torch model; the PVQ rows also write their GGUF file (its size is reported).
-llama.cpp's types: llama_model_quantize on the F16 reference (no importance matrix), logits through
-llama-cpp-python, against the F16 reference's logits through llama-cpp-python.
+Protocol. Each PVQ row is a file written by the converter as a user runs it (`python -m pvq_convert` with the
+row's flags: the defaults plus `--calib` on the first half of the shared eval text, or the default
+self-generated calibration); each llama.cpp row is llama_model_quantize on the F16 reference (no importance
+matrix). Every file is scored by bench.file_quality: run by its own runtime (pvq's bindings, llama-cpp-python),
+KLD against the F16 reference run by llama.cpp, 40 chunks of 512 tokens of each evaluation text (prose: the
+eval text's second half; code: Python's argparse, dataclasses and enum modules). Bits per parameter: 8 x file
+bytes / the checkpoint's 134 515 008 parameters; bits per linear weight: the block matrices' bytes (PVQ: with
+their row scales) per weight.
 
-The whole run takes hours on 2 cores, so each row is cached as JSON (--cache) as soon as it is
-measured and later runs skip it: run again after an interruption, and it goes on where it stopped.
+The whole run takes hours on 2 cores, so each row is cached as JSON (--cache) as soon as it is measured and later
+runs skip it: run again after an interruption and it goes on where it stopped.
 
-    python -m bench.results [--rows all | NAME,NAME] [--chunks 40] [--calib-seqs 16] [--calib-len 512]
-                            [--cache DIR] [--no-write]
-
-Row names: pvq-tune (the converter's default: Hessian GPTQ, then scale tuning), pvq (Hessian GPTQ only),
-pvq-alloc (with per-tensor rates), pvq-nohess, gptq, gptq-norot, rtn, each with @3.25 or @4.25 (e.g.
-pvq@3.25), and llama.cpp's q3_k_m, q4_k_m, iq4_xs, q4_0.
+    python -m bench.results [--rows all | NAME,NAME] [--chunks 40] [--cache DIR] [--no-write]
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
-import platform
+import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import torch
+from models.smollm2 import CACHE, calibration_text, ensure
 
-from models import EVAL_TEXT
-from models.smollm2 import CACHE, ensure
-from pvq_convert.cli import TUNE_EPOCHS
-from pvq_convert.eval import Scores, chunks, gguf_tokenizer, score, split_text
+from bench.file_quality import TEXTS, file_scores
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = {  # name -> (method, hessian, rotate, allocate, scale-tuning epochs)
-    "rtn": ("rtn", False, False, False, 0),
-    "gptq-norot": ("gptq", True, False, False, 0),
-    "gptq": ("gptq", True, True, False, 0),
-    "pvq-nohess": ("pvq", False, True, False, 0),
-    "pvq": ("pvq", True, True, False, 0),
-    "pvq-alloc": ("pvq", True, True, True, 0),
-    "pvq-tune": ("pvq", True, True, False, TUNE_EPOCHS),
-}
-PEER = ("q3_k_m", "q4_k_m", "iq4_xs", "q4_0")
-ALL_ROWS = [f"{name}@{bits}" for bits in (3.25, 4.25) for name in OURS] + list(PEER)
+PRESET_BITS = (2.25, 2.75, 3.25, 3.75, 4.25)
+CALIB = "@calib"  # stands for --calib <the eval text's first half>
+OURS = {f"pvq@{b}": ("--bits", str(b), "--calib", CALIB) for b in PRESET_BITS}
+OURS |= {f"pvq-gen@{b}": ("--bits", str(b)) for b in (3.25, 4.25)}          # self-generated calibration
+OURS |= {"pvq@3.75-embd4.25": ("--bits", "3.75", "--embd-bits", "4.25", "--calib", CALIB),
+         "pvq-keep-embd@3.25": ("--bits", "3.25", "--keep-embd", "--calib", CALIB)}
+PEER = ("q2_k", "q3_k_s", "q3_k_m", "q4_0", "iq4_xs", "q4_k_m", "q5_k_m", "q6_k", "q8_0")
+ALL_ROWS = list(OURS) + list(PEER)
 
 
-def setup(args):
-    smol = ensure()
-    calib_half, eval_half = split_text(EVAL_TEXT.read_text(encoding="utf-8"))
-    tok = gguf_tokenizer(smol.f16_gguf)
-    return smol, calib_half, chunks(tok.encode(eval_half), 512, args.chunks, tok)
+def converted(name: str, cache: Path) -> tuple[Path, float | None]:
+    """The row's PVQ file (converted once per set of converter inputs) and the conversion's wall time."""
+    args = [str(calibration_text()) if a == CALIB else a for a in OURS[name]]
+    h = hashlib.sha256(" ".join(OURS[name]).encode())
+    for src in sorted((ROOT / "pvq_convert").glob("*.py")):
+        h.update(src.read_bytes())
+    path = cache / f"smollm2-{name}-{h.hexdigest()[:10]}.gguf"
+    if path.exists():
+        return path, None
+    tmp = path.with_suffix(".tmp.gguf")
+    t = time.time()
+    subprocess.run([sys.executable, "-m", "pvq_convert", str(ensure().hf_dir), *args, "-o", str(tmp)], check=True)
+    tmp.replace(path)
+    return path, time.time() - t
 
 
-def measure_ours(name: str, bits: float, smol, calib_half: str, eval_chunks, args) -> dict:
-    from pvq_convert.convert import convert
-    from pvq_convert.hf_model import open_model
-    from pvq_convert.pvq_format import Layout
-    from pvq_convert.pvq_presets import preset
-    from pvq_convert.quantize import Method, QuantOptions, quantize_checkpoint
-    from pvq_convert.torch_model import load_model
-
-    kind, hessian, rotate, alloc, tune = OURS[name]
-    method = Method(kind, layout=None if alloc else preset(bits), hessian=hessian, scalar_bits=int(bits),
-                    bits=bits if alloc else None, tune_epochs=tune)
-    hf = open_model(smol.hf_dir)
-    with tempfile.TemporaryDirectory() as tmp:
-        calib_file = Path(tmp) / "calib.txt"
-        calib_file.write_text(calib_half, encoding="utf-8")
-        opts = QuantOptions(method, calib_file, args.calib_seqs, args.calib_len, rotate=rotate)
-        t = time.time()
-        qm = quantize_checkpoint(hf, opts, progress=not args.quiet)
-        seconds = time.time() - t
-        size = None
-        if kind == "pvq":
-            out = convert(smol.hf_dir, Path(tmp) / "m.gguf", "f16", progress=False, quant=opts, quantized=qm)
-            size = out.stat().st_size
-    if kind == "pvq":
-        n = bits_total = 0
-        for q in qm.codes.values():
-            R, G = q.index.shape
-            lay = Layout(q.D, q.K, len(q.levels).bit_length() - 1)
-            n += R * G * q.D
-            bits_total += lay.bits_per_weight(G * q.D) * R * G * q.D
-        bpw = bits_total / n
-    else:
-        bpw = method.scalar_bits + 16 / method.scalar_block
-    s = score(qm.model, eval_chunks, load_model(hf))
-    return row(s, bpw=bpw, size=size, seconds=seconds)
-
-
-def measure_peer(name: str, smol, eval_chunks, args) -> dict:
+def peer_file(name: str, cache: Path) -> Path:
     import llama_cpp
-
-    path = args.cache / f"smollm2-{name}.gguf"
+    path = cache / f"smollm2-{name}.gguf"
     if not path.exists():
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name.upper()}")
         params.nthread = 2
         tmp = path.with_suffix(".tmp")
-        if llama_cpp.llama_model_quantize(str(smol.f16_gguf).encode(), str(tmp).encode(), params) != 0:
+        if llama_cpp.llama_model_quantize(str(ensure().f16_gguf).encode(), str(tmp).encode(), params) != 0:
             raise RuntimeError(f"llama_model_quantize failed for {name}")
         tmp.replace(path)
-    s = score(peer_logits(path), eval_chunks, peer_logits(smol.f16_gguf))
-    bpw = peer_bits_per_weight(path)
-    return row(s, bpw=bpw, size=path.stat().st_size, seconds=None)
+    return path
 
 
-def peer_logits(path: Path):
-    """token ids -> logits (T, vocab) of a GGUF file through llama-cpp-python, from an empty cache."""
-    import llama_cpp
-    llm = llama_cpp.Llama(str(path), n_ctx=512, n_batch=512, n_threads=2, n_threads_batch=2, logits_all=True,
-                          verbose=False)
-
-    def logits(tokens: list[int]) -> torch.Tensor:
-        llm.reset()
-        llm.eval(tokens)
-        return torch.from_numpy(llm.scores[:len(tokens)].copy())
-    return logits
-
-
-def peer_bits_per_weight(path: Path) -> float:
-    """Bits per weight of the 2-D block tensors (the linear layers) of a llama.cpp file."""
+def linear_bits(path: Path) -> float:
+    """Bits per weight of the block matrices (the linear layers), PVQ row scales included."""
     import gguf
-    reader = gguf.GGUFReader(path)
+    from pvq_convert.pvq_format import SCALE_SUFFIX, register_gguf_types
+    register_gguf_types()
     n = nbytes = 0
-    for t in reader.tensors:
-        if t.name.startswith("blk.") and len(t.shape) == 2:
-            n += int(t.n_elements)
+    for t in gguf.GGUFReader(path).tensors:
+        if t.name.startswith("blk.") and (len(t.shape) == 2 or t.name.endswith(SCALE_SUFFIX)):
+            n += 0 if t.name.endswith(SCALE_SUFFIX) else int(t.n_elements)
             nbytes += int(t.n_bytes)
     return nbytes * 8 / n
 
 
-def row(s: Scores, **extra) -> dict:
-    return {"kld": s.mean_kld, "ppl": s.ppl, "ppl_base": s.ppl_base, "same_top": s.same_top / s.n_tokens,
-            "tokens": s.n_tokens, **extra}
+def measure(name: str, args) -> dict:
+    from pvq_convert.convert import checkpoint_parameters
+    from pvq_convert.hf_model import open_model
+    seconds = None
+    if name in OURS:
+        path, seconds = converted(name, args.cache)
+    else:
+        path = peer_file(name, args.cache)
+    size = path.stat().st_size
+    params = checkpoint_parameters(open_model(ensure().hf_dir))
+    scores = file_scores(path, TEXTS, args.chunks)
+    return {"file": path.name, "bytes": size, "bits_per_param": 8 * size / params, "bits_per_linear": linear_bits(path),
+            "convert_seconds": seconds,
+            "texts": {t: {"kld": s.mean_kld, "ppl": s.ppl, "ppl_base": s.ppl_base, "same_top": s.same_top / s.n_tokens,
+                          "tokens": s.n_tokens} for t, s in scores.items()}}
 
 
 def markdown(results: dict[str, dict], args) -> str:
-    lines = ["# Quality per bit (SmolLM2-135M-Instruct)", "",
-             "Produced by `python -m bench.results` "
-             f"(calibration: {args.calib_seqs} x {args.calib_len} tokens of the first half of "
-             "`../shared/data/eval/debian-reference.txt`; evaluation: "
-             f"{args.chunks} chunks of 512 tokens of the second half, llama-perplexity's chunking, "
-             "tokenized by llama.cpp). Our methods: torch fake-quant of exactly the weights the file holds, "
-             "KLD against the unquantized model. llama.cpp: its quantizer on the F16 reference (no importance "
-             "matrix), logits through llama-cpp-python, KLD against the F16 file through llama-cpp-python. "
-             "Bits per weight: of the linear layers (PVQ: fields and fp16 row scales; llama.cpp: the block "
-             "tensors' bytes); embeddings and output stay F16 in our files. The scalar baselines (rtn, gptq) "
-             "have no file format: they are evaluated in torch only.", "",
-             f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads; rows measured "
-             "over several runs (each row cached as JSON). Quantize time: wall time of the row's quantization "
-             "on a 2-core machine shared with other jobs, not a conversion time (docs/pipeline.md). Rows: "
-             "pvq-tune is the converter's default (Hessian GPTQ, then scale tuning), pvq is Hessian GPTQ "
-             "alone, pvq-alloc adds per-tensor rates, pvq-nohess is plain nearest-point PVQ.", "",
-             "| row | bits/weight (linear) | file size | KLD | PPL | PPL base | same top-1 | quantize time |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name in ALL_ROWS:
-        r = results.get(name)
-        if r is None:
-            lines.append(f"| {name} | not measured yet | | | | | | |")
-            continue
-        size = f"{r['size'] / 1e6:.1f} MB" if r.get("size") else "—"
-        secs = f"{r['seconds']:.0f} s" if r.get("seconds") else "—"
-        lines.append(f"| {name} | {r['bpw']:.4f} | {size} | {r['kld']:.4f} | {r['ppl']:.3f} | {r['ppl_base']:.3f} | "
-                     f"{r['same_top']:.3f} | {secs} |")
+    lines = ["# Whole files against llama.cpp's (SmolLM2-135M-Instruct)", "",
+             f"Produced by `python -m bench.results` ({args.chunks} chunks of 512 tokens per text). " + __doc__.split(
+                 "\n\n")[1].replace("\n", " "), "",
+             "Evaluation texts: **prose**, the second half of `../shared/data/eval/debian-reference.txt` (the "
+             "`--calib` rows calibrate on its first half); **code**, Python source of another kind than any "
+             "calibration text: the `argparse`, `dataclasses` and `enum` modules of the Python standard library "
+             "(3.11, as the machine's Python ships them; `models.code_text`). Rows: `pvq@B` is `python -m "
+             "pvq_convert --bits B --calib <first half>`, `pvq-gen@B` the same without `--calib` (the default "
+             "self-generated calibration), `pvq-keep-embd` keeps the embedding and output F16 (the files before "
+             "they were coded), `embd4.25` codes the vocabulary matrix at 4.25.", "",
+             "![KLD against file size](rd_smollm2.png)", ""]
+    head = "| row | file MB | bits / parameter | bits / linear weight |"
+    rule = "|---|---|---|---|"
+    for t in TEXTS:
+        head += f" KLD {t} | PPL {t} (F16) | same top-1 {t} |"
+        rule += "---|---|---|"
+    lines += [head, rule]
+    for name in sorted(results, key=lambda n: results[n]["bytes"]):
+        r = results[name]
+        line = f"| {name} | {r['bytes'] / 1e6:.1f} | {r['bits_per_param']:.3f} | {r['bits_per_linear']:.3f} |"
+        for t in TEXTS:
+            s = r["texts"][t]
+            line += f" {s['kld']:.4f} | {s['ppl']:.3f} ({s['ppl_base']:.3f}) | {s['same_top']:.3f} |"
+        lines.append(line)
+    missing = [n for n in ALL_ROWS if n not in results]
+    if missing:
+        lines += ["", "Not measured yet: " + ", ".join(missing) + "."]
     return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, dict], out: Path) -> None:
+    """KLD (log scale) against file size, one panel per evaluation text: the PVQ presets as a curve, llama.cpp's
+    types as another, the other PVQ rows as points."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(TEXTS), figsize=(6 * len(TEXTS), 4.5))
+    for ax, t in zip(axes, TEXTS):
+        def series(names):
+            pts = sorted((results[n]["bytes"] / 1e6, results[n]["texts"][t]["kld"], n) for n in names if n in results)
+            return [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts]
+        for names, style, label in ((PEER, "s-", "llama.cpp (no imatrix)"),
+                                    ([f"pvq@{b}" for b in PRESET_BITS], "o-", "PVQ presets, --calib"),
+                                    ([n for n in OURS if not n.startswith("pvq@") or n.count("-")], "^",
+                                     "PVQ, other settings")):
+            x, y, labels = series(names)
+            ax.plot(x, y, style, label=label)
+            for xi, yi, n in zip(x, y, labels):
+                ax.annotate(n, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_yscale("log")
+        ax.set_xlabel("file size (MB)")
+        ax.set_ylabel(f"KLD against F16, {t} text")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("SmolLM2-135M-Instruct: KL divergence against file size (held-out text)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.results")
     ap.add_argument("--rows", default="all", help="comma-separated row names, or all")
     ap.add_argument("--chunks", type=int, default=40)
-    ap.add_argument("--calib-seqs", type=int, default=16)
-    ap.add_argument("--calib-len", type=int, default=512)
-    ap.add_argument("--cache", type=Path, default=CACHE / "results",
-                    help="where rows (JSON) and llama.cpp's quantized files are kept (default: %(default)s)")
-    ap.add_argument("--no-write", action="store_true", help="do not rewrite docs/results.md")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--cache", type=Path, default=CACHE / "results-files",
+                    help="where rows (JSON) and the files are kept (default: %(default)s)")
+    ap.add_argument("--no-write", action="store_true", help="do not rewrite docs/results.md and the plot")
     args = ap.parse_args()
     rows = ALL_ROWS if args.rows == "all" else args.rows.split(",")
     unknown = [r for r in rows if r not in ALL_ROWS]
     if unknown:
         sys.exit(f"unknown rows {unknown}; choose from {', '.join(ALL_ROWS)}")
-    torch.set_num_threads(2)
     args.cache.mkdir(parents=True, exist_ok=True)
-    tag = f"c{args.calib_seqs}x{args.calib_len}-e{args.chunks}"
 
     def cached(name: str) -> Path:
-        return args.cache / f"{name}-{tag}.json"
+        return args.cache / f"{name}-e{args.chunks}.json"
 
-    todo = [r for r in rows if not cached(r).exists()]
-    if todo:
-        smol, calib_half, eval_chunks = setup(args)
-    for name in todo:
+    for name in rows:
+        if cached(name).exists():
+            continue
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
-        if name in PEER:
-            r = measure_peer(name, smol, eval_chunks, args)
-        else:
-            kind, bits = name.split("@")
-            r = measure_ours(kind, float(bits), smol, calib_half, eval_chunks, args)
-        assert all(math.isfinite(v) for v in (r["kld"], r["ppl"]))
+        r = measure(name, args)
+        assert all(math.isfinite(s["kld"]) for s in r["texts"].values())
         cached(name).write_text(json.dumps(r, indent=1))
         print(f"{name}: {json.dumps(r)}", flush=True)
     results = {name: json.loads(cached(name).read_text()) for name in ALL_ROWS if cached(name).exists()}
     text = markdown(results, args)
     if args.no_write:
         print(text)
-    else:
-        (ROOT / "docs" / "results.md").write_text(text, encoding="utf-8")
-        print(f"wrote {ROOT / 'docs' / 'results.md'} ({len(results)} of {len(ALL_ROWS)} rows)")
+        return
+    (ROOT / "docs" / "results.md").write_text(text, encoding="utf-8")
+    plot(results, ROOT / "docs" / "rd_smollm2.png")
+    print(f"wrote docs/results.md and docs/rd_smollm2.png ({len(results)} of {len(ALL_ROWS)} rows)")
 
 
 if __name__ == "__main__":

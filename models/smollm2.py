@@ -181,7 +181,7 @@ if __name__ == "__main__":
 
 
 def calibration_text() -> Path:
-    """The first half of the shared eval text (the calibration half of bench/results.py) as a file for --calib."""
+    """The first half of the shared eval text (the calibration half of bench/results.py and bench/ablations.py) as a file for --calib."""
     from models import EVAL_TEXT
     from pvq_convert.eval import split_text
     path = HERE / "calib-first-half.txt"

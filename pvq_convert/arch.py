@@ -30,6 +30,7 @@ GLOBAL_TENSORS = {
     "model.embed_tokens.weight": "token_embd.weight",
     "model.norm.weight": "output_norm.weight",
     "lm_head.weight": "output.weight",
+    "model.head_mix.weight": "output_mix.weight",  # not in checkpoints: a rotated tied head's (rotate.py)
 }
 _BLOCK_RE = re.compile(r"model\.layers\.(\d+)\.(.+)")
 _GGUF_BLOCK_RE = re.compile(r"blk\.(\d+)\.(.+)")

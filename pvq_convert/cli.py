@@ -28,7 +28,8 @@ def parser() -> argparse.ArgumentParser:
                    help="BPE pre-tokenizer name, when it cannot be told from tokenizer.json")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     q = p.add_argument_group("quantization", "with --bits, the linear layers are quantized (layer by layer, "
-                             "GPTQ-style); embeddings, norms and the output layer keep --outtype")
+                             "GPTQ-style), and with pvq the token embedding and output layer too (one matrix "
+                             "when the checkpoint ties them); norms keep f32, the rest --outtype")
     q.add_argument("--bits", type=float,
                    help="bits per linear weight: pvq 2.25, 2.75, 3.25, 3.75 or 4.25 (with --allocate or --bits-map "
                         "any average from 2.25 to 4.25); gptq/rtn: 2.25, 3.25 or 4.25")
@@ -39,6 +40,12 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--bits-map", metavar="SPEC",
                    help="pvq: fixed rates for some tensors, e.g. 'ffn_down=4.25,blk.0.attn_v=4.25' (kinds or "
                         "GGUF names), or a file of such pairs; the rest is allocated (implies --allocate)")
+    q.add_argument("--embd-bits", type=float, metavar="RATE",
+                   help="pvq: rate of the token embedding and output layer, one of the presets (default: the "
+                        "--bits preset, for --allocate the highest preset not above --bits)")
+    q.add_argument("--keep-embd", action="store_true",
+                   help="pvq: keep the token embedding and output layer in --outtype (untied, the final norm "
+                        "folded into the output layer): larger files, outside the --bits budget")
     q.add_argument("--method", choices=("pvq", "gptq", "rtn"), default="pvq",
                    help="pvq, or the scalar baselines gptq / rtn (3 bits + fp16 scale per 64 at --bits 3.25, "
                         "4 at 4.25) (default: %(default)s)")
@@ -88,9 +95,21 @@ def quant_options(args):
         raise ConvertError(f"--method {args.method} codes b bits + an fp16 scale per 64: --bits must be 2.25, 3.25 or 4.25")
     if args.bits_map and uniform:
         raise ConvertError("--bits-map needs the per-tensor allocation of --method pvq")
+    if args.method != "pvq" and (args.embd_bits is not None or args.keep_embd):
+        raise ConvertError(f"--embd-bits and --keep-embd apply to --method pvq (--method {args.method} keeps the "
+                           "embedding in --outtype)")
+    if args.keep_embd and args.embd_bits is not None:
+        raise ConvertError("--keep-embd and --embd-bits contradict each other: give one")
+    if args.embd_bits is not None and args.embd_bits not in PRESETS:
+        raise ConvertError(f"--embd-bits {args.embd_bits} has no preset; choose one of "
+                           f"{', '.join(map(str, sorted(PRESETS)))}")
+    vocab_layout = None
+    if args.method == "pvq" and not args.keep_embd:
+        vocab_layout = preset(args.embd_bits if args.embd_bits is not None
+                              else max(r for r in PRESETS if r <= args.bits + 1e-9))
     method = Method(args.method, layout=preset(args.bits) if uniform else None, hessian=not args.no_hessian,
                     scalar_bits=int(args.bits), bits=None if uniform else args.bits,
-                    bits_map=parse_bits_map(args.bits_map), tune_epochs=args.tune_epochs)
+                    bits_map=parse_bits_map(args.bits_map), tune_epochs=args.tune_epochs, vocab_layout=vocab_layout)
     return QuantOptions(method, args.calib, args.calib_seqs, args.calib_len, rotate=not args.no_rotate,
                         device=args.device)
 

@@ -99,7 +99,8 @@ def quantized_tensors(m: HFModel, qm, outtype: str) -> tuple[list, dict]:
             tensors.append((pname, tuple(w.shape), ptype, lambda r=order(rows): r))
             tensors.append((sname, scales.shape, gguf.GGMLQuantizationType.F16, lambda s=order(scales): s))
         else:
-            qtype = tensor_type(outtype, tuple(w.shape))
+            # the mix is fp16 in the torch model too (rotate.py): stored as it is, whatever the outtype
+            qtype = gguf.GGMLQuantizationType.F16 if name == "model.head_mix.weight" else tensor_type(outtype, tuple(w.shape))
             tensors.append((gname, tuple(w.shape), qtype,
                             encoded(lambda w=w, order=order: order(w.float().numpy()), qtype)))
     return tensors, keys
@@ -137,29 +138,45 @@ def convert(model_path: str | Path, outfile: str | Path | None, outtype: str = "
                                          desc=f"writing {out.name}") as bar:
         write_streaming(tmp, writer, tensors, progress=lambda name: bar.update())
     if quant is not None and log is not None:
-        log(bits_summary(qm, tensors, out, outtype))
+        log(bits_summary(qm, checkpoint_parameters(m), out, outtype))
     return out
 
 
-def bits_summary(qm, tensors: list, out: Path, outtype: str) -> str:
+def checkpoint_parameters(m: HFModel) -> int:
+    """The parameters of the checkpoint, counted as it stores them (a tied embedding once)."""
+    return sum(int(np.prod(ref.shape)) for name, ref in m.tensors.items() if gguf_tensor_name(name) is not None)
+
+
+def bits_summary(qm, params: int, out: Path, outtype: str) -> str:
     """Per-tensor PVQ rates and the exact bits per weight of the quantized layers and of the file."""
-    from .allocate import Tensor, describe
-    from .pvq_format import SCALE_SUFFIX, Layout
+    from .allocate import describe
+    from .pvq_format import Layout
+    from .quantize import VOCAB_TENSORS
+
+    def exact(items) -> tuple[int, float]:  # (weights, bits) of PVQ matrices: fields and fp16 row scales
+        n = bits = 0
+        for q in items:
+            lay, (R, G) = Layout(q.D, q.K, len(q.levels).bit_length() - 1), q.index.shape
+            n, bits = n + R * G * q.D, bits + lay.bits_per_weight(G * q.D) * R * G * q.D
+        return n, bits
 
     lines = []
-    codes = qm.codes
-    if codes:
-        rows = [Tensor(name, *q.index.shape[:1], q.index.shape[1] * q.D) for name, q in codes.items()]
-        layouts = {name: Layout(q.D, q.K, len(q.levels).bit_length() - 1) for name, q in codes.items()}
-        n = sum(t.weights for t in rows)
-        bits = sum(layouts[t.name].bits_per_weight(t.cols) * t.weights for t in rows)
-        rates = qm.rates or {t.name: round(layouts[t.name].field_bits / layouts[t.name].D, 2) for t in rows}
+    linear = {name: q for name, q in qm.codes.items() if name not in VOCAB_TENSORS}
+    if linear:
+        rates = qm.rates or {name: round(Layout(q.D, q.K, len(q.levels).bit_length() - 1).field_bits / q.D, 2)
+                             for name, q in linear.items()}
+        n, bits = exact(linear.values())
         lines += ["PVQ rates per tensor (nominal bits per weight):", describe(rates),
                   f"quantized linear weights: {n} weights, {bits / n:.4f} bits per weight "
                   f"(fields and fp16 row scales)"]
-    params = sum(int(np.prod(shape)) for name, shape, *_ in tensors if not name.endswith(SCALE_SUFFIX))
-    lines.append(f"whole file: {out.stat().st_size} bytes, {params} parameters, "
-                 f"{out.stat().st_size * 8 / params:.4f} bits per parameter (other tensors {outtype})")
+    vocab = [name for name in VOCAB_TENSORS if name in qm.codes]
+    if vocab:
+        n, bits = exact(qm.codes[name] for name in vocab)
+        lines.append(f"vocabulary matrices ({', '.join(gguf_tensor_name(v) for v in vocab)}): {n} weights, "
+                     f"{bits / n:.4f} bits per weight")
+    size = out.stat().st_size
+    lines.append(f"whole file: {size} bytes for the checkpoint's {params} parameters, {size * 8 / params:.4f} "
+                 f"bits per parameter (vocabulary {'PVQ' if vocab else outtype}, norms f32)")
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ q/k/v read the attention norm's output, gate/up the FFN norm's; o_proj and down_
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -28,6 +28,9 @@ from .row_workers import RowWorkers
 from .torch_model import Model, load_model, one_thread
 from .tune import reference_log_probs, tune_scales
 
+# The vocabulary matrices (HF names): the token embedding and, when the checkpoint has one, the output layer.
+VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
+
 # Linear layers that read the same input, in the order the block computes them.
 INPUT_GROUPS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
                 ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))
@@ -39,7 +42,9 @@ class Method:
     scalar `rtn`. Scalar methods use `scalar_bits` per weight plus an fp16 scale per 64. PVQ codes
     every tensor with `layout`, unless `bits` asks for a per-tensor allocation (allocate.py) to that
     average, with `bits_map` ({tensor pattern: rate}) fixing some rates.  PVQ with the Hessian then
-    tunes its row scales for `tune_epochs` passes over the calibration text (tune.py)."""
+    tunes its row scales for `tune_epochs` passes over the calibration text (tune.py).  `vocab_layout`
+    codes the vocabulary matrices (the embedding, tied to the head in a rotated model, and an untied
+    lm_head) with PVQ as well; None keeps them in the file's unquantized type."""
     name: str = "pvq"
     layout: Layout | None = None
     hessian: bool = True
@@ -49,6 +54,11 @@ class Method:
     bits: float | None = None
     bits_map: dict = field(default_factory=dict)
     tune_epochs: int = 0
+    vocab_layout: Layout | None = None
+
+    @property
+    def codes_vocab(self) -> bool:
+        return self.name == "pvq" and self.vocab_layout is not None
 
     @property
     def tunes(self) -> bool:
@@ -115,7 +125,8 @@ def quantize_checkpoint(hf: HFModel, opts: QuantOptions, progress: bool = True) 
     else:
         block = m.scalar_block
     for name, ref in hf.tensors.items():
-        if name.endswith("proj.weight") and ref.shape[-1] % block:
+        coded = name.endswith("proj.weight") or (m.codes_vocab and name in VOCAB_TENSORS)
+        if coded and ref.shape[-1] % block:
             raise ConvertError(f"{name} has rows of {ref.shape[-1]} weights, not a multiple of {block}, the block "
                                f"of weights that {opts.tag()} packs together")
     if m.allocates:
@@ -128,7 +139,7 @@ def quantize_checkpoint(hf: HFModel, opts: QuantOptions, progress: bool = True) 
     metadata = {}
     if opts.rotate:
         rotation = Rotation(seed=opts.seed)
-        model = rotate_model(model, rotation)
+        model = rotate_model(model, rotation, tie_head=m.codes_vocab)
         metadata = gguf_metadata(rotation, model.config.ffn_dim)
     rates = {}
     if m.allocates:
@@ -136,7 +147,8 @@ def quantize_checkpoint(hf: HFModel, opts: QuantOptions, progress: bool = True) 
     targets = reference_log_probs(model, calib) if m.tunes else None
     qm = quantize_model(model, calib if m.needs_hessian else None, m, progress, rates)
     if m.tunes:
-        tune_scales(qm.model, qm.codes, calib, targets, m.tune_epochs, progress=progress)
+        tune_scales(qm.model, {k: q for k, q in qm.codes.items() if k.startswith("model.layers.")}, calib,
+                    targets, m.tune_epochs, progress=progress)
     qm.model = qm.model.to("cpu")
     qm.codes = {name: q.to("cpu") for name, q in qm.codes.items()}
     qm.metadata, qm.rates = metadata, rates
@@ -201,14 +213,17 @@ def output_fisher(model: Model, calib: torch.Tensor, progress: bool = True) -> d
 
 def quantize_model(model: Model, calib: torch.Tensor | None, method: Method, progress: bool = True,
                    rates: dict[str, float] | None = None) -> QuantizedModel:
-    """Quantize every linear layer of `model` in place. calib: (n_seq, seq_len) token ids, or None
-    for the methods that need no Hessian. rates: PVQ rate by HF tensor name (else method.layout)."""
-    xs = [model.embed(seq) for seq in calib] if calib is not None else []
+    """Quantize every linear layer of `model` in place (and the vocabulary matrices first, with
+    method.vocab_layout). calib: (n_seq, seq_len) token ids, or None for the methods that need no
+    Hessian. rates: PVQ rate by HF tensor name (else method.layout)."""
     out = QuantizedModel(model)
-    bar = tqdm(total=model.config.n_layers * len(INPUT_GROUPS), unit="step", disable=not progress,
-               desc="quantizing")
     workers = RowWorkers(torch.get_num_threads()) if _wants_workers(model) else None
     with workers or contextlib.nullcontext():
+        if method.codes_vocab:
+            out.codes |= quantize_vocab(model, calib, method, workers, progress)
+        xs = [model.embed(seq) for seq in calib] if calib is not None else []
+        bar = tqdm(total=model.config.n_layers * len(INPUT_GROUPS), unit="step", disable=not progress,
+                   desc="quantizing")
         for i in range(model.config.n_layers):
             for group in INPUT_GROUPS:
                 H = _input_hessian(model, i, xs, group[0]) if xs else None
@@ -222,8 +237,50 @@ def quantize_model(model: Model, calib: torch.Tensor | None, method: Method, pro
                 bar.update()
             xs = [model.block(i, x) for x in xs]
             bar.set_postfix(block=i)
-    bar.close()
+        bar.close()
     return out
+
+
+def quantize_vocab(model: Model, calib: torch.Tensor | None, method: Method, workers: RowWorkers | None,
+                   progress: bool = True) -> dict[str, Quantized]:
+    """Code the vocabulary matrices of `model` in place at method.vocab_layout, before the blocks, so that
+    the blocks are quantized seeing the coded embedding.  What the head's errors cost is weighted by its
+    input's Hessian over the calibration tokens, taken from the model before anything is quantized; the
+    tied matrix is coded for the head too (docs/results.md measures it against plain nearest-point coding,
+    which would suit the lookup), an untied embedding with plain nearest-point coding."""
+    g = model.globals
+    H = head_hessian(model, calib, progress) if calib is not None and method.hessian else None
+    out = {}
+    present = [name for name in VOCAB_TENSORS if name.removeprefix("model.") in g]
+    for name in tqdm(present, unit="matrix", disable=not progress, desc="coding the vocabulary"):
+        key = name.removeprefix("model.")
+        weighted = H is not None and (key == "lm_head.weight" or "lm_head.weight" not in g)
+        how = method if weighted else replace(method, hessian=False)
+        [(Wq, q)] = quantize_group(how, [g[key]], H if weighted else None, [method.vocab_layout], workers)
+        g[key], out[name] = Wq.to(model.dtype), q
+    return out
+
+
+def head_hessian(model: Model, calib: torch.Tensor, progress: bool = True) -> torch.Tensor:
+    """sum over calibration tokens of h h^T for the output layer's input h (float64)."""
+    H = None
+
+    def hook(layer, name, inp):
+        nonlocal H
+        hh = (inp.T @ inp).to(torch.float64)
+        H = hh if H is None else H + hh
+        raise _Captured  # the logits are not needed
+
+    with torch.no_grad():
+        for seq in tqdm(calib, unit="seq", disable=not progress, desc="head Hessian"):
+            x = model.embed(seq)
+            for i in range(model.config.n_layers):
+                x = model.block(i, x)
+            try:
+                model.head(x, hook)
+            except _Captured:
+                pass
+    return H
 
 
 # Below this many linear weights the workers' start (about 4 s) is not worth it (fixtures, tests).

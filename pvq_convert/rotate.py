@@ -4,7 +4,10 @@ and the convention the runtime follows.
 
 1. Fold every RMSNorm gain g into the linear layers that read the norm's output (W <- W diag(g)); the
    norm weights become 1. The final norm folds into the output layer, which therefore stops being
-   the embedding: a tied model comes out untied (lm_head is written as its own tensor).
+   the embedding: a tied model comes out untied (lm_head is written as its own tensor), unless
+   `tie_head` keeps it tied. Then the final gain stays in front of the head as the dim x dim matrix
+   head_mix = Q^T diag(g) Q (a product the runtime runs on the normed state), and the one embedding
+   E Q serves both the lookup and the head: half the bytes of two vocabulary matrices.
 2. Rotate the residual stream by Q = hadamard.random_hadamard(dim, seed) (applied fast, never formed): with the residual x replaced by Q^T x,
    the embedding rows E <- E Q, every layer reading the residual W <- W Q (q, k, v, gate, up, lm_head),
    every layer writing it W <- Q^T W (o_proj, down_proj). RMSNorm without gain commutes with Q since
@@ -67,21 +70,28 @@ def rotate_block(w: dict[str, torch.Tensor], seed: int | None, ffn_hadamard: boo
     return out
 
 
-def rotate_globals(g: dict[str, torch.Tensor], seed: int | None) -> dict[str, torch.Tensor]:
-    """Embedding E Q, final norm folded into a separate (untied) lm_head = head diag(g) Q, norm = 1."""
+def rotate_globals(g: dict[str, torch.Tensor], seed: int | None, tie_head: bool = False) -> dict[str, torch.Tensor]:
+    """Embedding E Q and norm = 1, and either the final norm folded into a separate (untied) lm_head =
+    head diag(g) Q, or, with tie_head on a tied model, head_mix = Q^T diag(g) Q (rounded to fp16, as the
+    file stores it) in front of the tied head: logits = (n Q) head_mix (E Q)^T = (n diag(g)) E^T."""
     E = g["embed_tokens.weight"]
-    head = g.get("lm_head.weight", E).to(torch.float64) * g["norm.weight"].to(torch.float64)
-    return {"embed_tokens.weight": _right(E.to(torch.float64), seed).to(E.dtype),
-            "norm.weight": torch.ones_like(g["norm.weight"]),
-            "lm_head.weight": _right(head, seed).to(E.dtype)}
+    out = {"embed_tokens.weight": _right(E.to(torch.float64), seed).to(E.dtype),
+           "norm.weight": torch.ones_like(g["norm.weight"])}
+    gain = g["norm.weight"].to(torch.float64)
+    if tie_head and "lm_head.weight" not in g:
+        mix = _left_t(_right(torch.diag(gain), seed), seed)   # Q^T diag(g) Q, symmetric
+        out["head_mix.weight"] = mix.half().to(E.dtype)
+    else:
+        out["lm_head.weight"] = _right(g.get("lm_head.weight", E).to(torch.float64) * gain, seed).to(E.dtype)
+    return out
 
 
-def rotate_model(model: Model, rotation: Rotation = Rotation()) -> Model:
+def rotate_model(model: Model, rotation: Rotation = Rotation(), tie_head: bool = False) -> Model:
     """The whole model rotated (for models that fit in memory; the pipeline calls rotate_block per block)."""
     if model.ffn_hadamard is not None:
         raise ValueError("the model is already rotated")
     seed = rotation.residual_seed
-    return Model(model.config, rotate_globals(model.globals, seed),
+    return Model(model.config, rotate_globals(model.globals, seed, tie_head),
                  [rotate_block(b, seed, rotation.ffn_hadamard) for b in model.blocks],
                  ffn_hadamard=hadamard_transform if rotation.ffn_hadamard else None)
 

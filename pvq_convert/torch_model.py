@@ -58,10 +58,11 @@ class Config:
 
 @dataclass
 class Model:
-    """Weights by HF name: `globals` holds embed_tokens / norm / lm_head, `blocks[i]` the tensors of
-    layer i under their names inside the block (e.g. "self_attn.q_proj.weight").
+    """Weights by HF name: `globals` holds embed_tokens / norm / lm_head (/ head_mix), `blocks[i]` the
+    tensors of layer i under their names inside the block (e.g. "self_attn.q_proj.weight").
 
-    `lm_head` is None while the head is tied to the embedding. `ffn_hadamard`, when set, is applied
+    `lm_head` is absent while the head is tied to the embedding; `head_mix` (dim x dim), when present,
+    multiplies the normed state before the head (a rotated tied model, rotate.py). `ffn_hadamard`, when set, is applied
     to the FFN hidden state right before down_proj (the runtime's online transform)."""
     config: Config
     globals: dict[str, torch.Tensor]
@@ -113,11 +114,17 @@ class Model:
             f = self.ffn_hadamard(f)
         return x + linear("mlp.down_proj", f)
 
-    def head(self, x: torch.Tensor) -> torch.Tensor:
-        """Final norm and output layer: (T, dim) -> logits (T, vocab)."""
+    def head(self, x: torch.Tensor, hook: LinearHook | None = None) -> torch.Tensor:
+        """Final norm, the tied head's mix when there is one (rotate.py), output layer: (T, dim) -> logits
+        (T, vocab). hook(n_layers, "lm_head", input) sees the output layer's input."""
         g = self.globals
         out = g.get("lm_head.weight")
-        return rms_norm(x, g["norm.weight"], self.config.norm_eps) @ (g["embed_tokens.weight"] if out is None else out).T
+        h = rms_norm(x, g["norm.weight"], self.config.norm_eps)
+        if "head_mix.weight" in g:
+            h = h @ g["head_mix.weight"].T
+        if hook is not None:
+            hook(self.config.n_layers, "lm_head", h)
+        return h @ (g["embed_tokens.weight"] if out is None else out).T
 
     def forward(self, tokens: torch.Tensor | list[int], out_hook: OutputHook | None = None) -> torch.Tensor:
         tokens = torch.as_tensor(tokens, dtype=torch.int64)

@@ -20,14 +20,20 @@ from pvq_convert.quantize import Method, QuantOptions, quantize_checkpoint
 
 def test_file_holds_the_weights_the_pipeline_used(spm_model_dir, tmp_path):
     torch.manual_seed(0)
-    opts = QuantOptions(Method("pvq", preset(3.25), tune_epochs=2), EVAL_TEXT, n_seq=2, seq_len=32)
+    opts = QuantOptions(Method("pvq", preset(3.25), tune_epochs=2, vocab_layout=preset(2.25)), EVAL_TEXT, n_seq=2,
+                        seq_len=32)
     hf = open_model(spm_model_dir)
     qm = quantize_checkpoint(hf, opts, progress=False)
     out = convert(spm_model_dir, tmp_path / "m.gguf", "f16", progress=False, quant=opts)
     stored = read_pvq_tensors(out)
     cfg = hf.config
     heads = {"q_proj": cfg["num_attention_heads"], "k_proj": cfg["num_key_value_heads"]}
-    assert len(stored) == 7 * cfg["num_hidden_layers"]
+    # the fixture has its own lm_head: both vocabulary matrices are coded, at their own rate
+    assert len(stored) == 7 * cfg["num_hidden_layers"] + 2
+    for name in ("embed_tokens.weight", "lm_head.weight"):
+        t = stored[gguf_tensor_name(name if name == "lm_head.weight" else "model." + name)]
+        assert t.layout == preset(2.25)
+        assert torch.equal(dequantize_matrix(t.quantized()), qm.model.globals[name]), name
     for i, block in enumerate(qm.model.blocks):
         for key, w in block.items():
             if not key.endswith("proj.weight"):
@@ -81,11 +87,40 @@ def run_cli(*args):
     (["--bits", "3.25", "--calib", EVAL_TEXT, "--calib-seqs", "100000"], "calibration text too short"),
     (["--bits", "3.25", "--calib", "/nonexistent.txt"], "cannot read calibration file"),
     (["--bits", "3.25", "--tune-epochs", "-1"], "--tune-epochs must be >= 0"),
+    (["--bits", "3.25", "--embd-bits", "3.0"], "--embd-bits 3.0 has no preset"),
+    (["--bits", "3.25", "--embd-bits", "4.25", "--keep-embd"], "contradict each other"),
+    (["--bits", "3.25", "--method", "gptq", "--keep-embd"], "apply to --method pvq"),
 ])
 def test_bad_quantization_requests(spm_model_dir, tmp_path, args, message):
     r = run_cli(spm_model_dir, "-o", tmp_path / "o.gguf", *args)
     assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("flags, embd, output", [
+    ((), "PVQ 8-6-3", "PVQ 8-6-3"),                          # the default: the vocabulary at the --bits preset
+    (("--embd-bits", "3.25"), "PVQ 8-14-3", "PVQ 8-14-3"),
+    (("--keep-embd",), "F16", "F16"),
+])
+def test_vocabulary_coding_flags(spm_model_dir, tmp_path, flags, embd, output):
+    """The fixture has its own lm_head, so both vocabulary matrices are in the file, as the flags ask; the
+    summary counts the file against the checkpoint's parameters."""
+    import gguf
+
+    from pvq_convert.pvq_format import is_pvq_type, layout_of_type
+    out = tmp_path / "o.gguf"
+    r = run_cli(spm_model_dir, "-o", out, "--bits", "2.25", "--no-hessian", *flags)
+    assert r.returncode == 0, r.stderr
+
+    def kind(t):
+        if is_pvq_type(int(t.tensor_type)):
+            lay = layout_of_type(int(t.tensor_type))
+            return f"PVQ {lay.D}-{lay.K}-{lay.gain_bits}"
+        return t.tensor_type.name
+    types = {t.name: kind(t) for t in gguf.GGUFReader(out).tensors}
+    assert (types["token_embd.weight"], types["output.weight"]) == (embd, output)
+    assert "output_mix.weight" not in types  # an untied checkpoint keeps its own head
+    assert f"whole file: {out.stat().st_size} bytes" in r.stdout
 
 
 def test_rows_that_do_not_fit_the_group(spm_model_dir, tmp_path):

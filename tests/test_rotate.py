@@ -51,6 +51,26 @@ def test_rotated_float32_gives_same_logits(smollm2, smol64, tokens):
     assert _max_rel(got, ref64) < 10 * base + 1e-6
 
 
+def test_tied_head_keeps_one_embedding_and_the_logits(smol64, tokens):
+    """tie_head: one rotated embedding serves lookup and head, the final gain in front of it as the
+    symmetric dim x dim head_mix = Q^T diag(g) Q (fp16-rounded as the file stores it). The logits stay
+    those of the original up to that rounding (relative 2^-11 per entry of a mix whose diagonal is g)."""
+    tied = rotate_model(smol64, Rotation(seed=1), tie_head=True)
+    g = tied.globals
+    assert "lm_head.weight" not in g and (g["norm.weight"] == 1).all()
+    mix = g["head_mix.weight"]
+    assert mix.shape == (smol64.config.dim,) * 2
+    assert torch.equal(mix, mix.half().double())                    # exactly fp16 values
+    assert float((mix - mix.T).abs().max()) <= 2 ** -10 * float(mix.abs().max())
+    # the mix is the final gain seen in the rotated basis: same trace, same spectrum
+    gain = smol64.globals["norm.weight"]
+    assert abs(float(torch.trace(mix)) - float(gain.sum())) < 1e-2 * float(gain.abs().sum())
+    with torch.no_grad():
+        err = _max_rel(tied(tokens), smol64(tokens))
+    print(f"tied rotated head vs original: max |dlogit| / max |logit| = {err:.2e}")
+    assert err < 2e-3
+
+
 def test_rotated_weights_are_folded_untied_and_incoherent(smol64, rot64):
     rot = rot64
     g, c = rot.globals, smol64.config

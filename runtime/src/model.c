@@ -135,8 +135,8 @@ int model_load(model *m, const char *path, pvq_mode pvq_mode, char *err, size_t 
     }
     m->n_vocab = (int)emb->ne[1];
     if (get_weight(m, &m->tok_embd, "token_embd.weight", dim, m->n_vocab, err, err_len)) goto bad;
-    if (!type_get(m->tok_embd.type)->to_float[ISA_SCALAR]) {
-        err_fail(err, err_len, "token_embd.weight is %s: the embedding must be a float or Q8_0 type",
+    if (!m->tok_embd.pvq.layout && !type_get(m->tok_embd.type)->to_float[ISA_SCALAR]) {
+        err_fail(err, err_len, "token_embd.weight is %s: the embedding must be a float, Q8_0 or PVQ type",
                  type_get(m->tok_embd.type)->name);
         goto bad;
     }
@@ -147,6 +147,9 @@ int model_load(model *m, const char *path, pvq_mode pvq_mode, char *err, size_t 
         m->output = m->tok_embd;
     }
     if (get_vector(m, &m->out_norm, "output_norm.weight", dim, 0, err, err_len)) goto bad;
+    if (gguf_find_tensor(&m->file, "output_mix.weight") &&
+        get_weight(m, &m->output_mix, "output_mix.weight", dim, dim, err, err_len))
+        goto bad;
 
     if (!(m->layers = calloc(n_layer, sizeof *m->layers))) {
         err_fail(err, err_len, "out of memory");
@@ -190,6 +193,7 @@ void model_free(model *m) {
             for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) pvq_weight_free(&ws[i]->pvq);
         }
     if (m->output.data != m->tok_embd.data) pvq_weight_free(&m->output.pvq);
+    pvq_weight_free(&m->output_mix.pvq);
     pvq_weight_free(&m->tok_embd.pvq);
     free(m->layers);
     free(m->out_norm);
@@ -439,11 +443,19 @@ static void ffn_hadamard(const model *m, state *s, int T) {
         pool_run(s->pool, hadamard_rows, &ht);
 }
 
+/* Row r of a weight as float32: the embedding lookup. */
+static void weight_row(const weight *w, int64_t r, float *out) {
+    const uint8_t *row = w->data + (size_t)r * w->row_bytes;
+    if (w->pvq.layout)
+        pvq_dequantize_row(&w->pvq, row, r, w->n_in, out);
+    else
+        type_get(w->type)->to_float[isa_active()](row, out, w->n_in);
+}
+
 void forward(const model *m, state *s, const int32_t *tokens, int T) {
     int dim = m->dim, hd = m->head_dim, kv_dim = m->n_head_kv * hd, ffn = m->ffn_dim, rows = T;
-    const type_traits *et = type_get(m->tok_embd.type);
     for (int t = 0; t < T; t++) {
-        et->to_float[isa_active()](m->tok_embd.data + (size_t)tokens[t] * m->tok_embd.row_bytes, s->x + (size_t)t * dim, dim);
+        weight_row(&m->tok_embd, tokens[t], s->x + (size_t)t * dim);
         rope_table(s->rope + (size_t)t * m->rope_dim, s->n_past + t, m->rope_dim, m->rope_base);
     }
     for (int l = 0; l < m->n_layer; l++) {
@@ -487,6 +499,11 @@ void forward(const model *m, state *s, const int32_t *tokens, int T) {
     s->n_logits = rows;
     for (int t = 0; t < rows; t++)
         rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, m->out_norm, dim, m->rms_eps);
-    matmul(s, s->xb, rows, 1, &m->output, s->logits, NULL, NULL, NULL, NULL);
+    const float *head_in = s->xb;
+    if (m->output_mix.data) { /* a rotated tied head: the final norm's gain as a dim x dim mix */
+        matmul(s, s->xb, rows, 1, &m->output_mix, s->xb2, NULL, NULL, NULL, NULL);
+        head_in = s->xb2;
+    }
+    matmul(s, head_in, rows, 1, &m->output, s->logits, NULL, NULL, NULL, NULL);
     s->n_past += T;
 }

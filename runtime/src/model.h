@@ -33,6 +33,7 @@ typedef struct {
     int rope_neox;  /* rotate (i, i + rope_dim/2) pairs (qwen2) instead of (2i, 2i+1) (llama) */
     float rms_eps, rope_base;
     weight tok_embd, output;  /* output may be tok_embd (tied) */
+    weight output_mix;        /* [dim][dim] applied to the normed state before output, or data NULL (docs/rotation.md) */
     float *out_norm;
     layer *layers;
     pvq_layouts pvq_layouts;     /* the codecs the PVQ weights share */

@@ -40,6 +40,10 @@ void pvq_layouts_free(pvq_layouts *set) {
     memset(set, 0, sizeof *set);
 }
 
+void pvq_dequantize_row(const pvq_weight *pw, const uint8_t *row, int64_t r, int64_t n, float *out) {
+    pw->layout->k[isa_active()].dequantize(&pw->layout->codec, row, pvq_half_to_float(pw->scales[r]), n, out);
+}
+
 /* Rows in the repacked layout, for decode without decoding. */
 static int repack(pvq_weight *pw, const uint8_t *data, int64_t n, int64_t rows) {
     const pvq_layout *l = pw->layout;

@@ -56,6 +56,10 @@ int pvq_weight_load(pvq_weight *pw, pvq_layouts *set, const gguf_file *f, const 
 void pvq_weight_free(pvq_weight *pw);
 void pvq_layouts_free(pvq_layouts *set);
 
+/* Row r of a PVQ weight (row: its bytes) decoded to n float32 weights, as the format defines them (an
+ * embedding lookup). */
+void pvq_dequantize_row(const pvq_weight *pw, const uint8_t *row, int64_t r, int64_t n, float *out);
+
 /* Bytes pvq_quantize_x writes for n activations. */
 size_t pvq_xq_bytes(int64_t n);
 /* x as the integer kernels read it: int8 values, then one float scale per 128. */

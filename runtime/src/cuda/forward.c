@@ -26,7 +26,7 @@ typedef struct {
 struct pvq_cuda_model {
     int n_layer, dim, n_head, n_head_kv, head_dim, ffn_dim, n_vocab, rope_dim, rope_neox;
     float rms_eps, rope_base;
-    cuda_weight tok_embd, output;
+    cuda_weight tok_embd, output, output_mix;     /* output_mix.data NULL: none (model.h) */
     float *out_norm;
     cuda_layer *layers;
     int hadamard_h, hadamard_p;                   /* h == 0: no transform */
@@ -268,6 +268,8 @@ int pvq_cuda_model_load(const model *m, int n_ctx, int n_batch, pvq_cuda_model *
     else if (upload_weight(g, m, "output.weight", &m->output, &g->output, err, err_len))
         goto bad;
     if (!(g->out_norm = upload_vector(g, m->out_norm, m->dim, err, err_len))) goto bad;
+    if (m->output_mix.data && upload_weight(g, m, "output_mix.weight", &m->output_mix, &g->output_mix, err, err_len))
+        goto bad;
     for (int l = 0; l < m->n_layer; l++) {
         const layer *L = &m->layers[l];
         cuda_layer *C = &g->layers[l];
@@ -479,7 +481,12 @@ static int enqueue(pvq_cuda_model *g, int T, char *err, size_t err_len)
         CK(k_add(g->x, g->xb, (size_t)T * dim));
     }
     CK(k_rmsnorm(g->x + (size_t)(T - 1) * dim, g->out_norm, 1, dim, g->rms_eps, g->xb));
-    CK(matmul(g, &g->output, g->xb, 1, g->logits));
+    const float *head_in = g->xb;
+    if (g->output_mix.data) {
+        CK(matmul(g, &g->output_mix, g->xb, 1, g->xb2));
+        head_in = g->xb2;
+    }
+    CK(matmul(g, &g->output, head_in, 1, g->logits));
     return 0;
 }
 
