@@ -44,15 +44,21 @@ def token_windows(ids: list[int], n_seq: int, seq_len: int, seed: int = 0) -> to
 
 
 def calibration_tokens(model_dir: Path, text_file: Path | None, n_seq: int, seq_len: int, seed: int = 0,
-                       model=None, progress: bool = False) -> torch.Tensor:
-    """(n_seq, seq_len) token ids: windows of `text_file`, or text `model` generates when it is None."""
+                       model=None, progress: bool = False, n_generated: int = 0) -> torch.Tensor:
+    """(n_seq, seq_len) token ids: windows of `text_file`, or text `model` generates when it is None; with a file,
+    n_generated of the n_seq sequences are generated and the rest are windows of the file."""
+    encode = load_tokenizer(model_dir)
     if text_file is None:
-        return generated_tokens(model, load_tokenizer(model_dir), n_seq, seq_len, seed, progress)
+        return generated_tokens(model, encode, n_seq, seq_len, seed, progress)
     try:
         text = Path(text_file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConvertError(f"cannot read calibration file {text_file}: {e}") from None
-    return token_windows(load_tokenizer(model_dir)(text), n_seq, seq_len, seed)
+    n_generated = min(n_generated, n_seq)
+    windows = token_windows(encode(text), n_seq - n_generated, seq_len, seed)
+    if not n_generated:
+        return windows
+    return torch.cat([windows, generated_tokens(model, encode, n_generated, seq_len, seed, progress)])
 
 
 # Openings of different kinds of text: prose, code, dialogue, lists, reference, mathematics.

@@ -103,6 +103,7 @@ class QuantOptions:
     method: Method
     calib: Path | None       # None: text the model generates itself (calib.generated_tokens)
     n_seq: int = 16
+    n_generated: int = 0     # with a calib file: how many of the n_seq sequences the model generates instead
     seq_len: int = 512
     seed: int = 0
     rotate: bool = True      # coherence processing (rotate.py) before quantizing
@@ -135,7 +136,8 @@ def quantize_checkpoint(hf: HFModel, opts: QuantOptions, progress: bool = True) 
     model = load_model(hf).to(opts.device)
     calib = None
     if m.needs_hessian or m.allocates:
-        calib = calibration_tokens(hf.dir, opts.calib, opts.n_seq, opts.seq_len, opts.seed, model, progress)
+        calib = calibration_tokens(hf.dir, opts.calib, opts.n_seq, opts.seq_len, opts.seed, model, progress,
+                                   opts.n_generated)
     metadata = {}
     if opts.rotate:
         rotation = Rotation(seed=opts.seed)

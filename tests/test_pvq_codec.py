@@ -154,6 +154,30 @@ def test_gguf_round_trip_c_decode_bit_identical(tmp_path, kernels, bits):
             assert np.array_equal(out.view(np.uint32), ref.view(np.uint32)), kind
 
 
+def test_large_k_decodes_alike_in_c_and_python(kernels):
+    """Once K > 4096, q = ||y||^2 exceeds 2^24 and (float)q rounds: both decoders take the square root of the
+    exact integer (docs/format.md). D = 2, K = 6000: the points (a, K - a) whose root differs between the two
+    rules, each with every sign, decode bit-identically in the C reference and the Python decoder."""
+    D, K, b = 2, 6000, 3
+    lay = pvq_format.layout(D, K, b)
+    a = np.arange(K + 1, dtype=np.int64)
+    q = a * a + (K - a) ** 2
+    differs = a[np.sqrt(q.astype(np.float64)).astype(np.float32) != np.sqrt(q.astype(np.float32))]
+    assert len(differs) >= 32
+    a = np.resize(differs, 16 * 32)
+    y = np.stack([a, K - a], 1) * np.resize([[1, 1], [1, -1], [-1, 1], [-1, -1]], (len(a), 2))
+    R, G = 16, 32
+    rng = np.random.default_rng(0)
+    qz = pvq.Quantized(pvq.encode_index(torch.from_numpy(y), K).reshape(R, G),
+                       torch.from_numpy(rng.integers(0, 1 << b, (R, G))), torch.rand(R).half() + 0.5, D, K,
+                       torch.from_numpy(np.sort(rng.random(1 << b)).astype(np.float32)))
+    rows = pvq_format.pack_rows(qz.index, qz.code, lay)
+    ref = pvq.dequantize_matrix(qz).numpy()
+    out = kernels.codec(lay.type_id, qz.levels.numpy()).dequantize(rows, qz.scale.numpy().astype(np.float16), G * D,
+                                                                   "ref")
+    assert np.array_equal(out.view(np.uint32), ref.view(np.uint32))
+
+
 def test_rate_matches_the_bytes():
     for bits in pvq_presets.PRESETS:
         lay = pvq_presets.preset(bits)

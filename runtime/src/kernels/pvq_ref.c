@@ -10,7 +10,10 @@ float pvq_group_ref(const pvq_codec *c, const uint8_t *row, int64_t g, float sca
     int64_t q = 0;
     for (int i = 0; i < c->D; i++) q += (int64_t)y[i] * y[i];
     float gain = scale * c->levels[f & ((1u << c->gain_bits) - 1)];
-    return gain / sqrtf((float)q);
+    /* the square root of the exact integer q (< 2^32), correctly rounded to float: the double root of an
+     * exactly representable q, rounded once more, is that (53 >= 2 * 24 + 2 bits); (float)q is inexact for
+     * q > 2^24, i.e. once K > 4096. The fast kernels (K <= 127) may take sqrtf((float)q): the same value. */
+    return gain / (float)sqrt((double)q);
 }
 
 void pvq_dequantize_groups_ref(const pvq_codec *c, const uint8_t *row, int64_t g0, int64_t g1,
