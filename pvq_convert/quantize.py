@@ -103,10 +103,10 @@ class QuantOptions:
     method: Method
     calib: Path | None       # None: text the model generates itself (calib.generated_tokens)
     n_seq: int = 16
-    n_generated: int = 0     # with a calib file: how many of the n_seq sequences the model generates instead
     seq_len: int = 512
     seed: int = 0
     rotate: bool = True      # coherence processing (rotate.py) before quantizing
+    n_generated: int = 0     # with a calib file: how many of the n_seq sequences the model generates instead
     device: str = "cpu"      # where the model runs and the quantizers work (the PVQ search in Triton on CUDA)
 
     def tag(self) -> str:
