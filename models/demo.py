@@ -3,8 +3,8 @@ show what was kept: the F16 reference's and the PVQ file's greedy continuations 
 other, both files' sizes, and the PVQ file's KL divergence from the reference on text the calibration never saw.
 
 The conversion is the converter's default with `--calib` (Hessian-aware PVQ of every matrix, embedding
-included, calibrated on 8 x 512 tokens of the shared eval text's first half, then scale tuning; about 8
-minutes on 2 cores). Its output is kept in $PVQ_CACHE under a name that changes with the converter's inputs
+included, calibrated on 16 x 512 tokens of the shared eval text's first half, then scale tuning; about 13
+minutes on 2 cores; with 8 x 512 the continuation below degenerated into a loop). Its output is kept in $PVQ_CACHE under a name that changes with the converter's inputs
 (models/smollm2.py, pvq_gguf), so a second `make demo` only generates and scores."""
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def main() -> None:
     for label, path in (("F16 reference", paths.f16_gguf), ("PVQ 3.25", out)):
         print(f"\n--- {label}: {path.name}, {path.stat().st_size / 1e6:.1f} MB")
         cmd = ["pvqrun", "-m", str(path), "-p", PROMPT, "-n", str(N_PREDICT), "--temp", "0", "-t", "2"]
-        print("$ " + " ".join(cmd[:4]) + f" -p {PROMPT!r} " + " ".join(cmd[6:]), flush=True)
+        print("$ " + " ".join(cmd[:3]) + f" -p {PROMPT!r} " + " ".join(cmd[5:]), flush=True)
         subprocess.run(cmd, check=True)
     kld = held_out_kld(paths.f16_gguf, out)
     print(f"\nPVQ 3.25 against F16 on held-out text ({KLD_CHUNKS} chunks of 512 tokens of the eval text's second half, "
