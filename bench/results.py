@@ -18,15 +18,12 @@ runs skip it: run again after an interruption and it goes on where it stopped.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from models.smollm2 import CACHE, calibration_text, ensure
+from models.smollm2 import CACHE, calibration_text, ensure, pvq_gguf
 
 from bench.file_quality import TEXTS, file_scores
 
@@ -41,20 +38,10 @@ PEER = ("q2_k", "q3_k_s", "q3_k_m", "q4_0", "iq4_xs", "q4_k_m", "q5_k_m", "q6_k"
 ALL_ROWS = list(OURS) + list(PEER)
 
 
-def converted(name: str, cache: Path) -> tuple[Path, float | None]:
-    """The row's PVQ file (converted once per set of converter inputs) and the conversion's wall time."""
-    args = [str(calibration_text()) if a == CALIB else a for a in OURS[name]]
-    h = hashlib.sha256(" ".join(OURS[name]).encode())
-    for src in sorted((ROOT / "pvq_convert").glob("*.py")):
-        h.update(src.read_bytes())
-    path = cache / f"smollm2-{name}-{h.hexdigest()[:10]}.gguf"
-    if path.exists():
-        return path, None
-    tmp = path.with_suffix(".tmp.gguf")
-    t = time.time()
-    subprocess.run([sys.executable, "-m", "pvq_convert", str(ensure().hf_dir), *args, "-o", str(tmp)], check=True)
-    tmp.replace(path)
-    return path, time.time() - t
+def converted(name: str) -> Path:
+    """The row's PVQ file, converted once per set of converter inputs (models.smollm2.pvq_gguf's cache)."""
+    bits, *extra = OURS[name][1:]
+    return pvq_gguf(float(bits), tuple(str(calibration_text()) if a == CALIB else a for a in extra))
 
 
 def peer_file(name: str, cache: Path) -> Path:
@@ -87,16 +74,11 @@ def linear_bits(path: Path) -> float:
 def measure(name: str, args) -> dict:
     from pvq_convert.convert import checkpoint_parameters
     from pvq_convert.hf_model import open_model
-    seconds = None
-    if name in OURS:
-        path, seconds = converted(name, args.cache)
-    else:
-        path = peer_file(name, args.cache)
+    path = converted(name) if name in OURS else peer_file(name, args.cache)
     size = path.stat().st_size
     params = checkpoint_parameters(open_model(ensure().hf_dir))
     scores = file_scores(path, TEXTS, args.chunks)
     return {"file": path.name, "bytes": size, "bits_per_param": 8 * size / params, "bits_per_linear": linear_bits(path),
-            "convert_seconds": seconds,
             "texts": {t: {"kld": s.mean_kld, "ppl": s.ppl, "ppl_base": s.ppl_base, "same_top": s.same_top / s.n_tokens,
                           "tokens": s.n_tokens} for t, s in scores.items()}}
 
@@ -167,7 +149,7 @@ def main() -> None:
     ap.add_argument("--rows", default="all", help="comma-separated row names, or all")
     ap.add_argument("--chunks", type=int, default=40)
     ap.add_argument("--cache", type=Path, default=CACHE / "results-files",
-                    help="where rows (JSON) and the files are kept (default: %(default)s)")
+                    help="where rows (JSON) and llama.cpp's files are kept; PVQ files stay in models.smollm2's cache (default: %(default)s)")
     ap.add_argument("--no-write", action="store_true", help="do not rewrite docs/results.md and the plot")
     args = ap.parse_args()
     rows = ALL_ROWS if args.rows == "all" else args.rows.split(",")

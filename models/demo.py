@@ -32,33 +32,11 @@ def continuation(path: Path) -> tuple[str, list[int]]:
         return llm.detokenize(ids, prev_tokens=prompt).decode("utf-8", errors="replace"), ids
 
 
-def held_out_kld(base: Path, model: Path, chunks: int = KLD_CHUNKS) -> float:
-    """Mean KL(base || model) over llama-perplexity's chunks of 512 tokens of the eval text's second half,
-    both models run by the C runtime."""
-    import torch
-
-    from models import EVAL_TEXT
-    from pvq import Llama
-    from pvq_convert.eval import Tokenizer, chunks as make_chunks, score, split_text
-
-    text = split_text(EVAL_TEXT.read_text(encoding="utf-8"))[1]
-    llms = [Llama(str(p), n_ctx=512, n_batch=512, n_threads=2, logits_all=True, verbose=False) for p in (base, model)]
-    try:
-        with_bos = llms[0].tokenize(text.encode(), add_bos=True)
-        plain = llms[0].tokenize(text.encode(), add_bos=False)
-        bos = len(with_bos) > len(plain)
-        tok = Tokenizer(None, bos, with_bos[0] if bos else None)
-
-        def logits(llm):
-            def run(ids: list[int]) -> torch.Tensor:
-                llm.reset()
-                llm.eval(ids)
-                return torch.from_numpy(llm.scores[:len(ids)].copy())
-            return run
-        return score(logits(llms[1]), make_chunks(with_bos, 512, chunks, tok), logits(llms[0])).mean_kld
-    finally:
-        for llm in llms:
-            llm.close()
+def held_out_kld(model: Path) -> float:
+    """Mean KL(F16 || model) over KLD_CHUNKS of llama-perplexity's chunks of 512 tokens of the eval text's
+    second half (bench.file_quality: the file run by the C runtime, the reference by llama.cpp)."""
+    from bench.file_quality import file_scores
+    return file_scores(model, ("prose",), KLD_CHUNKS)["prose"].mean_kld
 
 
 def main() -> None:
@@ -71,7 +49,7 @@ def main() -> None:
         cmd = ["pvqrun", "-m", str(path), "-p", PROMPT, "-n", str(N_PREDICT), "--temp", "0", "-t", "2"]
         print("$ " + " ".join(cmd[:3]) + f" -p {PROMPT!r} " + " ".join(cmd[5:]), flush=True)
         subprocess.run(cmd, check=True)
-    kld = held_out_kld(paths.f16_gguf, out)
+    kld = held_out_kld(out)
     print(f"\nPVQ 3.25 against F16 on held-out text ({KLD_CHUNKS} chunks of 512 tokens of the eval text's second half, "
           f"which the calibration never read): KL divergence {kld:.4f}")
 
