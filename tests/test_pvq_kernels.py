@@ -169,3 +169,33 @@ def test_kernel_selection(kernels, isa):
     codec = kernels.codec(wide.type_id, np.arange(1, 33))
     L.pvq_select_kernels(codec.buf, isa_id, ctypes.byref(sel))
     assert sel.name.decode() == "ref" and not sel.matvec_q8
+
+
+@pytest.mark.parametrize("bits", [3.75, 4.25])
+def test_every_half_of_the_large_presets(kernels, bits):
+    """Too many indices to try them all, but every half is tried: for every split k1 and every index i < N(4, k)
+    of a half of k pulses, one index whose first half and one whose second half it is (the SIMD kernels decode
+    the halves by their closed forms, word and byte lanes, with a table-driven search)."""
+    import torch
+    lay = pvq_presets.preset(bits)
+    K, N = lay.K, pvq.pyramid_count
+    idx, cum = [], 0
+    for k1 in range(K + 1):
+        n1, n2 = N(4, k1), N(4, K - k1)
+        i1 = torch.arange(n1)
+        idx.append(cum + i1 * n2 + i1 % n2)            # every first half, some second half
+        i2 = torch.arange(n2)
+        idx.append(cum + (i2 % n1) * n2 + i2)          # every second half
+        cum += n1 * n2
+    idx = torch.cat(idx)
+    n = 4096
+    per_row = n // 8
+    idx = torch.cat([idx, torch.zeros((-len(idx)) % per_row, dtype=idx.dtype)])   # whole rows
+    rows = len(idx) // per_row
+    code = idx % (1 << lay.gain_bits)
+    packed = pvq_format.pack_rows(idx.view(rows, -1), code.view(rows, -1), lay)
+    c = kernels.codec(lay.type_id, pvq_gain.gain_levels(n, 8, lay.gain_bits).numpy())
+    scales = np.ones(rows, dtype=np.float16)
+    ref = c.dequantize(packed, scales, n, "ref")
+    for k in [k for k in ("scalar", "avx2", "avx512") if getattr(kernels, k)]:
+        assert np.array_equal(c.dequantize(packed, scales, n, k).view(np.uint32), ref.view(np.uint32)), k

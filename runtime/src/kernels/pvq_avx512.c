@@ -1,12 +1,13 @@
-/* AVX-512 (F, BW, VL, VBMI, VNNI) kernels of the PVQ type for D == 8 (codec->fast): sixteen groups
+/* AVX-512 (F, BW, VL, VBMI, VNNI) kernels of the PVQ type for D == 8 and K <= PVQ_ARITH_MAX_K (codec->fast->arith;
+ * other layouts run the table-driven scalar kernels): sixteen groups
  * per step, one per 32-bit lane, no scalar work.
  *
  * Fields: one masked load and one vpermb place each field's bytes in its lane (a dword when every
  * field fits one after its bit offset, else a qword per field, eight per chunk), then a variable
  * shift and a mask.  The split k1 is a binary search in the cumulative table held in registers
  * (vpermd / vpermi2d), every per-k1 constant is a register permute, the division is a float
- * reciprocal product with one correction (quotients < 2^16), the halves are two gathers from the
- * 4-dim point table (int8 x 4), ||y||^2 is two vpdpbusd; float dots take 1/||y|| from rsqrt14 and a
+ * reciprocal product with one correction (quotients < 2^16), the halves come from the enumeration's
+ * closed forms in word and byte lanes (halves16: no table, no gather), ||y||^2 is two vpdpbusd; float dots take 1/||y|| from rsqrt14 and a
  * Newton step instead of the format's sqrt and divide.
  * Outputs: floats (dequantize: bit-identical to pvq_ref.c), a float dot (up to summation order), or
  * an integer dot with Q8 activations (pvq_quantize_x_q8), where the point bytes meet the activation
@@ -18,13 +19,13 @@
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline))
 
-/* A table of ntab (power of two) 32-bit entries, in registers when it has <= 32. */
-typedef struct { __m512i a, b; const void *t; } table;
+/* A table of ntab (16 or 32) 32-bit entries in registers. */
+typedef struct { __m512i a, b; } table;
 
 TARGET INLINE table table_load(const void *t, int ntab)
 {
     table r = { _mm512_loadu_si512(t), ntab > 16 ? _mm512_loadu_si512((const uint32_t *)t + 16)
-                                                 : _mm512_setzero_si512(), t };
+                                                 : _mm512_setzero_si512() };
     return r;
 }
 
@@ -32,14 +33,15 @@ TARGET INLINE table table_load(const void *t, int ntab)
 TARGET INLINE __m512i lookup(const table *t, __m512i k, int ntab)
 {
     if (ntab <= 16) return _mm512_permutexvar_epi32(k, t->a);
-    if (ntab <= 32) return _mm512_permutex2var_epi32(t->a, k, t->b);
-    return _mm512_i32gather_epi32(k, t->t, 4);
+    return _mm512_permutex2var_epi32(t->a, k, t->b);
 }
 
 typedef struct {
-    table cum, n2, inv, lo, hi, levels;
+    table cum, n2, inv, levels;
     __m512i perm, shift, field_mask, perm32, shift32, field_mask32, code_mask;
-    const int *lut;
+    __m512i K, tri, sq, recip, pair_bytes, lo_bytes, hi_bytes;
+    const float *level_list;
+    const uint16_t *cum4;
     int W, b;
 } kernel;
 
@@ -49,9 +51,8 @@ TARGET INLINE void kernel_init(kernel *k, const pvq_codec *c)
     k->cum = table_load(f->cum, f->ntab);
     k->n2 = table_load(f->n2, f->ntab);
     k->inv = table_load(f->inv_n2, f->ntab);
-    k->lo = table_load(f->base_lo, f->ntab);
-    k->hi = table_load(f->base_hi, f->ntab);
     k->levels = table_load(c->levels, 1 << c->gain_bits < 16 ? 16 : 1 << c->gain_bits);
+    k->level_list = c->levels;
     k->perm = _mm512_loadu_si512(f->field_perm);
     k->shift = _mm512_loadu_si512(f->field_shift);
     k->field_mask = _mm512_set1_epi64((long long)((UINT64_C(1) << c->field_bits) - 1));
@@ -60,7 +61,23 @@ TARGET INLINE void kernel_init(kernel *k, const pvq_codec *c)
     k->field_mask32 = _mm512_set1_epi32((int)((UINT64_C(1) << (c->field_bits & 31)) - 1 +
                                               (c->field_bits == 32 ? UINT64_C(0xFFFFFFFF) : 0)));
     k->code_mask = _mm512_set1_epi32((1 << c->gain_bits) - 1);
-    k->lut = (const int *)f->lut4;
+    k->K = _mm512_set1_epi32(c->K);
+    k->tri = _mm512_loadu_si512(f->tri);
+    k->sq = _mm512_loadu_si512(f->sq);
+    k->recip = _mm512_loadu_si512(f->recip);
+    k->cum4 = f->cum4;
+    uint8_t pair[64], lo[64], hi[64];
+    for (int p = 0; p < 64; p++) pair[p] = (uint8_t)(p < 32 ? 2 * p : 64 + 2 * (p - 32));
+    for (int g = 0; g < 16; g++)
+        for (int h = 0; h < 2; h++) {
+            uint8_t *o = h ? hi : lo;
+            int w = 2 * g + h;      /* the half's word lane; its pairs sit in bytes w and 32 + w */
+            o[4 * g] = (uint8_t)w; o[4 * g + 1] = (uint8_t)(64 + w);
+            o[4 * g + 2] = (uint8_t)(32 + w); o[4 * g + 3] = (uint8_t)(96 + w);
+        }
+    k->pair_bytes = _mm512_loadu_si512(pair);
+    k->lo_bytes = _mm512_loadu_si512(lo);
+    k->hi_bytes = _mm512_loadu_si512(hi);
     k->W = c->field_bits;
     k->b = c->gain_bits;
 }
@@ -110,12 +127,88 @@ TARGET INLINE void fields16(const kernel *k, const uint8_t *p, int64_t nb, int n
                                                 _mm512_cvtepi64_epi32(f1), 1), k->code_mask);
 }
 
-/* Sixteen groups at p: halves lo/hi (int8 x 4 per lane), their absolute values, weight scales s. */
-TARGET INLINE void decode16(const kernel *k, const uint8_t *p, int64_t nb, float scale, int ntab, int nlev, int narrow,
-                            int exact_div, int exact, __m512i *lo, __m512i *hi, __m512i *alo, __m512i *ahi, __m512 *s)
+/* Words t[idx] of a table of T words (16, 32, 64 or 128) at t, idx < T. */
+TARGET INLINE __m512i table_words(const uint16_t *t, int T, __m512i idx)
 {
-    __m512i idx, code;
-    fields16(k, p, nb, narrow, &idx, &code);
+    if (T <= 32) return _mm512_permutexvar_epi16(idx, _mm512_loadu_si512(t));
+    __m512i v = _mm512_permutex2var_epi16(_mm512_loadu_si512(t), idx, _mm512_loadu_si512(t + 32));
+    if (T == 64) return v;
+    __m512i w = _mm512_permutex2var_epi16(_mm512_loadu_si512(t + 64), idx, _mm512_loadu_si512(t + 96));
+    return _mm512_mask_mov_epi16(v, _mm512_test_epi16_mask(idx, _mm512_set1_epi16(64)), w);
+}
+
+/* The halves of sixteen groups from their pulse counts and indices (k1, i1 = q, i2 = rem; dword lanes) by the
+ * enumeration's closed forms, as int8 x 4 per lane (lo: coordinates 0-3, hi: 4-7).  The halves work in 32
+ * word lanes (2g + h: half h of group g), their pairs in 64 byte lanes (w: a half's first pair, 32 + w: its
+ * second).  ntab: pvq_fast8.ntab (16 or 32). */
+#define EACH for (int u = 0; u < U; u++)
+
+TARGET INLINE void halves16(const kernel *k, int U, const __m512i *k1, const __m512i *i1, const __m512i *i2, int ntab,
+                            __m512i *lo, __m512i *hi)
+{
+    const __m512i zero = _mm512_setzero_si512();
+    __m512i kh[2], i[2], m[2], cum[2], r[2], d[2], x[2], ja[2], jr[2], jb[2], n[2], j[2], t[2], a[2], y1[2], y2[2];
+    EACH kh[u] = _mm512_or_si512(k1[u], _mm512_slli_epi32(_mm512_sub_epi32(k->K, k1[u]), 16));   /* pulses */
+    EACH i[u] = _mm512_or_si512(i1[u], _mm512_slli_epi32(i2[u], 16));                            /* index */
+    /* m, the first pair's pulses: the largest m <= k with cum4(k, m) <= i (binary, from the pvq_fast8.cum4
+     * tables, then from cum4(k, m) = 4k + 16 (k tri[m] - sq[m]) for 1 <= m <= k) */
+    EACH m[u] = cum[u] = zero;
+    const uint16_t *tab = k->cum4;
+#pragma GCC unroll 5
+    for (int js = 0, step = ntab / 2; step; js++, step >>= 1) {
+        __m512i cand[2], c[2];
+        __mmask32 ok[2];
+        EACH cand[u] = _mm512_add_epi16(m[u], _mm512_set1_epi16((short)step));
+        if ((ntab << js) <= 128) {                 /* the steps pvq_fast8.cum4 has tables for */
+            EACH c[u] = table_words(tab, ntab << js, _mm512_or_si512(_mm512_slli_epi16(m[u], js), kh[u]));
+            EACH ok[u] = _mm512_cmple_epu16_mask(c[u], i[u]);
+            tab += ntab << js;
+        } else {
+            EACH c[u] = _mm512_sub_epi16(_mm512_mullo_epi16(kh[u], _mm512_permutexvar_epi16(cand[u], k->tri)),
+                                         _mm512_permutexvar_epi16(cand[u], k->sq));
+            EACH c[u] = _mm512_add_epi16(_mm512_slli_epi16(kh[u], 2), _mm512_slli_epi16(c[u], 4));
+            EACH ok[u] = _mm512_mask_cmple_epu16_mask(_mm512_cmple_epu16_mask(cand[u], kh[u]), c[u], i[u]);
+        }
+        EACH m[u] = _mm512_mask_mov_epi16(m[u], ok[u], cand[u]);
+        EACH cum[u] = _mm512_mask_mov_epi16(cum[u], ok[u], c[u]);
+    }
+    EACH r[u] = _mm512_sub_epi16(i[u], cum[u]);
+    /* r = ja N(2, d) + jb for the second pair's d = k - m pulses: N(2, 0) = 1, else 4d, so for d >= 1
+     * ja = (r >> 2) / d and jb = 4 ((r >> 2) % d) + (r & 3) */
+    EACH d[u] = _mm512_sub_epi16(kh[u], m[u]);
+    EACH x[u] = _mm512_srli_epi16(r[u], 2);
+    EACH ja[u] = _mm512_mulhi_epu16(x[u], _mm512_permutexvar_epi16(d[u], k->recip));  /* floor(x / d) or one less */
+    EACH jr[u] = _mm512_sub_epi16(x[u], _mm512_mullo_epi16(ja[u], d[u]));
+    EACH {
+        __mmask32 over = _mm512_cmpge_epu16_mask(jr[u], d[u]), dz = _mm512_testn_epi16_mask(d[u], d[u]);
+        ja[u] = _mm512_mask_mov_epi16(_mm512_mask_add_epi16(ja[u], over, ja[u], _mm512_set1_epi16(1)), dz, r[u]);
+        jr[u] = _mm512_mask_sub_epi16(jr[u], over, jr[u], d[u]);
+        jb[u] = _mm512_maskz_mov_epi16(~dz, _mm512_or_si512(_mm512_slli_epi16(jr[u], 2),
+                                                            _mm512_and_si512(r[u], _mm512_set1_epi16(3))));
+    }
+    /* the point of P(2, n) with index j - 2: t = j >> 2 pulses first and a = n - t second; signs j & 2 and
+     * j & 1, except that (t, 0) takes its sign from j & 1 (index < 2: (0, +-n); (+-n, 0) last) */
+    EACH n[u] = _mm512_permutex2var_epi8(m[u], k->pair_bytes, d[u]);
+    EACH j[u] = _mm512_add_epi8(_mm512_permutex2var_epi8(ja[u], k->pair_bytes, jb[u]), _mm512_set1_epi8(2));
+    EACH t[u] = _mm512_and_si512(_mm512_srli_epi16(j[u], 2), _mm512_set1_epi8(0x3F));
+    EACH a[u] = _mm512_sub_epi8(n[u], t[u]);
+    EACH {
+        __mmask64 s2 = _mm512_test_epi8_mask(j[u], _mm512_set1_epi8(1));
+        __mmask64 s1 = _mm512_test_epi8_mask(j[u], _mm512_set1_epi8(2)) | (s2 & _mm512_testn_epi8_mask(a[u], a[u]));
+        y1[u] = _mm512_mask_sub_epi8(t[u], s1, zero, t[u]);
+        y2[u] = _mm512_mask_sub_epi8(a[u], s2, zero, a[u]);
+    }
+    EACH lo[u] = _mm512_permutex2var_epi8(y1[u], k->lo_bytes, y2[u]);
+    EACH hi[u] = _mm512_permutex2var_epi8(y1[u], k->hi_bytes, y2[u]);
+}
+
+/* The split of sixteen groups' indices at p into halves: k1 (pulses of the first half), their indices q and rem,
+ * and the gain codes. */
+TARGET INLINE void split16(const kernel *k, const uint8_t *p, int64_t nb, int ntab, int narrow, int exact_div,
+                           __m512i *k1_out, __m512i *q_out, __m512i *rem_out, __m512i *code)
+{
+    __m512i idx;
+    fields16(k, p, nb, narrow, &idx, code);
     /* k1 = largest j with cum[j] <= idx (cum[0] = 0; entries past K exceed every index). */
     __m512i k1 = _mm512_setzero_si512();
 #pragma GCC unroll 8
@@ -141,21 +234,41 @@ TARGET INLINE void decode16(const kernel *k, const uint8_t *p, int64_t nb, float
         q = _mm512_mask_add_epi32(q, over, q, _mm512_set1_epi32(1));
         rem = _mm512_mask_sub_epi32(rem, over, rem, n2);
     }
+    *k1_out = k1;
+    *q_out = q;
+    *rem_out = rem;
+}
 
-    *lo = _mm512_i32gather_epi32(_mm512_add_epi32(lookup(&k->lo, k1, ntab), q), k->lut, 4);
-    *hi = _mm512_i32gather_epi32(_mm512_add_epi32(lookup(&k->hi, k1, ntab), rem), k->lut, 4);
-    *alo = _mm512_abs_epi8(*lo);                                  /* |y| <= 127 */
-    *ahi = _mm512_abs_epi8(*hi);
-    __m512i sq = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), *alo, *alo), *ahi, *ahi);
-    __m512 gain = _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_castsi512_ps(lookup(&k->levels, code, nlev)));
+/* The weight scales s of sixteen groups from their points' absolute values and gain codes. */
+TARGET INLINE __m512 scales16(const kernel *k, __m512i alo, __m512i ahi, __m512i code, float scale, int nlev, int exact)
+{
+    __m512i sq = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), alo, alo), ahi, ahi);
+    __m512 level = nlev <= 32 ? _mm512_castsi512_ps(lookup(&k->levels, code, nlev))
+                              : _mm512_i32gather_ps(code, k->level_list, 4);     /* b >= 6: not a preset */
+    __m512 gain = _mm512_mul_ps(_mm512_set1_ps(scale), level);
     __m512 qf = _mm512_cvtepi32_ps(sq);
-    if (exact) {                     /* the format's rounding: gain / sqrtf(q) */
-        *s = _mm512_div_ps(gain, _mm512_sqrt_ps(qf));
-    } else {                         /* dots: 1/sqrt(q) to ~1 ulp by rsqrt14 and one Newton step */
-        __m512 r = _mm512_rsqrt14_ps(qf);
-        __m512 hqr = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), qf), r);
-        r = _mm512_mul_ps(r, _mm512_fnmadd_ps(hqr, r, _mm512_set1_ps(1.5f)));
-        *s = _mm512_mul_ps(gain, r);
+    if (exact)                       /* the format's rounding: gain / sqrtf(q) */
+        return _mm512_div_ps(gain, _mm512_sqrt_ps(qf));
+    /* dots: 1/sqrt(q) to ~1 ulp by rsqrt14 and one Newton step */
+    __m512 r = _mm512_rsqrt14_ps(qf);
+    __m512 hqr = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), qf), r);
+    r = _mm512_mul_ps(r, _mm512_fnmadd_ps(hqr, r, _mm512_set1_ps(1.5f)));
+    return _mm512_mul_ps(gain, r);
+}
+
+/* U (1 or 2) steps of sixteen groups, the u-th at p + 2 W u: halves lo/hi (int8 x 4 per lane), their absolute
+ * values, weight scales s.  Two steps decode side by side, so that the core has two independent chains. */
+TARGET INLINE void decode16(const kernel *k, int U, const uint8_t *p, int64_t nb, float scale, int ntab, int nlev,
+                            int narrow, int exact_div, int exact, __m512i *lo, __m512i *hi, __m512i *alo, __m512i *ahi,
+                            __m512 *s)
+{
+    __m512i k1[2], q[2], rem[2], code[2];
+    EACH split16(k, p + 2 * k->W * u, nb - 2 * k->W * u, ntab, narrow, exact_div, &k1[u], &q[u], &rem[u], &code[u]);
+    halves16(k, U, k1, q, rem, ntab, lo, hi);
+    EACH {
+        alo[u] = _mm512_abs_epi8(lo[u]);                              /* |y| <= 127 */
+        ahi[u] = _mm512_abs_epi8(hi[u]);
+        s[u] = scales16(k, alo[u], ahi[u], code[u], scale, nlev, exact);
     }
 }
 
@@ -202,33 +315,35 @@ TARGET INLINE float sum_lanes8(__m256 acc)
 }
 
 /* One step of ng <= 16 groups whose fields start at p, avail bytes before the row's end (DOT_Q8: ng is 8 or
- * 16, into acc8; the others into acc0, acc1). */
-TARGET INLINE void step(const kernel *k, const uint8_t *p, int64_t avail, int64_t g0, int64_t ng, float scale,
+ * 16, into acc8, or U = 2 steps of 16; the others into acc0, acc1). */
+TARGET INLINE void step(const kernel *k, int U, const uint8_t *p, int64_t avail, int64_t g0, int64_t ng, float scale,
                         const float *x, const int8_t *xq, const float *xs, float *out,
                         int ntab, int nlev, int narrow, int exact_div, enum op op, __m512 *acc0, __m512 *acc1,
                         __m256 *acc8)
 {
-    __m512i lo, hi, alo, ahi;
-    __m512 s;
-    decode16(k, p, avail, scale, ntab, nlev, narrow, exact_div, op != DOT, &lo, &hi, &alo, &ahi, &s);
-    if (ng < 16) s = _mm512_maskz_mov_ps((__mmask16)((1u << ng) - 1), s);   /* padding adds nothing */
+    __m512i lo[2], hi[2], alo[2], ahi[2];
+    __m512 s[2];
+    decode16(k, U, p, avail, scale, ntab, nlev, narrow, exact_div, op != DOT, lo, hi, alo, ahi, s);
     if (op == DOT_Q8) {
-        const int8_t *xp = xq + g0 * 8;
-        /* y . x = |y| . (sign(y) x): vpdpbusd multiplies unsigned by signed bytes. */
-        __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), alo, sign_of(_mm512_loadu_si512(xp), lo));
-        d = _mm512_dpbusd_epi32(d, ahi, sign_of(_mm512_loadu_si512(xp + 64), hi));
-        /* the reference's order (pvq_codec.h): the step's two chunks of 8 into the same 8 lanes, in turn */
-        __m512 df = _mm512_cvtepi32_ps(d), m = _mm512_mul_ps(s, _mm512_set1_ps(xs[g0 / 16]));
-        *acc8 = _mm256_fmadd_ps(_mm512_castps512_ps256(df), _mm512_castps512_ps256(m), *acc8);
-        if (ng > 8)
-            *acc8 = _mm256_fmadd_ps(upper8(df), upper8(m), *acc8);
+        EACH {
+            const int8_t *xp = xq + (g0 + 16 * u) * 8;
+            /* y . x = |y| . (sign(y) x): vpdpbusd multiplies unsigned by signed bytes. */
+            __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), alo[u], sign_of(_mm512_loadu_si512(xp), lo[u]));
+            d = _mm512_dpbusd_epi32(d, ahi[u], sign_of(_mm512_loadu_si512(xp + 64), hi[u]));
+            /* the reference's order (pvq_codec.h): the step's two chunks of 8 into the same 8 lanes, in turn */
+            __m512 df = _mm512_cvtepi32_ps(d), m = _mm512_mul_ps(s[u], _mm512_set1_ps(xs[g0 / 16 + u]));
+            *acc8 = _mm256_fmadd_ps(_mm512_castps512_ps256(df), _mm512_castps512_ps256(m), *acc8);
+            if (U == 2 || ng > 8)
+                *acc8 = _mm256_fmadd_ps(upper8(df), upper8(m), *acc8);
+        }
         return;
     }
+    if (ng < 16) s[0] = _mm512_maskz_mov_ps((__mmask16)((1u << ng) - 1), s[0]);   /* padding adds nothing */
 #pragma GCC unroll 8
     for (int t = 0; t < 8; t++) {
         if (2 * t >= ng) break;
         const __mmask16 m = 2 * t + 1 < ng ? 0xFFFF : 0x00FF;
-        __m512 w = pair_weights(lo, hi, s, t);
+        __m512 w = pair_weights(lo[0], hi[0], s[0], t);
         if (op == DEQUANTIZE)
             _mm512_mask_storeu_ps(out + (g0 + 2 * t) * 8, m, w);
         else if (t & 1)
@@ -259,24 +374,28 @@ TARGET INLINE void rows_kernel(const pvq_codec *c, const uint8_t *data, size_t r
         __m256 acc8 = _mm256_setzero_ps();
         if (op == DOT_Q8) { /* whole chunks of 8 in steps, the rest as the reference adds it */
             const int64_t whole = G / 8 * 8;
-            for (int64_t g0 = 0; g0 < whole; g0 += 16)
-                step(&k, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, whole - g0 < 16 ? 8 : 16, sc, x, xq, xs, o, ntab,
+            int64_t g0 = 0;
+            for (; g0 + 32 <= whole; g0 += 32)
+                step(&k, 2, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, 16, sc, x, xq, xs, o, ntab, nlev, narrow,
+                     exact_div, op, &acc0, &acc1, &acc8);
+            for (; g0 < whole; g0 += 16)
+                step(&k, 1, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, whole - g0 < 16 ? 8 : 16, sc, x, xq, xs, o, ntab,
                      nlev, narrow, exact_div, op, &acc0, &acc1, &acc8);
             y[r] = sum_lanes8(acc8) + pvq_dot_groups_q8_ref(c, row, whole, G, sc, xq, xs);
             continue;
         }
         int64_t g0 = 0;
         for (; g0 + 32 <= G; g0 += 32) {
-            step(&k, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, 16, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div, op,
+            step(&k, 1, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, 16, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div, op,
                  &acc0, &acc1, &acc8);
-            step(&k, row + (g0 + 16) / 8 * k.W, (G - g0 - 16) * k.W / 8, g0 + 16, 16, sc, x, xq, xs, o, ntab, nlev, narrow,
+            step(&k, 1, row + (g0 + 16) / 8 * k.W, (G - g0 - 16) * k.W / 8, g0 + 16, 16, sc, x, xq, xs, o, ntab, nlev, narrow,
                  exact_div, op, &acc1, &acc0, &acc8);
         }
         for (; g0 + 16 <= G; g0 += 16)
-            step(&k, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, 16, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div, op,
+            step(&k, 1, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, 16, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div, op,
                  &acc0, &acc1, &acc8);
         if (g0 < G)
-            step(&k, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, G - g0, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div, op,
+            step(&k, 1, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, G - g0, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div, op,
                  &acc0, &acc1, &acc8);
         if (op != DEQUANTIZE) y[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
     }
@@ -309,20 +428,21 @@ TARGET static void rows_any(const pvq_codec *c, const uint8_t *data, size_t row_
     if (ntab == 32 && nlev <= 16) ROWS(32, 16, 0, 0);
     if (ntab == 16 && nlev <= 32) ROWS(16, 32, 0, 0);
     if (ntab == 32 && nlev <= 32) ROWS(32, 32, 0, 0);
-    ROWS(ntab, 256, 0, 0);
+    if (ntab == 16) ROWS(16, 256, 0, 0);
+    ROWS(32, 256, 0, 0);
 #undef ROWS
 }
 
 void pvq_dequantize_row_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, float *out)
 {
-    if (!c->fast) pvq_dequantize_row_ref(c, row, scale, n, out);
+    if (!c->fast || !c->fast->arith) pvq_dequantize_row_scalar(c, row, scale, n, out);
     else rows_any(c, row, 0, 1, NULL, scale, n, NULL, NULL, NULL, out, NULL, DEQUANTIZE);
 }
 
 float pvq_dot_row_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, const float *x)
 {
     float y;
-    if (!c->fast) return pvq_dot_row_ref(c, row, scale, n, x);
+    if (!c->fast || !c->fast->arith) return pvq_dot_row_scalar(c, row, scale, n, x);
     rows_any(c, row, 0, 1, NULL, scale, n, x, NULL, NULL, NULL, &y, DOT);
     return y;
 }
@@ -331,7 +451,7 @@ float pvq_dot_row_q8_avx512(const pvq_codec *c, const uint8_t *row, float scale,
                             const int8_t *xq, const float *xs)
 {
     float y;
-    if (!c->fast) return pvq_dot_row_q8_ref(c, row, scale, n, xq, xs);
+    if (!c->fast || !c->fast->arith) return pvq_dot_row_q8_scalar(c, row, scale, n, xq, xs);
     rows_any(c, row, 0, 1, NULL, scale, n, NULL, xq, xs, NULL, &y, DOT_Q8);
     return y;
 }
@@ -339,6 +459,6 @@ float pvq_dot_row_q8_avx512(const pvq_codec *c, const uint8_t *row, float scale,
 void pvq_matvec_q8_avx512(const pvq_codec *c, const uint8_t *data, const uint16_t *scales_f16, int64_t rows,
                           int64_t n, const int8_t *xq, const float *xs, float *y)
 {
-    if (!c->fast) pvq_matvec_q8_ref(c, data, scales_f16, rows, n, xq, xs, y);
+    if (!c->fast || !c->fast->arith) pvq_matvec_q8_scalar(c, data, scales_f16, rows, n, xq, xs, y);
     else rows_any(c, data, pvq_row_bytes(c, n), rows, scales_f16, 0.0f, n, NULL, xq, xs, NULL, y, DOT_Q8);
 }

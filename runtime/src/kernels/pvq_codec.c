@@ -189,6 +189,22 @@ static pvq_fast8 *build_fast8(const pvq_codec *c)
         f->field_shift32[j] = (uint32_t)shift;
         for (int t = 0; t < 4; t++) f->field_perm32[4 * j + t] = (uint8_t)(byte + t < 64 ? byte + t : 63);
     }
+    f->arith = K <= PVQ_ARITH_MAX_K;
+    for (int m = 0; m < 32; m++) {
+        f->tri[m] = (uint16_t)(m * (m - 1) / 2);
+        f->sq[m] = (uint16_t)((m - 1) * m * (2 * m - 1) / 6);
+        f->recip[m] = (uint16_t)(m == 0 ? 0 : m == 1 ? 65535 : 65536 / m);
+    }
+    for (int j = 0, off = 0; f->arith && f->ntab << j <= 128; j++, off += f->ntab << (j - 1)) {
+        int step = f->ntab / 2 >> j;
+        for (int pm = 0; pm < 1 << j; pm++)
+            for (int k = 0; k < f->ntab; k++) {
+                int cand = pm * 2 * step + step;
+                uint64_t cum = 0;
+                for (int m = 0; m < cand && cand <= k && k <= K; m++) cum += N(c, 2, m) * N(c, 2, k - m);
+                f->cum4[off + pm * f->ntab + k] = (uint16_t)(cand <= k && k <= K ? cum : 0xFFFF);
+            }
+    }
     free(base4);
     return f;
 fail:

@@ -22,7 +22,8 @@
 #define PVQ_MAX_FIELD_BITS  56
 
 /* Tables of the D == 8 fast path: the split of a group into halves of 4, and every point of
- * P(4, k), k <= K, as four int8 in one uint32 (byte j = coordinate j). */
+ * P(4, k), k <= K, as four int8 in one uint32 (byte j = coordinate j; the AVX2 and scalar kernels read
+ * it, the AVX-512 ones decode the halves by their closed forms instead). */
 typedef struct pvq_fast8 {
     int ntab;                 /* table entries: the power of two >= max(16, K + 2) */
     uint32_t *cum;            /* cum[k1]  = sum_{j < k1} N(4,j) N(4,K-j);  cum[j > K] = 2^31 - 1 */
@@ -52,7 +53,18 @@ typedef struct pvq_fast8 {
     int avx2_narrow, avx2_base1;
     uint8_t avx2_shuf[32];
     uint32_t avx2_shift[8];
+    /* The halves by their closed forms (the SIMD kernels, K <= PVQ_ARITH_MAX_K: every count of a half fits
+     * 16 bits).  A half of k pulses with index i splits into pairs of m and k - m pulses, where m is the
+     * largest with cum4(k, m) <= i: cum4(k, 0) = 0, cum4(k, m) = 4k + 16 (k tri[m] - sq[m]) for 1 <= m <= k;
+     * recip[d] = floor(2^16 / d) (65535 for d = 1) divides by d with one correction.  The search for m is
+     * binary, its first steps from tables: step j (candidate m + (ntab / 2 >> j)) while ntab << j <= 128 reads
+     * table j of ntab << j words at offset ntab (2^j - 1), indexed by (m << j) | k, whose entry is
+     * cum4(k, candidate), or 0xFFFF where the candidate exceeds k; later steps evaluate the formula. */
+    int arith;
+    uint16_t tri[32], sq[32], recip[32];
+    uint16_t cum4[240];
 } pvq_fast8;
+#define PVQ_ARITH_MAX_K 29
 
 typedef struct pvq_codec {
     int D, K, gain_bits;
@@ -111,7 +123,8 @@ void pvq_dequantize_row_scalar(const pvq_codec *c, const uint8_t *row, float sca
 float pvq_dot_row_scalar(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, const float *x);
 
 /* AVX2 kernels (pvq_avx2.c) and AVX-512 VBMI kernels (pvq_avx512.c) for codecs with a fast path
- * (c->fast != NULL; without one they run the reference); same results as the reference:
+ * (c->fast != NULL; without one they run the reference; the AVX-512 ones need c->fast->arith too, else they
+ * run the table-driven scalar kernels); same results as the reference:
  * dequantize bit-identical, dot up to rounding.  The CPU must run their kernel set (isa_cpu_supports). */
 void pvq_dequantize_row_avx2(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, float *out);
 float pvq_dot_row_avx2(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, const float *x);
