@@ -519,7 +519,8 @@ def torch_greedy(pvq_pair):
 def _assert_near_tie(rt, tm, ids, shared, mine, theirs, prompt):
     """Where the continuations part (after the prompt ids and the shared tokens), the two tokens must be the
     torch model's top two and its margin between them smaller than the largest difference of the two
-    sides' logits on that row: a tie that int8 activations may break either way, not a wrong token."""
+    sides' logits on that row: a tie that int8 activations may break either way, not a wrong token.
+    Returns the torch margin."""
     import torch
     rt.reset()
     row = rt.eval(ids)[-1]
@@ -533,6 +534,11 @@ def _assert_near_tie(rt, tm, ids, shared, mine, theirs, prompt):
         f"{prompt!r}: parts at token {len(shared)}, torch margin {margin:.3f} > logit spread {spread:.3f}"
     print(f"{prompt!r}: parts at token {len(shared)}, a near-tie (torch margin {margin:.3f}, logit spread "
           f"{spread:.3f})")
+    return margin
+
+
+# The largest torch logit margin at which float32-activation greedy paths may part (float rounding only).
+F32_TIE = 0.005
 
 
 @pytest.fixture(params=cpu_isas())
@@ -560,8 +566,11 @@ def test_greedy_matches_converter_torch_model(pvq_pair, pvq_smollm2, torch_greed
             mine = rt.greedy(ids, N_GREEDY)
             first = next((i for i in range(N_GREEDY) if mine[i] != theirs[i]), None)
             if first is not None:
-                _assert_near_tie(rt, pvq_pair[1], ids, theirs[:first], mine[first], theirs[first], prompt)
-                assert mode != "f32", f"{prompt!r}: float32 activations part from the torch model at token {first}"
+                margin = _assert_near_tie(rt, pvq_pair[1], ids, theirs[:first], mine[first], theirs[first], prompt)
+                # float32 activations are the torch model's arithmetic up to rounding: only an exact-looking tie
+                # (seen: torch margin 0.001 on an AVX-512 machine, where torch sums in other orders) may part them
+                assert mode != "f32" or margin < F32_TIE, \
+                    f"{prompt!r}: float32 activations part from the torch model at token {first} (margin {margin:.4f})"
     finally:
         if mode != "native":
             rt.close()
