@@ -105,6 +105,19 @@ def test_q8_dot(kernels, K, b):
             assert np.array_equal(got.astype(np.float32).view(np.uint32), ref.astype(np.float32).view(np.uint32)), kind
 
 
+def assert_indices_decode_alike(kernels, lay, idx, n=4096):
+    """Shape indices idx (a multiple of n / 8 of them, in rows of n weights, gain code idx mod 2^b) decode
+    bit-identically in the reference and in every kernel set the CPU runs."""
+    rows = len(idx) * 8 // n
+    code = idx % (1 << lay.gain_bits)
+    packed = pvq_format.pack_rows(idx.view(rows, -1), code.view(rows, -1), lay)
+    c = kernels.codec(lay.type_id, pvq_gain.gain_levels(n, 8, lay.gain_bits).numpy())
+    scales = np.ones(rows, dtype=np.float16)
+    ref = c.dequantize(packed, scales, n, "ref")
+    for k in [k for k in ("scalar", "avx2", "avx512") if getattr(kernels, k)]:
+        assert np.array_equal(c.dequantize(packed, scales, n, k).view(np.uint32), ref.view(np.uint32)), k
+
+
 @pytest.mark.parametrize("bits", [2.25, 3.25])
 def test_every_index_of_the_small_presets(kernels, bits):
     """Every shape index of the preset decodes identically in the optimized kernels (the float
@@ -112,18 +125,9 @@ def test_every_index_of_the_small_presets(kernels, bits):
     import torch
     lay = pvq_presets.preset(bits)
     N = pvq.pyramid_count(lay.D, lay.K)
-    n, rows_per_chunk = 4096, 128
-    per_chunk = rows_per_chunk * n // 8
-    c = kernels.codec(lay.type_id, pvq_gain.gain_levels(n, 8, lay.gain_bits).numpy())
-    kinds = [k for k in ("scalar", "avx2", "avx512") if getattr(kernels, k)]
+    per_chunk = 128 * 4096 // 8
     for start in range(0, N, per_chunk):
-        idx = torch.arange(start, start + per_chunk) % N
-        code = idx % (1 << lay.gain_bits)
-        rows = pvq_format.pack_rows(idx.view(rows_per_chunk, -1), code.view(rows_per_chunk, -1), lay)
-        scales = np.ones(rows_per_chunk, dtype=np.float16)
-        ref = c.dequantize(rows, scales, n, "ref")
-        for k in kinds:
-            assert np.array_equal(c.dequantize(rows, scales, n, k).view(np.uint32), ref.view(np.uint32)), k
+        assert_indices_decode_alike(kernels, lay, torch.arange(start, start + per_chunk) % N)
 
 
 def test_matvec_q8_with_fp16_scales(kernels):
@@ -188,14 +192,5 @@ def test_every_half_of_the_large_presets(kernels, bits):
         idx.append(cum + (i2 % n1) * n2 + i2)          # every second half
         cum += n1 * n2
     idx = torch.cat(idx)
-    n = 4096
-    per_row = n // 8
-    idx = torch.cat([idx, torch.zeros((-len(idx)) % per_row, dtype=idx.dtype)])   # whole rows
-    rows = len(idx) // per_row
-    code = idx % (1 << lay.gain_bits)
-    packed = pvq_format.pack_rows(idx.view(rows, -1), code.view(rows, -1), lay)
-    c = kernels.codec(lay.type_id, pvq_gain.gain_levels(n, 8, lay.gain_bits).numpy())
-    scales = np.ones(rows, dtype=np.float16)
-    ref = c.dequantize(packed, scales, n, "ref")
-    for k in [k for k in ("scalar", "avx2", "avx512") if getattr(kernels, k)]:
-        assert np.array_equal(c.dequantize(packed, scales, n, k).view(np.uint32), ref.view(np.uint32)), k
+    idx = torch.cat([idx, torch.zeros((-len(idx)) % 512, dtype=idx.dtype)])   # whole rows of 4096 weights
+    assert_indices_decode_alike(kernels, lay, idx)

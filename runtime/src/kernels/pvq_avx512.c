@@ -1,14 +1,14 @@
-/* AVX-512 (F, BW, VL, VBMI, VNNI) kernels of the PVQ type for D == 8 and K <= PVQ_ARITH_MAX_K (codec->fast->arith;
- * other layouts run the table-driven scalar kernels): sixteen groups
- * per step, one per 32-bit lane, no scalar work.
+/* AVX-512 (F, BW, VL, VBMI, VNNI) kernels of the PVQ type for D == 8 and K <= PVQ_ARITH_MAX_K
+ * (pvq_halves_closed_form; other layouts run the table-driven scalar kernels): sixteen groups per step, one
+ * per 32-bit lane, no scalar work.
  *
  * Fields: one masked load and one vpermb place each field's bytes in its lane (a dword when every
  * field fits one after its bit offset, else a qword per field, eight per chunk), then a variable
  * shift and a mask.  The split k1 is a binary search in the cumulative table held in registers
  * (vpermd / vpermi2d), every per-k1 constant is a register permute, the division is a float
  * reciprocal product with one correction (quotients < 2^16), the halves come from the enumeration's
- * closed forms in word and byte lanes (halves16: no table, no gather), ||y||^2 is two vpdpbusd; float dots take 1/||y|| from rsqrt14 and a
- * Newton step instead of the format's sqrt and divide.
+ * closed forms in word and byte lanes (halves16: no point table, no gather), ||y||^2 is two vpdpbusd;
+ * float dots take 1/||y|| from rsqrt14 and a Newton step instead of the format's sqrt and divide.
  * Outputs: floats (dequantize: bit-identical to pvq_ref.c), a float dot (up to summation order), or
  * an integer dot with Q8 activations (pvq_quantize_x_q8), where the point bytes meet the activation
  * bytes in vpdpbusd without ever becoming floats, bit-identical to pvq_dot_row_q8_ref. */
@@ -66,18 +66,9 @@ TARGET INLINE void kernel_init(kernel *k, const pvq_codec *c)
     k->sq = _mm512_loadu_si512(f->sq);
     k->recip = _mm512_loadu_si512(f->recip);
     k->cum4 = f->cum4;
-    uint8_t pair[64], lo[64], hi[64];
-    for (int p = 0; p < 64; p++) pair[p] = (uint8_t)(p < 32 ? 2 * p : 64 + 2 * (p - 32));
-    for (int g = 0; g < 16; g++)
-        for (int h = 0; h < 2; h++) {
-            uint8_t *o = h ? hi : lo;
-            int w = 2 * g + h;      /* the half's word lane; its pairs sit in bytes w and 32 + w */
-            o[4 * g] = (uint8_t)w; o[4 * g + 1] = (uint8_t)(64 + w);
-            o[4 * g + 2] = (uint8_t)(32 + w); o[4 * g + 3] = (uint8_t)(96 + w);
-        }
-    k->pair_bytes = _mm512_loadu_si512(pair);
-    k->lo_bytes = _mm512_loadu_si512(lo);
-    k->hi_bytes = _mm512_loadu_si512(hi);
+    k->pair_bytes = _mm512_loadu_si512(f->halves_pair);
+    k->lo_bytes = _mm512_loadu_si512(f->halves_lo);
+    k->hi_bytes = _mm512_loadu_si512(f->halves_hi);
     k->W = c->field_bits;
     k->b = c->gain_bits;
 }
@@ -137,11 +128,13 @@ TARGET INLINE __m512i table_words(const uint16_t *t, int T, __m512i idx)
     return _mm512_mask_mov_epi16(v, _mm512_test_epi16_mask(idx, _mm512_set1_epi16(64)), w);
 }
 
-/* The halves of sixteen groups from their pulse counts and indices (k1, i1 = q, i2 = rem; dword lanes) by the
- * enumeration's closed forms, as int8 x 4 per lane (lo: coordinates 0-3, hi: 4-7).  The halves work in 32
- * word lanes (2g + h: half h of group g), their pairs in 64 byte lanes (w: a half's first pair, 32 + w: its
- * second).  ntab: pvq_fast8.ntab (16 or 32). */
+/* Each statement so marked runs for the U (1 or 2) steps side by side. */
 #define EACH for (int u = 0; u < U; u++)
+
+/* The halves of U steps of sixteen groups from their pulse counts and indices (k1, i1 = q, i2 = rem; dword
+ * lanes) by the enumeration's closed forms, as int8 x 4 per lane (lo: coordinates 0-3, hi: 4-7).  The halves
+ * work in 32 word lanes (2g + h: half h of group g), their pairs in 64 byte lanes (w: a half's first pair,
+ * 32 + w: its second).  ntab: pvq_fast8.ntab (16 or 32). */
 
 TARGET INLINE void halves16(const kernel *k, int U, const __m512i *k1, const __m512i *i1, const __m512i *i2, int ntab,
                             __m512i *lo, __m512i *hi)
@@ -435,14 +428,14 @@ TARGET static void rows_any(const pvq_codec *c, const uint8_t *data, size_t row_
 
 void pvq_dequantize_row_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, float *out)
 {
-    if (!c->fast || !c->fast->arith) pvq_dequantize_row_scalar(c, row, scale, n, out);
+    if (!pvq_halves_closed_form(c)) pvq_dequantize_row_scalar(c, row, scale, n, out);
     else rows_any(c, row, 0, 1, NULL, scale, n, NULL, NULL, NULL, out, NULL, DEQUANTIZE);
 }
 
 float pvq_dot_row_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, const float *x)
 {
     float y;
-    if (!c->fast || !c->fast->arith) return pvq_dot_row_scalar(c, row, scale, n, x);
+    if (!pvq_halves_closed_form(c)) return pvq_dot_row_scalar(c, row, scale, n, x);
     rows_any(c, row, 0, 1, NULL, scale, n, x, NULL, NULL, NULL, &y, DOT);
     return y;
 }
@@ -451,7 +444,7 @@ float pvq_dot_row_q8_avx512(const pvq_codec *c, const uint8_t *row, float scale,
                             const int8_t *xq, const float *xs)
 {
     float y;
-    if (!c->fast || !c->fast->arith) return pvq_dot_row_q8_scalar(c, row, scale, n, xq, xs);
+    if (!pvq_halves_closed_form(c)) return pvq_dot_row_q8_scalar(c, row, scale, n, xq, xs);
     rows_any(c, row, 0, 1, NULL, scale, n, NULL, xq, xs, NULL, &y, DOT_Q8);
     return y;
 }
@@ -459,6 +452,6 @@ float pvq_dot_row_q8_avx512(const pvq_codec *c, const uint8_t *row, float scale,
 void pvq_matvec_q8_avx512(const pvq_codec *c, const uint8_t *data, const uint16_t *scales_f16, int64_t rows,
                           int64_t n, const int8_t *xq, const float *xs, float *y)
 {
-    if (!c->fast || !c->fast->arith) pvq_matvec_q8_scalar(c, data, scales_f16, rows, n, xq, xs, y);
+    if (!pvq_halves_closed_form(c)) pvq_matvec_q8_scalar(c, data, scales_f16, rows, n, xq, xs, y);
     else rows_any(c, data, pvq_row_bytes(c, n), rows, scales_f16, 0.0f, n, NULL, xq, xs, NULL, y, DOT_Q8);
 }

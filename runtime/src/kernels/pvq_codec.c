@@ -189,22 +189,30 @@ static pvq_fast8 *build_fast8(const pvq_codec *c)
         f->field_shift32[j] = (uint32_t)shift;
         for (int t = 0; t < 4; t++) f->field_perm32[4 * j + t] = (uint8_t)(byte + t < 64 ? byte + t : 63);
     }
-    f->arith = K <= PVQ_ARITH_MAX_K;
     for (int m = 0; m < 32; m++) {
         f->tri[m] = (uint16_t)(m * (m - 1) / 2);
         f->sq[m] = (uint16_t)((m - 1) * m * (2 * m - 1) / 6);
         f->recip[m] = (uint16_t)(m == 0 ? 0 : m == 1 ? 65535 : 65536 / m);
     }
-    for (int j = 0, off = 0; f->arith && f->ntab << j <= 128; j++, off += f->ntab << (j - 1)) {
+    for (int j = 0, off = 0; K <= PVQ_ARITH_MAX_K && f->ntab << j <= 128; j++, off += f->ntab << (j - 1)) {
         int step = f->ntab / 2 >> j;
         for (int pm = 0; pm < 1 << j; pm++)
             for (int k = 0; k < f->ntab; k++) {
                 int cand = pm * 2 * step + step;
+                int valid = cand <= k && k <= K;
                 uint64_t cum = 0;
-                for (int m = 0; m < cand && cand <= k && k <= K; m++) cum += N(c, 2, m) * N(c, 2, k - m);
-                f->cum4[off + pm * f->ntab + k] = (uint16_t)(cand <= k && k <= K ? cum : 0xFFFF);
+                for (int m = 0; valid && m < cand; m++) cum += N(c, 2, m) * N(c, 2, k - m);
+                f->cum4[off + pm * f->ntab + k] = (uint16_t)(valid ? cum : 0xFFFF);
             }
     }
+    for (int p = 0; p < 64; p++) f->halves_pair[p] = (uint8_t)(p < 32 ? 2 * p : 64 + 2 * (p - 32));
+    for (int g = 0; g < 16; g++)
+        for (int h = 0; h < 2; h++) {
+            uint8_t *o = h ? f->halves_hi : f->halves_lo;
+            int w = 2 * g + h;      /* the half's word lane; its pairs' coordinates sit in bytes w and 32 + w */
+            o[4 * g] = (uint8_t)w; o[4 * g + 1] = (uint8_t)(64 + w);
+            o[4 * g + 2] = (uint8_t)(32 + w); o[4 * g + 3] = (uint8_t)(96 + w);
+        }
     free(base4);
     return f;
 fail:

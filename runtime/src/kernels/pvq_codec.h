@@ -53,16 +53,18 @@ typedef struct pvq_fast8 {
     int avx2_narrow, avx2_base1;
     uint8_t avx2_shuf[32];
     uint32_t avx2_shift[8];
-    /* The halves by their closed forms (the SIMD kernels, K <= PVQ_ARITH_MAX_K: every count of a half fits
+    /* The halves by their closed forms (the AVX-512 kernels, K <= PVQ_ARITH_MAX_K: every count of a half fits
      * 16 bits).  A half of k pulses with index i splits into pairs of m and k - m pulses, where m is the
      * largest with cum4(k, m) <= i: cum4(k, 0) = 0, cum4(k, m) = 4k + 16 (k tri[m] - sq[m]) for 1 <= m <= k;
      * recip[d] = floor(2^16 / d) (65535 for d = 1) divides by d with one correction.  The search for m is
      * binary, its first steps from tables: step j (candidate m + (ntab / 2 >> j)) while ntab << j <= 128 reads
      * table j of ntab << j words at offset ntab (2^j - 1), indexed by (m << j) | k, whose entry is
-     * cum4(k, candidate), or 0xFFFF where the candidate exceeds k; later steps evaluate the formula. */
-    int arith;
+     * cum4(k, candidate), or 0xFFFF where the candidate exceeds k; later steps evaluate the formula.
+     * halves_pair: byte p of the pairs' vectors is word p of the first pairs (p < 32) or of the second ones;
+     * halves_lo / halves_hi: the points' bytes of half 0 / 1 of each group from the pairs' coordinates. */
     uint16_t tri[32], sq[32], recip[32];
     uint16_t cum4[240];
+    uint8_t halves_pair[64], halves_lo[64], halves_hi[64];
 } pvq_fast8;
 #define PVQ_ARITH_MAX_K 29
 
@@ -75,6 +77,9 @@ typedef struct pvq_codec {
     float levels[1 << PVQ_MAX_GAIN_BITS];
     pvq_fast8 *fast;          /* NULL unless D == 8 and the index fits 31 bits */
 } pvq_codec;
+
+/* Whether the AVX-512 kernels decode this codec's halves by their closed forms (pvq_fast8.tri ... halves_hi). */
+static inline int pvq_halves_closed_form(const pvq_codec *c) { return c->fast && c->K <= PVQ_ARITH_MAX_K; }
 
 /* Layout parameters of a PVQ type id (id = 0x50000000 | D << 20 | b << 16 | K).
  * Returns 0, or -1 with a message in err when the id is not PVQ or any parameter is out of range. */
@@ -123,8 +128,8 @@ void pvq_dequantize_row_scalar(const pvq_codec *c, const uint8_t *row, float sca
 float pvq_dot_row_scalar(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, const float *x);
 
 /* AVX2 kernels (pvq_avx2.c) and AVX-512 VBMI kernels (pvq_avx512.c) for codecs with a fast path
- * (c->fast != NULL; without one they run the reference; the AVX-512 ones need c->fast->arith too, else they
- * run the table-driven scalar kernels); same results as the reference:
+ * (c->fast != NULL; without one they run the reference; the AVX-512 ones need pvq_halves_closed_form too,
+ * else they run the table-driven scalar kernels); same results as the reference:
  * dequantize bit-identical, dot up to rounding.  The CPU must run their kernel set (isa_cpu_supports). */
 void pvq_dequantize_row_avx2(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, float *out);
 float pvq_dot_row_avx2(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, const float *x);
