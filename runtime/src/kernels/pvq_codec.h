@@ -78,9 +78,6 @@ typedef struct pvq_codec {
     pvq_fast8 *fast;          /* NULL unless D == 8 and the index fits 31 bits */
 } pvq_codec;
 
-/* Whether the AVX-512 kernels decode this codec's halves by their closed forms (pvq_fast8.tri ... halves_hi). */
-static inline int pvq_halves_closed_form(const pvq_codec *c) { return c->fast && c->K <= PVQ_ARITH_MAX_K; }
-
 /* Layout parameters of a PVQ type id (id = 0x50000000 | D << 20 | b << 16 | K).
  * Returns 0, or -1 with a message in err when the id is not PVQ or any parameter is out of range. */
 int pvq_type_params(uint32_t type_id, int *D, int *K, int *gain_bits, char *err, size_t errlen);
@@ -128,7 +125,7 @@ void pvq_dequantize_row_scalar(const pvq_codec *c, const uint8_t *row, float sca
 float pvq_dot_row_scalar(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, const float *x);
 
 /* AVX2 kernels (pvq_avx2.c) and AVX-512 VBMI kernels (pvq_avx512.c) for codecs with a fast path
- * (c->fast != NULL; without one they run the reference; the AVX-512 ones need pvq_halves_closed_form too,
+ * (c->fast != NULL; without one they run the reference; the AVX-512 ones need K <= PVQ_ARITH_MAX_K too,
  * else they run the table-driven scalar kernels); same results as the reference:
  * dequantize bit-identical, dot up to rounding.  The CPU must run their kernel set (isa_cpu_supports). */
 void pvq_dequantize_row_avx2(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, float *out);
