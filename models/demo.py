@@ -1,6 +1,10 @@
 """`make demo`: fetch SmolLM2-135M-Instruct, convert it to PVQ at 3.25 bits per parameter of the whole file, and
-show what was kept: the F16 reference's and the PVQ file's greedy continuations of one prompt, one above the
+show what was kept: the F16 reference's and the PVQ file's greedy answers to one question, one above the
 other, both files' sizes, and the PVQ file's KL divergence from the reference on text the calibration never saw.
+
+The model is an instruct model, so the question goes in as a user would ask it: through the model's own chat
+template (`Llama.apply_chat_template`, the file's `tokenizer.chat_template`), and the answer ends at the
+model's end of turn or after N_PREDICT tokens.
 
 The conversion is the converter's default with `--calib` (Hessian-aware PVQ of every matrix, embedding
 included, calibrated on 16 x 512 tokens of the shared eval text's first half, then scale tuning; about 13
@@ -14,16 +18,25 @@ from pathlib import Path
 
 from models.smollm2 import ensure, pvq_gguf
 
-PROMPT = "The three most useful Debian commands for a new user are"
+QUESTION = "What are the three most useful Debian commands for a new user?"
 N_PREDICT = 48
 KLD_CHUNKS = 8    # x 512 tokens of the eval text's second half (the calibration read the first)
 
 
-def continuation(path: Path) -> tuple[str, list[int]]:
-    """The runtime's greedy continuation of PROMPT, as pvqrun -n N_PREDICT --temp 0 makes it: (text, token ids)."""
+def chat_prompt(path: Path) -> str:
+    """QUESTION rendered by the file's chat template, ending where the assistant's turn begins."""
     from pvq import Llama
     with Llama(str(path), n_ctx=512, n_threads=2, verbose=False) as llm:
-        prompt = llm.tokenize(PROMPT.encode(), add_bos=True)
+        return llm.apply_chat_template([{"role": "user", "content": QUESTION}])
+
+
+def continuation(path: Path) -> tuple[str, list[int]]:
+    """The runtime's greedy answer to QUESTION, as `pvqrun -f <chat prompt> -n N_PREDICT --temp 0` makes it:
+    (text, token ids), up to the end of turn."""
+    from pvq import Llama
+    with Llama(str(path), n_ctx=512, n_threads=2, verbose=False) as llm:
+        text = llm.apply_chat_template([{"role": "user", "content": QUESTION}])
+        prompt = llm.tokenize(text.encode(), add_bos=False, special=True)
         ids = []
         for token in llm.generate(prompt, temp=0.0):
             if token == llm.token_eos() or len(ids) == N_PREDICT:
@@ -44,10 +57,13 @@ def main() -> None:
     out = pvq_gguf(3.25)
     if shutil.which("pvqrun") is None:
         raise SystemExit("pvqrun is not on the PATH: run `make setup`")
+    prompt_file = out.parent / "demo-chat-prompt.txt"
+    prompt_file.write_text(chat_prompt(paths.f16_gguf))
+    print(f"The question, in the model's chat template ({prompt_file}):\n{prompt_file.read_text()}")
     for label, path in (("F16 reference", paths.f16_gguf), ("PVQ 3.25", out)):
         print(f"\n--- {label}: {path.name}, {path.stat().st_size / 1e6:.1f} MB")
-        cmd = ["pvqrun", "-m", str(path), "-p", PROMPT, "-n", str(N_PREDICT), "--temp", "0", "-t", "2"]
-        print("$ " + " ".join(cmd[:3]) + f" -p {PROMPT!r} " + " ".join(cmd[5:]), flush=True)
+        cmd = ["pvqrun", "-m", str(path), "-f", str(prompt_file), "-n", str(N_PREDICT), "--temp", "0", "-t", "2"]
+        print("$ " + " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
     kld = held_out_kld(out)
     print(f"\nPVQ 3.25 against F16 on held-out text ({KLD_CHUNKS} chunks of 512 tokens of the eval text's second half, "

@@ -98,6 +98,7 @@ typedef struct {
     void (*to_float[3])(const void *src, float *dst, int64_t n);
     void (*from_float[3])(const float *src, void *dst, int64_t n);
     dot_fn dot[3]; dot_fn dot_batch[3]; tile_fn tile[3];
+    void *xq_bytes, *quantize_x, *rows; int64_t batch_rows; void *scratch_bytes, *get_row; /* the matrix side */
 } type_traits;
 const type_traits *type_get(uint32_t id);
 size_t type_row_bytes(uint32_t id, int64_t n);

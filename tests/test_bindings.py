@@ -100,6 +100,20 @@ CHATS = [
 ]
 
 
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+@pytest.mark.parametrize("messages", CHATS)
+def test_chat_template_renders_as_the_peer(llms, messages, add_generation_prompt):
+    """apply_chat_template against llama-cpp-python's own Jinja2 formatter of the file's template."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    peer = llms["llama_cpp"]
+    special = lambda t: peer.detokenize([t], special=True).decode()
+    formatter = Jinja2ChatFormatter(peer.metadata["tokenizer.chat_template"], eos_token=special(peer.token_eos()),
+                                    bos_token=special(peer.token_bos()), add_generation_prompt=add_generation_prompt)
+    mine = llms["pvq"].apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+    assert mine == formatter(messages=messages).prompt
+    assert mine.endswith("<|im_start|>assistant\n") == add_generation_prompt
+
+
 @pytest.mark.parametrize("max_tokens", [None, 6])
 @pytest.mark.parametrize("messages", CHATS)
 def test_greedy_chat_completion_matches_peer(llms, messages, max_tokens):

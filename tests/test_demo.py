@@ -1,4 +1,5 @@
-"""`make demo`'s PVQ text reads as text: its greedy continuation of the demo prompt is not a loop."""
+"""`make demo`'s PVQ text reads as text: its greedy answer to the demo's question (asked through the model's
+chat template) is not a loop."""
 from __future__ import annotations
 
 from collections import Counter

@@ -381,6 +381,12 @@ class Llama:
             self._chat = ChatTemplate(source, bos_token=special(self._bos), eos_token=special(self._eos))
         return self._chat
 
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True, **extra) -> str:
+        """The prompt text the model's chat template makes of messages ([{"role", "content"}, ...]); with
+        add_generation_prompt it ends where the assistant's turn begins. Tokenize it with special=True."""
+        self._live()
+        return self._chat_template().render(messages, add_generation_prompt=add_generation_prompt, **extra)
+
     def create_chat_completion(self, messages, functions=None, function_call=None, tools=None, tool_choice=None,
                                temperature: float = 0.2, top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
                                typical_p: float = 1.0, stream: bool = False, stop=None, seed: int | None = None,
@@ -395,8 +401,8 @@ class Llama:
                                       "by name, response_format)")
         self._live()
         template = self._chat_template()
-        prompt = template.render(messages, functions=functions, function_call=function_call, tools=tools,
-                                 tool_choice=tool_choice)
+        prompt = self.apply_chat_template(messages, functions=functions, function_call=function_call, tools=tools,
+                                          tool_choice=tool_choice)
         tokens = self.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
         stops = ([stop] if isinstance(stop, str) else list(stop or [])) + [template.eos_token]
         result = self.create_completion(tokens, max_tokens=max_tokens, temperature=temperature, top_p=top_p,

@@ -135,11 +135,6 @@ int model_load(model *m, const char *path, pvq_mode pvq_mode, char *err, size_t 
     }
     m->n_vocab = (int)emb->ne[1];
     if (get_weight(m, &m->tok_embd, "token_embd.weight", dim, m->n_vocab, err, err_len)) goto bad;
-    if (!m->tok_embd.pvq.layout && !type_get(m->tok_embd.type)->to_float[ISA_SCALAR]) {
-        err_fail(err, err_len, "token_embd.weight is %s: the embedding must be a float, Q8_0 or PVQ type",
-                 type_get(m->tok_embd.type)->name);
-        goto bad;
-    }
     if (load_ffn_hadamard(m, err, err_len)) goto bad;
     if (gguf_find_tensor(&m->file, "output.weight")) {
         if (get_weight(m, &m->output, "output.weight", dim, m->n_vocab, err, err_len)) goto bad;
@@ -218,18 +213,17 @@ int state_new(state *s, const model *m, int n_ctx, int n_batch, int n_threads, i
     s->q = malloc(B * m->dim * 4), s->k = malloc(B * kv_dim * 4), s->v = malloc(B * kv_dim * 4);
     s->hb = malloc(B * m->ffn_dim * 4), s->hb2 = malloc(B * m->ffn_dim * 4);
     s->rope = malloc(B * m->rope_dim * 4);
-    s->xq = malloc(B * wide * 4 + 64); /* f32 is the widest vec_type */
+    s->xq = malloc(B * type_max_xq_bytes((int64_t)wide));
     s->att = malloc((size_t)n_threads * n_ctx * 4);
     s->att16 = malloc((size_t)n_threads * (n_ctx + m->head_dim) * 2);
     s->lanes = malloc((size_t)n_threads * 64 * m->head_dim * 4);
     s->logits = malloc((logits_all ? B : 1) * m->n_vocab * 4);
-    s->pvq_xq = malloc(B * pvq_xq_bytes((int64_t)wide));
-    s->pvq_tile_bytes = pvq_tile_bytes((int64_t)wide);
-    s->pvq_tile = malloc((size_t)n_threads * s->pvq_tile_bytes);
+    s->scratch_bytes = type_max_scratch_bytes((int64_t)wide);
+    s->scratch = malloc((size_t)n_threads * s->scratch_bytes);
     s->pool = pool_new(n_threads);
     if (!s->k_cache || !s->v_cache || !s->x || !s->xb || !s->xb2 || !s->q || !s->k || !s->v || !s->hb ||
-        !s->hb2 || !s->rope || !s->xq || !s->att || !s->att16 || !s->lanes || !s->logits || !s->pvq_xq ||
-        !s->pvq_tile || !s->pool) {
+        !s->hb2 || !s->rope || !s->xq || !s->att || !s->att16 || !s->lanes || !s->logits || !s->scratch ||
+        !s->pool) {
         state_free(s);
         return err_fail(err, err_len, "out of memory for a context of %d tokens", n_ctx);
     }
@@ -240,7 +234,7 @@ void state_free(state *s) {
     if (s->pool) pool_free(s->pool);
     free(s->k_cache), free(s->v_cache), free(s->x), free(s->xb), free(s->xb2), free(s->q), free(s->k);
     free(s->v), free(s->hb), free(s->hb2), free(s->rope), free(s->xq), free(s->att), free(s->att16), free(s->lanes);
-    free(s->logits), free(s->pvq_xq), free(s->pvq_tile);
+    free(s->logits), free(s->scratch);
     memset(s, 0, sizeof *s);
 }
 
@@ -249,80 +243,35 @@ void state_free(state *s) {
 /* Up to three weights that read the same input (q/k/v, gate/up) run as one task. */
 typedef struct {
     int nw, T;
-    const weight *w[3];
+    const weight *w[3];     /* of one type */
+    const type_traits *tt;  /* theirs */
     float *out[3];
-    const float *x; /* [T][n_in] */
-    void *xq;       /* x converted to the weights' vec_type (PVQ: pvq_quantize_x) */
-    size_t xq_row;  /* bytes per converted row */
-    uint8_t *tile;  /* PVQ batches: per-thread rows decoded, tile_bytes each */
-    size_t tile_bytes;
+    const float *x;  /* [T][n_in] */
+    void *xq;        /* x as tt->quantize_x writes it, xq_row bytes per token */
+    size_t xq_row;
+    uint8_t *scratch; /* scratch_bytes per thread */
+    size_t scratch_bytes;
 } matmul_task;
 
 static void convert_task(void *arg, int ith, int nth) {
     matmul_task *mt = arg;
-    const type_traits *vt = type_get(type_get(mt->w[0]->type)->vec_type);
-    const isa_id isa = isa_active();
-    int64_t n = mt->w[0]->n_in;
-    if (mt->w[0]->pvq.f32_activations) return; /* the products read x itself */
-    for (int t = ith; t < mt->T; t += nth) {
-        if (mt->w[0]->pvq.layout)
-            pvq_quantize_x(mt->x + t * n, n, (uint8_t *)mt->xq + t * mt->xq_row);
-        else
-            vt->from_float[isa](mt->x + t * n, (uint8_t *)mt->xq + t * mt->xq_row, n);
-    }
+    for (int t = ith; t < mt->T; t += nth)
+        mt->tt->quantize_x(mt->w[0], mt->x + (int64_t)t * mt->w[0]->n_in, (uint8_t *)mt->xq + t * mt->xq_row);
 }
 
-#define ROW_TILE 16
-
-static void matmul_rows(void *arg, int ith, int nth) {
+/* A share of the rows of all the weights per thread, in whole multiples of batch_rows for batches. */
+static void matmul_task_rows(void *arg, int ith, int nth) {
     matmul_task *mt = arg;
-    const isa_id isa = isa_active();
-    int64_t total = 0;
+    int64_t total = 0, align = mt->T > 1 ? mt->tt->batch_rows : 1;
     for (int i = 0; i < mt->nw; i++) total += mt->w[i]->n_out;
-    /* split at even rows so 2-row tiles never straddle threads */
-    int64_t per = ((total + nth - 1) / nth + 1) & ~(int64_t)1, r0 = per * ith, r1 = r0 + per < total ? r0 + per : total;
-    for (int64_t r = r0; r < r1;) {
-        int i = 0;
-        int64_t base = 0;
-        while (r >= base + mt->w[i]->n_out) base += mt->w[i++]->n_out;
-        const weight *w = mt->w[i];
-        const type_traits *tt = type_get(w->type);
-        dot_fn dot = mt->T == 1 ? tt->dot[isa] : tt->dot_batch[isa];
-        tile_fn tile = tt->tile[isa];
-        int64_t row = r - base, end = row + ROW_TILE;
-        if (end > w->n_out) end = w->n_out;
-        if (end > row + (r1 - r)) end = row + (r1 - r);
-        int t = 0;
-        if (tile && (end - row) % TILE_ROWS == 0 && mt->T > 1)
-            for (; t + TILE_COLS <= mt->T; t += TILE_COLS)
-                for (int64_t j = row; j < end; j += TILE_ROWS)
-                    tile(w->n_in, w->data + j * w->row_bytes, w->row_bytes, (const uint8_t *)mt->xq + t * mt->xq_row,
-                             mt->xq_row, mt->out[i] + (int64_t)t * w->n_out + j, (size_t)w->n_out);
-        for (; t < mt->T; t++) {
-            const uint8_t *xq = (const uint8_t *)mt->xq + t * mt->xq_row;
-            float *out = mt->out[i] + (int64_t)t * w->n_out;
-            for (int64_t j = row; j < end; j++) dot(w->n_in, w->data + j * w->row_bytes, xq, &out[j]);
-        }
-        r += end - row;
-    }
-}
-
-/* PVQ weights: a share of the rows of every weight per thread (whole tiles for batches). */
-static void pvq_matmul_task(void *arg, int ith, int nth) {
-    matmul_task *mt = arg;
-    int64_t total = 0;
-    for (int i = 0; i < mt->nw; i++) total += mt->w[i]->n_out;
-    int64_t per = (total + nth - 1) / nth;
-    if (mt->T > 1) per = (per + PVQ_TILE_ROWS - 1) / PVQ_TILE_ROWS * PVQ_TILE_ROWS;
+    int64_t per = ((total + nth - 1) / nth + align - 1) / align * align;
     int64_t r0 = per * ith, r1 = r0 + per < total ? r0 + per : total, base = 0;
     for (int i = 0; i < mt->nw; base += mt->w[i++]->n_out) {
         const weight *w = mt->w[i];
         int64_t lo = (r0 > base ? r0 : base) - base, hi = (r1 < base + w->n_out ? r1 : base + w->n_out) - base;
-        if (mt->T == 1)
-            pvq_matvec_rows(&w->pvq, w->data, w->row_bytes, w->n_in, lo, hi, mt->x, mt->xq, mt->out[i]);
-        else
-            pvq_matmul_rows(&w->pvq, w->data, w->row_bytes, w->n_in, lo, hi, mt->x, mt->xq, mt->xq_row, mt->T,
-                            mt->out[i], w->n_out, mt->tile + (size_t)ith * mt->tile_bytes);
+        if (lo < hi)
+            mt->tt->rows(w, lo, hi, mt->T, mt->x, mt->xq, mt->xq_row, mt->out[i], w->n_out,
+                         mt->scratch + (size_t)ith * mt->scratch_bytes);
     }
 }
 
@@ -336,15 +285,14 @@ static void matmul(state *s, const float *x, int T, int nw, const weight *w0, fl
             for (int j = 0; j < nw; j++) matmul(s, x, T, 1, w[j], o[j], NULL, NULL, NULL, NULL);
             return;
         }
-    int pvq = w0->pvq.layout != NULL;
-    matmul_task mt = {nw, T, {w0, w1, w2}, {o0, o1, o2}, x, pvq ? s->pvq_xq : s->xq,
-                      pvq ? pvq_xq_bytes(w0->n_in) : type_row_bytes(type_get(w0->type)->vec_type, w0->n_in),
-                      s->pvq_tile, s->pvq_tile_bytes};
+    const type_traits *tt = type_get(w0->type);
+    matmul_task mt = {nw, T, {w0, w1, w2}, tt, {o0, o1, o2}, x, s->xq, tt->xq_bytes(w0->type, w0->n_in),
+                      s->scratch, s->scratch_bytes};
     if (T == 1)
         convert_task(&mt, 0, 1);
     else
         pool_run(s->pool, convert_task, &mt);
-    pool_run(s->pool, pvq ? pvq_matmul_task : matmul_rows, &mt);
+    pool_run(s->pool, matmul_task_rows, &mt);
 }
 
 /* ---------------------------------------------------------------- the layers */
@@ -443,19 +391,10 @@ static void ffn_hadamard(const model *m, state *s, int T) {
         pool_run(s->pool, hadamard_rows, &ht);
 }
 
-/* Row r of a weight as float32: the embedding lookup. */
-static void weight_row(const weight *w, int64_t r, float *out) {
-    const uint8_t *row = w->data + (size_t)r * w->row_bytes;
-    if (w->pvq.layout)
-        pvq_dequantize_row(&w->pvq, row, r, w->n_in, out);
-    else
-        type_get(w->type)->to_float[isa_active()](row, out, w->n_in);
-}
-
 void forward(const model *m, state *s, const int32_t *tokens, int T) {
     int dim = m->dim, hd = m->head_dim, kv_dim = m->n_head_kv * hd, ffn = m->ffn_dim, rows = T;
     for (int t = 0; t < T; t++) {
-        weight_row(&m->tok_embd, tokens[t], s->x + (size_t)t * dim);
+        type_get(m->tok_embd.type)->get_row(&m->tok_embd, tokens[t], s->x + (size_t)t * dim);
         rope_table(s->rope + (size_t)t * m->rope_dim, s->n_past + t, m->rope_dim, m->rope_base);
     }
     for (int l = 0; l < m->n_layer; l++) {

@@ -13,7 +13,7 @@
 
 enum arch { ARCH_LLAMA, ARCH_QWEN2 };
 
-typedef struct {
+typedef struct weight {
     const uint8_t *data; /* n_out rows of row_bytes, inside the mapping */
     uint32_t type;
     int64_t n_in, n_out;
@@ -48,14 +48,13 @@ typedef struct {
     uint16_t *k_cache, *v_cache; /* [layer][pos][n_head_kv * head_dim], fp16 as in llama.cpp */
     float *x, *xb, *xb2, *q, *k, *v, *hb, *hb2; /* [n_batch][...] */
     float *rope;                 /* [n_batch][rope_dim/2][cos, sin] */
-    void *xq;                    /* activations in a weight's vec_type */
+    void *xq;                    /* [n_batch] activations as a weight's quantize_x writes them */
     float *att;                  /* [n_threads][n_ctx] scores */
     uint16_t *att16;             /* [n_threads][n_ctx + head_dim] probabilities and query as fp16 */
     float *lanes;                /* [n_threads][64][head_dim] partial sums of probabilities . V */
     float *logits;               /* [logits_all ? n_batch : 1][n_vocab] */
-    void *pvq_xq;                /* [n_batch] activations as the PVQ integer kernels read them */
-    uint8_t *pvq_tile;           /* [n_threads][pvq_tile_bytes] PVQ rows decoded for a batch */
-    size_t pvq_tile_bytes;       /* pvq_tile_bytes() of the widest n_in */
+    uint8_t *scratch;            /* [n_threads][scratch_bytes] the products' own (PVQ: rows decoded for a batch) */
+    size_t scratch_bytes;        /* type_max_scratch_bytes() of the widest n_in */
     int n_logits;                /* rows of logits written by the last forward */
     threadpool *pool;
 } state;

@@ -1,6 +1,7 @@
 /* PVQ weights in the runtime: loading and the row-range products (see pvq_matmul.h). */
 #include "pvq_matmul.h"
 #include "errmsg.h"
+#include "model.h"
 #include "types.h"
 
 #include <stdio.h>
@@ -40,8 +41,10 @@ void pvq_layouts_free(pvq_layouts *set) {
     memset(set, 0, sizeof *set);
 }
 
-void pvq_dequantize_row(const pvq_weight *pw, const uint8_t *row, int64_t r, int64_t n, float *out) {
-    pw->layout->k[isa_active()].dequantize(&pw->layout->codec, row, pvq_half_to_float(pw->scales[r]), n, out);
+void pvq_weight_get_row(const weight *w, int64_t r, float *out) {
+    const pvq_layout *l = w->pvq.layout;
+    l->k[isa_active()].dequantize(&l->codec, w->data + (size_t)r * w->row_bytes, pvq_half_to_float(w->pvq.scales[r]),
+                                  w->n_in, out);
 }
 
 /* Rows in the repacked layout, for decode without decoding. */
@@ -111,6 +114,15 @@ static const float *xq_scales(const void *xq, int64_t n) {
 
 void pvq_quantize_x(const float *x, int64_t n, void *xq) {
     isa_kernels_active()->pvq_quantize_x_q8(x, n, xq, (float *)xq_scales(xq, n));
+}
+
+size_t pvq_weight_xq_bytes(uint32_t id, int64_t n) {
+    (void)id; /* every layout reads the same int8 activations */
+    return pvq_xq_bytes(n);
+}
+
+void pvq_weight_quantize_x(const weight *w, const float *x, void *xq) {
+    if (!w->pvq.f32_activations) pvq_quantize_x(x, w->n_in, xq); /* else the products read x itself */
 }
 
 size_t pvq_tile_bytes(int64_t n) {
@@ -192,4 +204,13 @@ void pvq_matmul_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes
                     rows + (size_t)i * prb, n, (const int8_t *)((const uint8_t *)xv + u * xq_stride),
                     (const float *)((const uint8_t *)xs + u * xq_stride));
     }
+}
+
+void pvq_weight_rows(const weight *w, int64_t r0, int64_t r1, int T, const float *x, const void *xq, size_t xq_stride,
+                     float *out, int64_t out_stride, void *scratch) {
+    if (T == 1)
+        pvq_matvec_rows(&w->pvq, w->data, w->row_bytes, w->n_in, r0, r1, x, xq, out);
+    else
+        pvq_matmul_rows(&w->pvq, w->data, w->row_bytes, w->n_in, r0, r1, x, xq, xq_stride, T, out, out_stride,
+                        scratch);
 }

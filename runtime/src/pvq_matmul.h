@@ -56,9 +56,6 @@ int pvq_weight_load(pvq_weight *pw, pvq_layouts *set, const gguf_file *f, const 
 void pvq_weight_free(pvq_weight *pw);
 void pvq_layouts_free(pvq_layouts *set);
 
-/* Row r of a PVQ weight (row: its bytes) decoded to n float32 weights, as the format defines them (an
- * embedding lookup). */
-void pvq_dequantize_row(const pvq_weight *pw, const uint8_t *row, int64_t r, int64_t n, float *out);
 
 /* Bytes pvq_quantize_x writes for n activations. */
 size_t pvq_xq_bytes(int64_t n);
@@ -77,5 +74,17 @@ void pvq_matvec_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes
 void pvq_matmul_rows(const pvq_weight *pw, const uint8_t *data, size_t row_bytes, int64_t n, int64_t r0, int64_t r1,
                      const float *x, const void *xq, size_t xq_stride, int T, float *out, int64_t out_stride,
                      void *tile);
+
+/* The matrix side of the PVQ row of the traits table (types.h, types.c), for a model.h weight whose
+ * `pvq` is loaded: */
+struct weight;
+size_t pvq_weight_xq_bytes(uint32_t id, int64_t n); /* pvq_xq_bytes(n) for every layout */
+/* pvq_quantize_x of one token, or nothing for a weight with f32 activations (its products read x) */
+void pvq_weight_quantize_x(const struct weight *w, const float *x, void *xq);
+/* rows_fn: pvq_matvec_rows for one token, pvq_matmul_rows for batches (scratch: pvq_tile_bytes) */
+void pvq_weight_rows(const struct weight *w, int64_t r0, int64_t r1, int T, const float *x, const void *xq,
+                     size_t xq_stride, float *out, int64_t out_stride, void *scratch);
+/* row r decoded to float32 as the format defines it (an embedding lookup) */
+void pvq_weight_get_row(const struct weight *w, int64_t r, float *out);
 
 #endif

@@ -4,6 +4,7 @@
 
 #include "hadamard.h"
 #include "kernels/pvq_codec.h"
+#include "model.h"
 
 #include <stdio.h>
 
@@ -12,34 +13,75 @@
 /* one kernel serves every set */
 #define ALL_ISAS(kernel) PER_ISA(kernel, kernel, kernel)
 
+/* ---- the matrix side of the block types: their vec_type's from_float, then dot / dot_batch / tile */
+
+static size_t dense_xq_bytes(uint32_t id, int64_t n) { return type_row_bytes(type_get(id)->vec_type, n); }
+
+static void dense_quantize_x(const weight *w, const float *x, void *xq) {
+    type_get(type_get(w->type)->vec_type)->from_float[isa_active()](x, xq, w->n_in);
+}
+
+static void dense_get_row(const weight *w, int64_t r, float *out) {
+    type_get(w->type)->to_float[isa_active()](w->data + (size_t)r * w->row_bytes, out, w->n_in);
+}
+
+#define ROW_TILE 16 /* rows per pass over the batch's tokens */
+
+static void dense_rows(const weight *w, int64_t r0, int64_t r1, int T, const float *x, const void *xq,
+                       size_t xq_stride, float *out, int64_t out_stride, void *scratch) {
+    (void)x, (void)scratch;
+    const isa_id isa = isa_active();
+    const type_traits *tt = type_get(w->type);
+    const dot_fn dot = T == 1 ? tt->dot[isa] : tt->dot_batch[isa];
+    const tile_fn tile = tt->tile[isa];
+    for (int64_t row = r0; row < r1; row += ROW_TILE) {
+        int64_t end = row + ROW_TILE < r1 ? row + ROW_TILE : r1;
+        int t = 0;
+        if (tile && (end - row) % TILE_ROWS == 0 && T > 1)
+            for (; t + TILE_COLS <= T; t += TILE_COLS)
+                for (int64_t j = row; j < end; j += TILE_ROWS)
+                    tile(w->n_in, w->data + j * w->row_bytes, w->row_bytes, (const uint8_t *)xq + t * xq_stride,
+                         xq_stride, out + (int64_t)t * out_stride + j, (size_t)out_stride);
+        for (; t < T; t++)
+            for (int64_t j = row; j < end; j++)
+                dot(w->n_in, w->data + j * w->row_bytes, (const uint8_t *)xq + t * xq_stride, &out[t * out_stride + j]);
+    }
+}
+
+#define DENSE_MATRIX .xq_bytes = dense_xq_bytes, .quantize_x = dense_quantize_x, .rows = dense_rows, \
+    .batch_rows = TILE_ROWS, .get_row = dense_get_row
+
 static const type_traits TRAITS[] = {
     {.id = T_F32, .name = "f32", .block = 1, .block_bytes = 4, .vec_type = T_F32,
      .to_float = ALL_ISAS(f32_to_f32_row),
      .from_float = ALL_ISAS(f32_copy_row),
      .dot = PER_ISA(dot_f32_ref, dot_f32_avx2, dot_f32_avx2),
-     .dot_batch = PER_ISA(dot_f32_ref, dot_f32_avx2_batch, dot_f32_avx2_batch)},
+     .dot_batch = PER_ISA(dot_f32_ref, dot_f32_avx2_batch, dot_f32_avx2_batch), DENSE_MATRIX},
     {.id = T_F16, .name = "f16", .block = 1, .block_bytes = 2, .vec_type = T_F16,
      .to_float = PER_ISA(f16_to_f32_row, f16_to_f32_row_f16c, f16_to_f32_row_f16c),
      .from_float = PER_ISA(f32_to_f16_row, f32_to_f16_row_f16c, f32_to_f16_row_f16c),
      .dot = PER_ISA(dot_f16_ref, dot_f16_avx2, dot_f16_avx512x4),
      .dot_batch = PER_ISA(dot_f16_ref, dot_f16_avx2_batch, dot_f16_avx512),
-     .tile = PER_ISA(NULL, tile_f16_avx2, tile_f16_avx512)},
+     .tile = PER_ISA(NULL, tile_f16_avx2, tile_f16_avx512), DENSE_MATRIX},
     {.id = T_BF16, .name = "bf16", .block = 1, .block_bytes = 2, .vec_type = T_BF16,
      .to_float = ALL_ISAS(bf16_to_f32_row),
      .from_float = ALL_ISAS(f32_to_bf16_row),
      .dot = PER_ISA(dot_bf16_ref, dot_bf16_avx2, dot_bf16_avx2),
-     .dot_batch = PER_ISA(dot_bf16_ref, dot_bf16_avx2, dot_bf16_avx2)},
+     .dot_batch = PER_ISA(dot_bf16_ref, dot_bf16_avx2, dot_bf16_avx2), DENSE_MATRIX},
     {.id = T_Q8_0, .name = "q8_0", .block = QK8_0, .block_bytes = sizeof(block_q8_0), .vec_type = T_Q8_0,
      .to_float = ALL_ISAS(q8_0_to_f32_row),
      .from_float = ALL_ISAS(f32_to_q8_0_row),
      .dot = PER_ISA(dot_q8_0_ref, dot_q8_0_avx2, dot_q8_0_vnni),
      .dot_batch = PER_ISA(dot_q8_0_ref, dot_q8_0_avx2, dot_q8_0_vnni),
-     .tile = PER_ISA(NULL, tile_q8_0_avx2, tile_q8_0_avx2)},
+     .tile = PER_ISA(NULL, tile_q8_0_avx2, tile_q8_0_avx2), DENSE_MATRIX},
     /* Block 1 here: the real block (8 / gcd(W, 8) groups) depends on the id, and type_row_bytes asks the
-     * codec. Activations stay f32 in the traits' sense; pvq_matmul.c quantizes them itself (int8 for
-     * decode, f32 for batches). No generic kernels: every product needs the weight's codec. */
-    {.id = T_PVQ, .name = "pvq", .block = 1, .block_bytes = 0, .vec_type = T_F32},
+     * codec. No per-set row kernels: every product needs the weight's codec context, so the matrix side
+     * (pvq_matmul.c) is the whole row, and it picks the codec's kernels for the active set. */
+    {.id = T_PVQ, .name = "pvq", .block = 1, .block_bytes = 0, .vec_type = T_F32,
+     .xq_bytes = pvq_weight_xq_bytes, .quantize_x = pvq_weight_quantize_x, .rows = pvq_weight_rows,
+     .batch_rows = PVQ_TILE_ROWS, .scratch_bytes = pvq_tile_bytes, .get_row = pvq_weight_get_row},
 };
+#define N_TYPES (sizeof(TRAITS) / sizeof(TRAITS[0]))
 
 const type_traits *type_get(uint32_t id) {
     if (type_is_pvq(id)) {
@@ -47,9 +89,27 @@ const type_traits *type_get(uint32_t id) {
         if (pvq_type_params(id, &D, &K, &b, NULL, 0)) return NULL;
         id = T_PVQ;
     }
-    for (size_t i = 0; i < sizeof(TRAITS) / sizeof(TRAITS[0]); i++)
+    for (size_t i = 0; i < N_TYPES; i++)
         if (TRAITS[i].id == id) return &TRAITS[i];
     return NULL;
+}
+
+size_t type_max_xq_bytes(int64_t n) {
+    size_t most = 0;
+    for (size_t i = 0; i < N_TYPES; i++) {
+        size_t b = TRAITS[i].xq_bytes(TRAITS[i].id, n);
+        most = b > most ? b : most;
+    }
+    return most;
+}
+
+size_t type_max_scratch_bytes(int64_t n) {
+    size_t most = 0;
+    for (size_t i = 0; i < N_TYPES; i++) {
+        size_t b = TRAITS[i].scratch_bytes ? TRAITS[i].scratch_bytes(n) : 0;
+        most = b > most ? b : most;
+    }
+    return most;
 }
 
 size_t type_row_bytes(uint32_t id, int64_t n) {

@@ -14,8 +14,8 @@ enum ggml_type_id { T_F32 = 0, T_F16 = 1, T_Q8_0 = 8, T_BF16 = 30 };
 
 /* PVQ: one id per layout, 0x50000000 | D << 20 | b << 16 | K (docs/format.md). All valid ids share one
  * row of traits whose per-layout parts (row bytes, the codec with its gain levels, the row scales)
- * come from the id and the file: a PVQ weight carries them in model.h's `weight.pvq`. Its products
- * do not fit dot_fn (they need the codec and the row scale) and run in pvq_matmul.c. */
+ * come from the id and the file: a PVQ weight carries them in model.h's `weight.pvq`, its per-tensor
+ * codec context, and its matrix-side traits (pvq_matmul.c) read them there. */
 #define T_PVQ 0x50000000u
 static inline int type_is_pvq(uint32_t id) { return (id & 0xF0000000u) == T_PVQ; }
 
@@ -34,8 +34,18 @@ typedef void (*tile_fn)(int64_t n, const void *w, size_t w_stride, const void *x
 #define TILE_ROWS 2
 #define TILE_COLS 4
 
+struct weight; /* model.h: a matrix's rows in the mapping and, for PVQ, its codec context */
+
+/* The products of rows r0 <= r < r1 of w with T tokens, one thread's share of a matmul:
+ * out[t * out_stride + r] = row r . x[t]. x is [T][n_in] float32, xq the same tokens as the type's
+ * quantize_x wrote them, xq_stride bytes apart; scratch is scratch_bytes(n_in) bytes of this thread's own. */
+typedef void (*rows_fn)(const struct weight *w, int64_t r0, int64_t r1, int T, const float *x, const void *xq,
+                        size_t xq_stride, float *out, int64_t out_stride, void *scratch);
+
 /* One row per type. The kernels come per kernel set (kernels/isa.h): index them by isa_active(), or by
- * any set the CPU runs; [ISA_SCALAR] is the reference the others are tested against. */
+ * any set the CPU runs; [ISA_SCALAR] is the reference the others are tested against. The matrix side
+ * (xq_bytes ... get_row) is what the forward pass calls: one path for every type, each entry choosing
+ * its kernel set itself. */
 typedef struct {
     uint32_t id;            /* ggml type id */
     const char *name;
@@ -48,10 +58,20 @@ typedef struct {
     dot_fn dot_batch[ISA_COUNT];  /* the same for batches of >= 2 rows; differs only where llama.cpp sums in
                                    * another order for batches (F16), so logits match it in both */
     tile_fn tile[ISA_COUNT];      /* dot_batch on a 2x4 tile, or NULL */
+    /* the matrix side */
+    size_t (*xq_bytes)(uint32_t id, int64_t n);                          /* what quantize_x writes for n */
+    void (*quantize_x)(const struct weight *w, const float *x, void *xq); /* one token of w->n_in */
+    rows_fn rows;
+    int64_t batch_rows;  /* a thread's share of a batch's rows is a multiple of this */
+    size_t (*scratch_bytes)(int64_t n);                                  /* per thread, for rows of n */
+    void (*get_row)(const struct weight *w, int64_t r, float *out);      /* row r as float32 (a lookup) */
 } type_traits;
 
 /* NULL for an unknown id (or a PVQ id with out-of-range parameters). */
 const type_traits *type_get(uint32_t id);
+/* The most any type's xq_bytes and scratch_bytes ask for rows of n: the state's buffers. */
+size_t type_max_xq_bytes(int64_t n);
+size_t type_max_scratch_bytes(int64_t n);
 /* Bytes of a row of n elements; 0 when n is not a whole number of blocks. */
 size_t type_row_bytes(uint32_t id, int64_t n);
 /* The active kernel set and what its kernels are, for docs and --help. */
