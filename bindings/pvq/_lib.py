@@ -68,7 +68,8 @@ def _load():
 ffi, lib, LIB_PATH = _load()
 
 ERR_LEN = 512
-STATUS_NAMES = {0: "OK", 1: "IO", 2: "FORMAT", 3: "NOMEM", 4: "ARG", 5: "CONTEXT_FULL", 6: "UTF8", 7: "TOO_LONG"}
+STATUS_NAMES = {0: "OK", 1: "IO", 2: "FORMAT", 3: "NOMEM", 4: "ARG", 5: "CONTEXT_FULL", 6: "UTF8", 7: "TOO_LONG",
+                8: "DEVICE"}
 
 
 def error_buffer():

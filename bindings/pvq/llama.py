@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 import uuid
-import warnings
 from collections import deque
 
 import numpy as np
@@ -47,9 +46,6 @@ class Llama:
         self._seed = seed
         self._logits_all = bool(logits_all)
         self.last_n_tokens_size = last_n_tokens_size
-        if n_gpu_layers:
-            warnings.warn("pvq.Llama: the runtime's C API has no GPU offload yet; n_gpu_layers is ignored and the "
-                          "model runs on the CPU", RuntimeWarning, stacklevel=2)
 
         out, err = ffi.new("pvq_model **"), error_buffer()
         check(lib.pvq_model_load(self.model_path.encode(), out, err, ERR_LEN), err, ModelLoadError)
@@ -59,6 +55,8 @@ class Llama:
         params = lib.pvq_context_default_params()
         params.n_ctx, params.n_batch, params.n_threads, params.logits_all = n_ctx, self.n_batch, self.n_threads, \
             int(logits_all)
+        # the runtime warns once when it falls back to the CPU, and refuses a partial offload (PvqError)
+        params.n_gpu_layers = n_gpu_layers
         cout = ffi.new("pvq_context **")
         try:
             check(lib.pvq_context_new(self._model, ffi.new("pvq_context_params *", params), cout, err, ERR_LEN), err)

@@ -29,6 +29,7 @@ typedef enum {
     PVQ_ERR_CONTEXT_FULL = 5,/* more tokens than the context holds */
     PVQ_ERR_UTF8 = 6,        /* text is not valid UTF-8 */
     PVQ_ERR_TOO_LONG = 7,    /* text or token list too long for the buffer given */
+    PVQ_ERR_DEVICE = 8,      /* the GPU failed: upload (device memory), a kernel, an unsupported weight type */
 } pvq_status;
 
 typedef struct pvq_model pvq_model;
@@ -94,6 +95,10 @@ typedef struct {
     int32_t n_batch;    /* tokens per forward pass (prompts are split); 0: 512 */
     int32_t n_threads;  /* 0: the number of online CPUs */
     int32_t logits_all; /* keep logits of every token of an eval, not just the last */
+    int32_t n_gpu_layers; /* 0: the CPU. -1 or >= pvq_n_layer: the whole model (weights and KV cache) on the
+                           * GPU, through the CUDA backend libpvq_cuda.so (docs/cuda.md); without that library
+                           * or a usable device, one warning on stderr and the CPU. Other values: PVQ_ERR_ARG
+                           * (partial offload is not supported) */
 } pvq_context_params;
 
 PVQ_API pvq_context_params pvq_context_default_params(void);

@@ -1,10 +1,15 @@
-/* The public API (pvq.h) over model.c, vocab.c and the tokenizer. */
+/* The public API (pvq.h) over model.c, vocab.c and the tokenizer, and over the CUDA backend when a context
+ * asks for the GPU. */
+#include "cuda_backend.h"
 #include "errmsg.h"
 #include "pvq.h"
 #include "model.h"
 #include "unicode.h"
 #include "vocab.h"
 
+#include <dlfcn.h>
+#include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,11 +19,13 @@
 struct pvq_model {
     model m;
     tokenizer *tok;
+    char *path; /* the CUDA backend loads the file itself */
 };
 
 struct pvq_context {
     const pvq_model *model;
-    state s;
+    state s;               /* on the GPU only n_ctx, n_batch, logits_all, n_past and the logits are used */
+    pvq_cuda_session *gpu; /* the whole model on the GPU, or NULL */
 };
 
 static pvq_status error(pvq_status st, char *err, size_t err_len, const char *fmt, ...) {
@@ -71,12 +78,17 @@ pvq_status pvq_model_load_params(const char *path, const pvq_model_params *param
         free(pm);
         return error(PVQ_ERR_FORMAT, err, err_len, "%s: %s", path, msg);
     }
+    if (!(pm->path = strdup(path))) {
+        pvq_model_free(pm);
+        return error(PVQ_ERR_NOMEM, err, err_len, "out of memory");
+    }
     *out = pm;
     return PVQ_OK;
 }
 
 void pvq_model_free(pvq_model *pm) {
     if (!pm) return;
+    free(pm->path);
     tokenizer_free(pm->tok);
     model_free(&pm->m);
     free(pm);
@@ -144,7 +156,53 @@ size_t pvq_utf8_repair(const char *in, size_t len, int final, char *out, size_t 
 uint16_t pvq_f32_to_f16(float f) { return f32_to_fp16(f); }
 float pvq_f16_to_f32(uint16_t h) { return fp16_to_f32(h); }
 
-pvq_context_params pvq_context_default_params(void) { return (pvq_context_params){0, 0, 0, 0}; }
+pvq_context_params pvq_context_default_params(void) { return (pvq_context_params){0}; }
+
+/* The CUDA backend, loaded at the first context that asks for the GPU and kept for the process: dlopen, so
+ * that libpvq.so neither needs CUDA to build nor libcudart to load. NULL when it is absent or finds no usable
+ * device; the reason is printed once. */
+static const pvq_cuda_backend *gpu_backend;
+static pthread_once_t gpu_once = PTHREAD_ONCE_INIT;
+
+/* PVQ_CUDA_LIB names the library; otherwise libpvq_cuda.so next to libpvq.so (an install), then the build
+ * tree's ../build-cuda/libpvq_cuda.so. Returns the handle, or NULL with the reason. */
+static void *gpu_dlopen(char *why, size_t why_len) {
+    const char *env = getenv("PVQ_CUDA_LIB");
+    if (env && *env) {
+        void *h = dlopen(env, RTLD_NOW | RTLD_LOCAL);
+        if (!h) err_fail(why, why_len, "cannot load the CUDA backend (PVQ_CUDA_LIB): %s", dlerror());
+        return h;
+    }
+    Dl_info info;
+    char dir[PATH_MAX] = ".", cand[2][PATH_MAX + 32];
+    if (dladdr((void *)pvq_context_new, &info) && info.dli_fname && strrchr(info.dli_fname, '/'))
+        snprintf(dir, sizeof dir, "%.*s", (int)(strrchr(info.dli_fname, '/') - info.dli_fname), info.dli_fname);
+    snprintf(cand[0], sizeof cand[0], "%s/libpvq_cuda.so", dir);
+    snprintf(cand[1], sizeof cand[1], "%s/../build-cuda/libpvq_cuda.so", dir);
+    for (int i = 0; i < 2; i++) {
+        if (access(cand[i], F_OK)) continue;
+        void *h = dlopen(cand[i], RTLD_NOW | RTLD_LOCAL);
+        if (!h) err_fail(why, why_len, "cannot load the CUDA backend: %s", dlerror());
+        return h;
+    }
+    err_fail(why, why_len, "no CUDA backend: neither %s nor %s exists (make cuda builds it)", cand[0], cand[1]);
+    return NULL;
+}
+
+static void gpu_init(void) {
+    char why[1024];
+    void *h = gpu_dlopen(why, sizeof why);
+    if (h) {
+        const pvq_cuda_backend *b = dlsym(h, PVQ_CUDA_BACKEND_SYMBOL);
+        if (!b || b->abi != PVQ_CUDA_BACKEND_ABI)
+            err_fail(why, sizeof why, "the CUDA backend has no %s of ABI %d, as this libpvq needs (rebuild it with "
+                     "make cuda)", PVQ_CUDA_BACKEND_SYMBOL, PVQ_CUDA_BACKEND_ABI);
+        else if (!b->probe(why, sizeof why))
+            gpu_backend = b;
+        /* the handle stays open even when unused: unloading cudart after it initialised is not safe */
+    }
+    if (!gpu_backend) fprintf(stderr, "pvq: %s; running on the CPU\n", why);
+}
 
 pvq_status pvq_context_new(const pvq_model *pm, const pvq_context_params *p, pvq_context **out, char *err,
                            size_t err_len) {
@@ -157,10 +215,27 @@ pvq_status pvq_context_new(const pvq_model *pm, const pvq_context_params *p, pvq
         return error(PVQ_ERR_ARG, err, err_len, "bad context parameters (n_ctx %d, n_batch %d, threads %d)",
                      p->n_ctx, p->n_batch, p->n_threads);
     if (n_batch > n_ctx) n_batch = n_ctx;
+    int ngl = p->n_gpu_layers, n_layer = pm->m.n_layer;
+    if (ngl < -1 || (ngl > 0 && ngl < n_layer))
+        return error(PVQ_ERR_ARG, err, err_len, "n_gpu_layers %d: this runtime puts all %d layers on the GPU (-1, or "
+                     ">= %d) or none (0); partial offload is not supported (it would need per-layer entry points in "
+                     "the CPU forward pass)", ngl, n_layer, n_layer);
+    if (ngl) pthread_once(&gpu_once, gpu_init);
     pvq_context *c = calloc(1, sizeof *c);
     if (!c) return error(PVQ_ERR_NOMEM, err, err_len, "out of memory");
-    char msg[256];
-    if (state_new(&c->s, &pm->m, n_ctx, n_batch, n_threads, p->logits_all != 0, msg, sizeof msg)) {
+    char msg[512];
+    if (ngl && gpu_backend) {
+        c->s.n_ctx = n_ctx, c->s.n_batch = n_batch, c->s.logits_all = p->logits_all != 0;
+        if (!(c->s.logits = malloc((size_t)(c->s.logits_all ? n_batch : 1) * pm->m.n_vocab * sizeof(float)))) {
+            free(c);
+            return error(PVQ_ERR_NOMEM, err, err_len, "out of memory");
+        }
+        if (gpu_backend->open(pm->path, n_ctx, n_batch, &c->gpu, msg, sizeof msg)) {
+            free(c->s.logits);
+            free(c);
+            return error(PVQ_ERR_DEVICE, err, err_len, "cannot put the model on the GPU: %s", msg);
+        }
+    } else if (state_new(&c->s, &pm->m, n_ctx, n_batch, n_threads, p->logits_all != 0, msg, sizeof msg)) {
         free(c);
         return error(PVQ_ERR_NOMEM, err, err_len, "%s", msg);
     }
@@ -171,7 +246,12 @@ pvq_status pvq_context_new(const pvq_model *pm, const pvq_context_params *p, pvq
 
 void pvq_context_free(pvq_context *c) {
     if (!c) return;
-    state_free(&c->s);
+    if (c->gpu) {
+        gpu_backend->close(c->gpu);
+        free(c->s.logits);
+    } else {
+        state_free(&c->s);
+    }
     free(c);
 }
 
@@ -180,6 +260,23 @@ int32_t pvq_n_past(const pvq_context *c) { return c->s.n_past; }
 
 void pvq_kv_truncate(pvq_context *c, int32_t n_keep) {
     if (n_keep >= 0 && n_keep < c->s.n_past) c->s.n_past = n_keep;
+    if (c->gpu) gpu_backend->truncate(c->gpu, c->s.n_past);
+}
+
+/* The GPU returns the last token's logits per call, so logits_all evaluates one token at a time. */
+static pvq_status gpu_eval(pvq_context *c, const int32_t *tokens, int32_t n, char *err, size_t err_len) {
+    const int32_t nv = c->model->m.n_vocab, step = c->s.logits_all ? 1 : c->s.n_batch;
+    char msg[512];
+    c->s.n_logits = 0;
+    for (int32_t i = 0; i < n; i += step) {
+        int32_t k = n - i < step ? n - i : step;
+        float *logits = c->s.logits + (c->s.logits_all ? (size_t)i * nv : 0);
+        if (gpu_backend->eval(c->gpu, tokens + i, k, logits, msg, sizeof msg))
+            return error(PVQ_ERR_DEVICE, err, err_len, "GPU: %s", msg);
+        c->s.n_past += k;
+        c->s.n_logits = c->s.logits_all ? i + 1 : 1;
+    }
+    return PVQ_OK;
 }
 
 pvq_status pvq_eval(pvq_context *c, const int32_t *tokens, int32_t n, char *err, size_t err_len) {
@@ -195,6 +292,7 @@ pvq_status pvq_eval(pvq_context *c, const int32_t *tokens, int32_t n, char *err,
     if (c->s.logits_all && n > c->s.n_batch)
         return error(PVQ_ERR_ARG, err, err_len, "with logits_all, eval at most n_batch (%d) tokens at a time",
                      c->s.n_batch);
+    if (c->gpu) return gpu_eval(c, tokens, n, err, err_len);
     for (int32_t i = 0; i < n; i += c->s.n_batch)
         forward(m, &c->s, tokens + i, n - i < c->s.n_batch ? n - i : c->s.n_batch);
     return PVQ_OK;

@@ -11,7 +11,7 @@
 
 typedef struct {
     const char *model, *prompt, *file, *kld_base, *isa;
-    int n_predict, n_threads, n_ctx, n_batch, print_ids, perplexity, kld, chunks, verbose, pvq_repack, pvq_f32_act;
+    int n_predict, n_threads, n_ctx, n_batch, n_gpu_layers, print_ids, perplexity, kld, chunks, verbose, pvq_repack, pvq_f32_act;
     pvq_sampler_params sp;
 } options;
 
@@ -25,6 +25,9 @@ static void usage(FILE *o) {
             "  -t, --threads N           threads (default: number of CPUs)\n"
             "  -c, --ctx-size N          context size (default: the model's, at most 4096)\n"
             "  -b, --batch-size N        tokens per forward pass (default 512)\n"
+            "  -ngl, --n-gpu-layers N    layers on the GPU (default 0: the CPU); -1 or >= the layer count: the\n"
+            "                            whole model, through build-cuda/libpvq_cuda.so (make cuda); without it\n"
+            "                            or a usable GPU, a warning and the CPU. Partial offload: refused\n"
             "  --temp T                  temperature (default 0.8; 0: greedy)\n"
             "  --top-k N                 (default 40; 0: off)\n"
             "  --top-p P                 (default 0.95; 1: off)\n"
@@ -106,6 +109,7 @@ static int parse_args(int argc, char **argv, options *o) {
         else if (IS("-t") || IS("--threads")) rc = parse_int(a, v, 1, 1024, &o->n_threads);
         else if (IS("-c") || IS("--ctx-size")) rc = parse_int(a, v, 1, 1 << 20, &o->n_ctx);
         else if (IS("-b") || IS("--batch-size")) rc = parse_int(a, v, 1, 1 << 16, &o->n_batch);
+        else if (IS("-ngl") || IS("--n-gpu-layers")) rc = parse_int(a, v, -1, 1 << 20, &o->n_gpu_layers);
         else if (IS("--chunks")) rc = parse_int(a, v, 1, 1 << 24, &o->chunks);
         else if (IS("--top-k")) rc = parse_int(a, v, 0, 1 << 24, &o->sp.top_k);
         else if (IS("--repeat-last-n")) rc = parse_int(a, v, 0, 1 << 20, &o->sp.repeat_last_n);
@@ -454,7 +458,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s\n", err);
     }
     pvq_context_params cp = pvq_context_default_params();
-    cp.n_ctx = o.n_ctx, cp.n_threads = o.n_threads, cp.n_batch = o.n_batch;
+    cp.n_ctx = o.n_ctx, cp.n_threads = o.n_threads, cp.n_batch = o.n_batch, cp.n_gpu_layers = o.n_gpu_layers;
     cp.logits_all = o.perplexity || o.kld;
     if (cp.logits_all && o.n_ctx == 0) cp.n_ctx = 512;
     if (cp.logits_all) cp.n_batch = cp.n_ctx;

@@ -416,6 +416,10 @@ void pvq_cuda_model_free(pvq_cuda_model *g)
 }
 
 int pvq_cuda_n_past(const pvq_cuda_model *g) { return g->n_past; }
+void pvq_cuda_truncate(pvq_cuda_model *g, int n_keep)
+{
+    if (n_keep >= 0 && n_keep < g->n_past) g->n_past = n_keep;
+}
 int pvq_cuda_uses_graph(const pvq_cuda_model *g) { return g->decode_graph != NULL; }
 
 const cuda_weight *pvq_cuda_model_weight(const pvq_cuda_model *g, int layer, int which)

@@ -50,6 +50,8 @@ int pvq_cuda_model_random(const pvq_cuda_random_shape *s, int n_ctx, int n_batch
  * streams); a model belongs to one thread at a time. */
 int pvq_cuda_forward(pvq_cuda_model *g, const int32_t *tokens, int n, float *logits, char *err, size_t err_len);
 int pvq_cuda_n_past(const pvq_cuda_model *g);
+/* Forgets the cache from position n_keep on (later tokens overwrite it). */
+void pvq_cuda_truncate(pvq_cuda_model *g, int n_keep);
 /* Whether decode steps run as a captured CUDA graph (PVQ_CUDA_GRAPHS=0 turns it off). */
 int pvq_cuda_uses_graph(const pvq_cuda_model *g);
 size_t pvq_cuda_weight_bytes(const pvq_cuda_model *g);
