@@ -19,6 +19,7 @@ from pathlib import Path
 from models.smollm2 import ensure, pvq_gguf
 
 QUESTION = "What are the three most useful Debian commands for a new user?"
+MESSAGES = [{"role": "user", "content": QUESTION}]
 N_PREDICT = 48
 KLD_CHUNKS = 8    # x 512 tokens of the eval text's second half (the calibration read the first)
 
@@ -27,7 +28,7 @@ def chat_prompt(path: Path) -> str:
     """QUESTION rendered by the file's chat template, ending where the assistant's turn begins."""
     from pvq import Llama
     with Llama(str(path), n_ctx=512, n_threads=2, verbose=False) as llm:
-        return llm.apply_chat_template([{"role": "user", "content": QUESTION}])
+        return llm.apply_chat_template(MESSAGES)
 
 
 def continuation(path: Path) -> tuple[str, list[int]]:
@@ -35,8 +36,7 @@ def continuation(path: Path) -> tuple[str, list[int]]:
     (text, token ids), up to the end of turn."""
     from pvq import Llama
     with Llama(str(path), n_ctx=512, n_threads=2, verbose=False) as llm:
-        text = llm.apply_chat_template([{"role": "user", "content": QUESTION}])
-        prompt = llm.tokenize(text.encode(), add_bos=False, special=True)
+        prompt = llm.tokenize(llm.apply_chat_template(MESSAGES).encode(), add_bos=False, special=True)
         ids = []
         for token in llm.generate(prompt, temp=0.0):
             if token == llm.token_eos() or len(ids) == N_PREDICT:
@@ -58,8 +58,9 @@ def main() -> None:
     if shutil.which("pvqrun") is None:
         raise SystemExit("pvqrun is not on the PATH: run `make setup`")
     prompt_file = out.parent / "demo-chat-prompt.txt"
-    prompt_file.write_text(chat_prompt(paths.f16_gguf))
-    print(f"The question, in the model's chat template ({prompt_file}):\n{prompt_file.read_text()}")
+    prompt = chat_prompt(paths.f16_gguf)
+    prompt_file.write_text(prompt)
+    print(f"The question, in the model's chat template ({prompt_file}):\n{prompt}")
     for label, path in (("F16 reference", paths.f16_gguf), ("PVQ 3.25", out)):
         print(f"\n--- {label}: {path.name}, {path.stat().st_size / 1e6:.1f} MB")
         cmd = ["pvqrun", "-m", str(path), "-f", str(prompt_file), "-n", str(N_PREDICT), "--temp", "0", "-t", "2"]

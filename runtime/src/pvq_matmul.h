@@ -56,7 +56,6 @@ int pvq_weight_load(pvq_weight *pw, pvq_layouts *set, const gguf_file *f, const 
 void pvq_weight_free(pvq_weight *pw);
 void pvq_layouts_free(pvq_layouts *set);
 
-
 /* Bytes pvq_quantize_x writes for n activations. */
 size_t pvq_xq_bytes(int64_t n);
 /* x as the integer kernels read it: int8 values, then one float scale per 128. */

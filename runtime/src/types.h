@@ -1,7 +1,8 @@
 /* Tensor types as ggml lays them out, one row of traits per type. A weight row is dotted with an
  * activation vector that was first converted to the type's vec_type (as ggml does: F16 weights meet
  * F16 activations, Q8_0 weights meet activations quantized to Q8_0 per block of 32). Adding a type
- * means adding one row to the table in types.c; PVQ's row is special (see T_PVQ). */
+ * means adding one row to the table in types.c; PVQ's row has no per-set kernels, only the matrix side,
+ * which reads the weight's codec (see T_PVQ). */
 #ifndef PVQ_TYPES_H
 #define PVQ_TYPES_H
 
