@@ -32,7 +32,7 @@ PRESET_BITS = (2.25, 2.75, 3.25, 3.75, 4.25)
 CALIB = "@calib"  # stands for --calib <the eval text's first half>
 OURS = {f"pvq@{b}": ("--bits", str(b), "--calib", CALIB) for b in PRESET_BITS}
 OURS |= {f"pvq-gen@{b}": ("--bits", str(b)) for b in (3.25, 4.25)}          # self-generated calibration
-OURS |= {f"pvq-mix@{b}": ("--bits", str(b), "--calib", CALIB, "--calib-generated", "8") for b in (3.25, 3.75)}
+OURS |= {f"pvq-file@{b}": ("--bits", str(b), "--calib", CALIB, "--calib-generated", "0") for b in (3.25, 4.25)}
 OURS |= {"pvq@3.75-embd4.25": ("--bits", "3.75", "--embd-bits", "4.25", "--calib", CALIB),
          "pvq-keep-embd@3.25": ("--bits", "3.25", "--keep-embd", "--calib", CALIB)}
 PEER = ("q2_k", "q3_k_s", "q3_k_m", "q4_0", "iq4_xs", "q4_k_m", "q5_k_m", "q6_k", "q8_0")
@@ -92,11 +92,11 @@ def markdown(results: dict[str, dict], args) -> str:
              "`--calib` rows calibrate on its first half); **code**, Python source of another kind than any "
              "calibration text: the `argparse`, `dataclasses` and `enum` modules of the Python standard library "
              "(3.11, as the machine's Python ships them; `models.code_text`). Rows: `pvq@B` is `python -m "
-             "pvq_convert --bits B --calib <first half>`, `pvq-gen@B` the same without `--calib` (the default "
-             "self-generated calibration), `pvq-mix@B` `--calib` with `--calib-generated 8` (8 of the 16 calibration "
-             "sequences self-generated, 8 windows of the first half), `pvq-keep-embd` keeps the embedding and output "
-             "F16 (the files before "
-             "they were coded), `embd4.25` codes the vocabulary matrix at 4.25.", "",
+             "pvq_convert --bits B --calib <first half>` (by default half of the 16 calibration sequences are then "
+             "windows of the file and half text the model writes itself), `pvq-gen@B` the same without `--calib` (all "
+             "16 self-generated), `pvq-file@B` `--calib` with `--calib-generated 0` (all 16 windows of the first "
+             "half), `pvq-keep-embd` keeps the embedding and output F16 (the files before they were coded), "
+             "`embd4.25` codes the vocabulary matrix at 4.25.", "",
              "![KLD against file size](rd_smollm2.png)", ""]
     head = "| row | file MB | bits / parameter | bits / linear weight |"
     rule = "|---|---|---|---|"

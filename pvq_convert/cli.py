@@ -61,9 +61,10 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--calib", type=Path, help="calibration text file (plain UTF-8); default: text the model "
                    "generates itself from short seeds (no download; costs some quality, docs/pipeline.md)")
     q.add_argument("--calib-seqs", type=int, default=16, help="calibration sequences (default: %(default)s)")
-    q.add_argument("--calib-generated", type=int, default=0, metavar="N",
-                   help="with --calib: N of the --calib-seqs sequences are text the model generates itself, for "
-                        "calibration that reaches beyond the file's kind of text (default: %(default)s)")
+    q.add_argument("--calib-generated", type=int, metavar="N",
+                   help="with --calib: N of the --calib-seqs sequences are text the model generates itself, so that "
+                        "the calibration reaches beyond the file's kind of text (default: half of --calib-seqs; "
+                        "0: the file only; docs/results.md measures both)")
     q.add_argument("--calib-len", type=int, default=512, help="tokens per sequence (default: %(default)s)")
     return p
 
@@ -80,8 +81,9 @@ def quant_options(args):
 
     if args.calib_seqs < 1 or args.calib_len < 2:
         raise ConvertError("--calib-seqs must be >= 1 and --calib-len >= 2")
-    if not 0 <= args.calib_generated <= args.calib_seqs or (args.calib_generated and args.calib is None):
+    if args.calib_generated is not None and (args.calib is None or not 0 <= args.calib_generated <= args.calib_seqs):
         raise ConvertError("--calib-generated N needs --calib and 0 <= N <= --calib-seqs")
+    n_generated = args.calib_seqs // 2 if args.calib_generated is None else args.calib_generated
     if args.tune_epochs < 0:
         raise ConvertError("--tune-epochs must be >= 0")
     if args.device == "cuda":
@@ -116,7 +118,7 @@ def quant_options(args):
                     scalar_bits=int(args.bits), bits=None if uniform else args.bits,
                     bits_map=parse_bits_map(args.bits_map), tune_epochs=args.tune_epochs, vocab_layout=vocab_layout)
     return QuantOptions(method, args.calib, args.calib_seqs, args.calib_len, rotate=not args.no_rotate,
-                        n_generated=args.calib_generated, device=args.device)
+                        n_generated=n_generated, device=args.device)
 
 
 def main(argv: list[str] | None = None) -> int:
