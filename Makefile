@@ -11,7 +11,7 @@ PEER_CMAKE_ARGS := -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'
 # these machines carry, so that the package's own `torch==2.13.0` requirement is already satisfied.
 setup:
 	$(PYTHON) -m pip install --quiet torch==2.13.0
-	CMAKE_ARGS="$(PEER_CMAKE_ARGS)" $(PYTHON) -m pip install --quiet -e '.[convert,peer,test]'
+	CMAKE_ARGS="$(PEER_CMAKE_ARGS)" $(PYTHON) -m pip install --quiet -e '.[convert,peer,server,test]'
 	$(PYTHON) -c "import llama_cpp, sys; sys.exit(b'AMX_INT8 = 1' in llama_cpp.llama_print_system_info())" || \
 	  CMAKE_ARGS="$(PEER_CMAKE_ARGS)" $(PYTHON) -m pip install --quiet --force-reinstall --no-deps --no-cache-dir \
 	    "llama-cpp-python==$$($(PYTHON) -c 'import llama_cpp; print(llama_cpp.__version__)')"

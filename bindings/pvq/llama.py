@@ -33,30 +33,71 @@ class _Sampler:
         self.ptr = ffi.gc(out[0], lib.pvq_sampler_free)
 
 
+class _Weights:
+    """A loaded pvq_model (read-only, so any thread may use it) and how many Llama objects hold it: the last
+    one to close frees it. The token-piece cache belongs here too, as it depends on the model alone."""
+
+    def __init__(self, path: str):
+        out, err = ffi.new("pvq_model **"), error_buffer()
+        check(lib.pvq_model_load(path.encode(), out, err, ERR_LEN), err, ModelLoadError)
+        self.ptr = out[0]
+        self.pieces = [None] * lib.pvq_n_vocab(self.ptr)  # token -> bytes, filled on first use
+        self.holders = 0
+        self._lock = threading.Lock()
+
+    def hold(self):
+        with self._lock:
+            self.holders += 1
+        return self.ptr
+
+    def release(self) -> None:
+        with self._lock:
+            self.holders -= 1
+            if self.holders == 0:
+                lib.pvq_model_free(self.ptr)
+                self.ptr = None
+
+
 class Llama:
     """A model and one context (KV cache). Not for concurrent use: see docs/python.md, "Threads"."""
 
     def __init__(self, model_path: str, *, n_ctx: int = 512, n_batch: int = 512, n_threads: int | None = None,
                  n_gpu_layers: int = 0, seed: int = DEFAULT_SEED, logits_all: bool = False,
                  last_n_tokens_size: int = 64, verbose: bool = True):
-        self._model = self._ctx = None
-        self._lock = threading.RLock()
-        self.model_path = str(model_path)
-        self.verbose = verbose
-        self._seed = seed
-        self._logits_all = bool(logits_all)
-        self.last_n_tokens_size = last_n_tokens_size
+        self._open(_Weights(str(model_path)), str(model_path), dict(
+            n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, n_gpu_layers=n_gpu_layers, seed=seed,
+            logits_all=logits_all, last_n_tokens_size=last_n_tokens_size, verbose=verbose))
 
-        out, err = ffi.new("pvq_model **"), error_buffer()
-        check(lib.pvq_model_load(self.model_path.encode(), out, err, ERR_LEN), err, ModelLoadError)
-        self._model = out[0]
+    def share(self) -> "Llama":
+        """Another Llama over the same loaded weights with a context (KV cache) of its own, made with this one's
+        arguments: one Llama per thread without loading the model again. Each is closed on its own; the
+        weights are freed with the last of them."""
+        twin = Llama.__new__(Llama)
+        with self._lock:
+            self._live()
+            twin._open(self._weights, self.model_path, self._args)
+        return twin
+
+    def _open(self, weights: _Weights, model_path: str, args: dict) -> None:
+        self._model = self._ctx = self._weights = None
+        self._lock = threading.RLock()
+        self._args = args
+        self.model_path = model_path
+        self.verbose = verbose = args["verbose"]
+        self._seed = args["seed"]
+        self._logits_all = bool(args["logits_all"])
+        self.last_n_tokens_size = args["last_n_tokens_size"]
+        n_ctx, n_batch, n_threads = args["n_ctx"], args["n_batch"], args["n_threads"]
+
+        self._model, self._weights = weights.hold(), weights
+        err = error_buffer()
         self.n_threads = n_threads or max(multiprocessing.cpu_count() // 2, 1)
         self.n_batch = min(n_ctx, n_batch) if n_ctx > 0 else n_batch
         params = lib.pvq_context_default_params()
         params.n_ctx, params.n_batch, params.n_threads, params.logits_all = n_ctx, self.n_batch, self.n_threads, \
-            int(logits_all)
+            int(self._logits_all)
         # the runtime warns once when it falls back to the CPU, and refuses a partial offload (PvqError)
-        params.n_gpu_layers = n_gpu_layers
+        params.n_gpu_layers = args["n_gpu_layers"]
         cout = ffi.new("pvq_context **")
         try:
             check(lib.pvq_context_new(self._model, ffi.new("pvq_context_params *", params), cout, err, ERR_LEN), err)
@@ -68,7 +109,7 @@ class Llama:
         self._n_ctx = lib.pvq_n_ctx(self._ctx)
         self._n_vocab = lib.pvq_n_vocab(self._model)
         self._bos, self._eos = lib.pvq_token_bos(self._model), lib.pvq_token_eos(self._model)
-        self._pieces = [None] * self._n_vocab  # token -> bytes, filled on first use
+        self._pieces = weights.pieces
         self._token_buf = ffi.new("int32_t[1]")
         self._err = error_buffer()
         self.n_tokens = 0
@@ -83,14 +124,15 @@ class Llama:
 
     # ---- lifetime
     def close(self) -> None:
-        """Frees the context and the model; later calls raise PvqError. Safe to call twice."""
+        """Frees the context, and the model unless a Llama made by share() still holds it; later calls raise
+        PvqError. Safe to call twice."""
         with self._lock:
             if self._ctx is not None:
                 lib.pvq_context_free(self._ctx)
                 self._ctx = None
             if self._model is not None:
-                lib.pvq_model_free(self._model)
                 self._model = None
+                self._weights.release()
 
     def __enter__(self):
         return self
@@ -385,6 +427,11 @@ class Llama:
         self._live()
         return self._chat_template().render(messages, add_generation_prompt=add_generation_prompt, **extra)
 
+    def _chat_prompt_tokens(self, messages, **template_args) -> list[int]:
+        """The tokens of the prompt that create_chat_completion generates from."""
+        prompt = self.apply_chat_template(messages, **template_args)
+        return self.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+
     def create_chat_completion(self, messages, functions=None, function_call=None, tools=None, tool_choice=None,
                                temperature: float = 0.2, top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
                                typical_p: float = 1.0, stream: bool = False, stop=None, seed: int | None = None,
@@ -397,11 +444,9 @@ class Llama:
         if isinstance(tool_choice, dict) or isinstance(function_call, dict) or response_format is not None:
             raise NotImplementedError("pvq.Llama has no grammar-constrained output (tool_choice, function_call "
                                       "by name, response_format)")
-        self._live()
-        template = self._chat_template()
-        prompt = self.apply_chat_template(messages, functions=functions, function_call=function_call, tools=tools,
+        tokens = self._chat_prompt_tokens(messages, functions=functions, function_call=function_call, tools=tools,
                                           tool_choice=tool_choice)
-        tokens = self.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        template = self._chat_template()
         stops = ([stop] if isinstance(stop, str) else list(stop or [])) + [template.eos_token]
         result = self.create_completion(tokens, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                                         min_p=min_p, typical_p=typical_p, logprobs=top_logprobs if logprobs else None,
