@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_STOPS = 4  # OpenAI's limit
 MAX_LOGPROBS = 20
@@ -15,6 +15,12 @@ U64 = 2 ** 64
 
 class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, body):
+        """A field sent as null takes its default, as in OpenAI's API."""
+        return {k: v for k, v in body.items() if v is not None} if isinstance(body, dict) else body
 
     model: Optional[str] = None
     max_tokens: Optional[int] = Field(default=None, ge=1)
