@@ -54,6 +54,7 @@ bench: models
 	$(PYTHON) -m bench.quality
 	$(PYTHON) -m bench.results
 	$(PYTHON) bench/bench_bindings.py
+	$(PYTHON) bench/bench_server.py
 
 clean:
 	$(MAKE) -C runtime clean
