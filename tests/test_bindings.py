@@ -3,6 +3,8 @@ parametrised over `impl` check the API's contract on each implementation (so the
 behaviour); the others compare pvq's results with the peer's."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -212,3 +214,25 @@ def test_n_ctx_and_context_manager(smollm2):
         assert llm.n_ctx() == 256 and llm.n_vocab() == 49152 and llm.n_embd() == 576
     with pytest.raises(pvq.PvqError, match="closed"):
         llm.n_ctx()
+
+
+def test_shared_weights_keep_separate_contexts(llms):
+    """Llama.share(): a second context on the same loaded model. Two streams consumed in turn (which corrupts
+    each other on one Llama) each give the text their prompt gives alone; either closes without the other."""
+    llm = llms["pvq"]
+    twin = llm.share()
+    assert twin._model == llm._model and twin._ctx != llm._ctx and twin.n_ctx() == llm.n_ctx()
+    prompts = ["The capital of France is", "Here is a short story about a robot:"]
+    alone = [fresh(llm)(p, temperature=0, max_tokens=16)["choices"][0]["text"] for p in prompts]
+    streams = [fresh(m)(p, temperature=0, max_tokens=16, stream=True) for m, p in zip((llm, twin), prompts)]
+    texts = ["", ""]
+    for pair in itertools.zip_longest(*streams):
+        for i, chunk in enumerate(pair):
+            texts[i] += chunk["choices"][0]["text"] if chunk else ""
+    assert texts == alone
+    third = twin.share()
+    twin.close()
+    assert fresh(third)(prompts[0], temperature=0, max_tokens=16)["choices"][0]["text"] == alone[0]
+    weights = third._weights
+    third.close()
+    assert weights.ptr is not None  # llm still holds the model
