@@ -28,7 +28,7 @@ from models.smollm2 import CACHE, calibration_text, ensure, pvq_gguf
 from bench.file_quality import TEXTS, file_scores
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESET_BITS = (2.25, 2.75, 3.25, 3.75, 4.25)
+PRESET_BITS = (2.25, 2.75, 3.25, 3.75, 4.25, 4.5)
 CALIB = "@calib"  # stands for --calib <the eval text's first half>
 OURS = {f"pvq@{b}": ("--bits", str(b), "--calib", CALIB) for b in PRESET_BITS}
 OURS |= {f"pvq-gen@{b}": ("--bits", str(b)) for b in (3.25, 4.25)}          # self-generated calibration
@@ -92,8 +92,8 @@ def markdown(results: dict[str, dict], args) -> str:
              "`--calib` rows calibrate on its first half); **code**, Python source of another kind than any "
              "calibration text: the `argparse`, `dataclasses` and `enum` modules of the Python standard library "
              "(3.11, as the machine's Python ships them; `models.code_text`). Rows: `pvq@B` is `python -m "
-             "pvq_convert --bits B --calib <first half>` (by default half of the 16 calibration sequences are then "
-             "windows of the file and half text the model writes itself), `pvq-gen@B` the same without `--calib` (all "
+             "pvq_convert --bits B --calib <first half>` (by default 12 of the 16 calibration sequences are then "
+             "windows of the file and 4 text the model writes itself), `pvq-gen@B` the same without `--calib` (all "
              "16 self-generated), `pvq-file@B` `--calib` with `--calib-generated 0` (all 16 windows of the first "
              "half), `pvq-keep-embd` keeps the embedding and output F16 (the files before they were coded), "
              "`embd4.25` codes the vocabulary matrix at 4.25.", "",

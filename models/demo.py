@@ -7,7 +7,8 @@ template (`Llama.apply_chat_template`, the file's `tokenizer.chat_template`), an
 model's end of turn or after N_PREDICT tokens.
 
 The conversion is the converter's default with `--calib` (Hessian-aware PVQ of every matrix, embedding
-included, calibrated on 16 x 512 tokens of the shared eval text's first half, then scale tuning; about 13
+included, calibrated on 16 x 512 tokens, 12 windows of the shared eval text's first half and 4 sequences the model
+writes itself, then scale tuning; about 13
 minutes on 2 cores; with 8 x 512 the continuation below degenerated into a loop). Its output is kept in $PVQ_CACHE under a name that changes with the converter's inputs
 (models/smollm2.py, pvq_gguf), so a second `make demo` only generates and scores."""
 from __future__ import annotations

@@ -31,12 +31,12 @@ def parser() -> argparse.ArgumentParser:
                              "GPTQ-style), and with pvq the token embedding and output layer too (one matrix "
                              "when the checkpoint ties them); norms keep f32, the rest --outtype")
     q.add_argument("--bits", type=float,
-                   help="bits per linear weight: pvq 2.25, 2.75, 3.25, 3.75 or 4.25 (with --allocate or --bits-map "
-                        "any average from 2.25 to 4.25); gptq/rtn: 2.25, 3.25 or 4.25")
+                   help="bits per linear weight: pvq 2.25, 2.75, 3.25, 3.75, 4.25 or 4.5 (with --allocate or --bits-map "
+                        "any average from 2.25 to 4.5); gptq/rtn: 2.25, 3.25 or 4.25")
     q.add_argument("--allocate", action="store_true",
                    help="pvq: rates per tensor from a measured sensitivity (the error weighted by the input "
                         "Hessian and the output Fisher information), --bits their average; default: every linear "
-                        "weight at the --bits preset (2.25, 2.75, 3.25, 3.75 or 4.25)")
+                        "weight at the --bits preset (2.25, 2.75, 3.25, 3.75, 4.25 or 4.5)")
     q.add_argument("--bits-map", metavar="SPEC",
                    help="pvq: fixed rates for some tensors, e.g. 'ffn_down=4.25,blk.0.attn_v=4.25' (kinds or "
                         "GGUF names), or a file of such pairs; the rest is allocated (implies --allocate)")
@@ -63,8 +63,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--calib-seqs", type=int, default=16, help="calibration sequences (default: %(default)s)")
     q.add_argument("--calib-generated", type=int, metavar="N",
                    help="with --calib: N of the --calib-seqs sequences are text the model generates itself, so that "
-                        "the calibration reaches beyond the file's kind of text (default: half of --calib-seqs; "
-                        "0: the file only; docs/results.md measures both)")
+                        "the calibration reaches beyond the file's kind of text (default: a quarter of --calib-seqs; "
+                        "0: the file only; docs/pipeline.md and docs/results.md measure the shares)")
     q.add_argument("--calib-len", type=int, default=512, help="tokens per sequence (default: %(default)s)")
     return p
 
@@ -83,7 +83,7 @@ def quant_options(args):
         raise ConvertError("--calib-seqs must be >= 1 and --calib-len >= 2")
     if args.calib_generated is not None and (args.calib is None or not 0 <= args.calib_generated <= args.calib_seqs):
         raise ConvertError("--calib-generated N needs --calib and 0 <= N <= --calib-seqs")
-    n_generated = args.calib_seqs // 2 if args.calib_generated is None else args.calib_generated
+    n_generated = args.calib_seqs // 4 if args.calib_generated is None else args.calib_generated
     if args.tune_epochs < 0:
         raise ConvertError("--tune-epochs must be >= 0")
     if args.device == "cuda":

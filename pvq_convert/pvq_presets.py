@@ -5,7 +5,8 @@ bits per weight = W / D + 16 / n.  For each target the preset takes the largest 
 W = target * D bits, so no index bit is wasted; b is the best gain/shape split at that rate on
 Gaussian rows (docs/codec.md, "Choosing the gain bits"; for 2.75 and 3.75, the per-tensor allocation's
 intermediate rates, measured on 256 x 576 Gaussian rows: MSE 0.0412 / 0.0442 / 0.0530 with b = 2 / 3 / 4
-at 2.75, 0.0128 / 0.0094 / 0.0107 with b = 2 / 3 / 4 at 3.75).  All presets use D = 8,
+at 2.75, 0.0128 / 0.0094 / 0.0107 with b = 2 / 3 / 4 at 3.75; at 4.5 b = 4 would need an index
+of 2^31 or more, so it takes b = 5: gap 3.02 dB against 3.78 with b = 6).  All presets use D = 8,
 the group size the AVX2 / AVX-512 kernels decode (indices below 2^31); D = 16 codes 0.2-0.3 dB
 closer to the Gaussian bound at equal rate but decodes through the scalar reference only.
 """
@@ -21,6 +22,7 @@ PRESETS = {
     3.25: (8, 3),      # K = 14, W = 26
     3.75: (8, 3),      # K = 22, W = 30
     4.25: (8, 4),      # K = 29, W = 34
+    4.5: (8, 5),       # K = 32, W = 36 (b = 4 would need K = 36, an index of 2^31 or more)
 }
 
 

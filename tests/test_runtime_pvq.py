@@ -178,8 +178,8 @@ def isa(request):
         yield request.param
 
 
-# (D, K, b): the 2.25 / 3.25 / 4.25 presets (D = 8: integer kernels), and D = 16 (reference only)
-LAYOUTS = [(8, 6, 3), (8, 14, 3), (8, 29, 4), (16, 10, 4)]
+# (D, K, b): the 2.25 / 3.25 / 4.25 / 4.5 presets (D = 8: integer kernels), and D = 16 (reference only)
+LAYOUTS = [(8, 6, 3), (8, 14, 3), (8, 29, 4), (8, 32, 5), (16, 10, 4)]
 SHAPES = [(64, 576), (48, 1536), (20, 96), (33, 4096)]
 
 
