@@ -4,6 +4,7 @@ and pvq-cuda saying clearly that no usable device exists and running on the CPU 
 themselves are bench/gpu_check.sh (docs/cuda.md)."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -32,6 +33,7 @@ def test_host_plan_and_decode_checks():
     assert sum("generic path on a fast layout" in l for l in lines) == 3
     assert sum("the GEMV's regrouped dot" in l for l in lines) == 8
     assert sum("int8 activations identical to pvq_quantize_x_q8's" in l for l in lines) == 5
+    assert sum(l.startswith("ok") and "tile scale" in l for l in lines) == 1
     assert lines[-1] == "all host checks passed"
 
 
@@ -76,7 +78,8 @@ def test_info_says_why_there_is_no_device(pvq_cuda, no_device):
 
 
 @pytest.mark.parametrize("cmd", [["selftest"], ["bench-gemv"], ["bench-decode"],
-                                 ["compare", "-m", "MODEL", "-p", "hi"]])
+                                 ["compare", "-m", "MODEL", "-p", "hi"],
+                                 ["compare", "-m", "MODEL", "-p", "hi", "--f32-act", "--near-tie", "0.05"]])
 def test_gpu_only_commands_refuse_cleanly(pvq_cuda, no_device, smollm2, cmd):
     r = _run(pvq_cuda, *[smollm2.f16_gguf if a == "MODEL" else a for a in cmd])
     assert r.returncode == 3, r.stdout + r.stderr
@@ -111,6 +114,7 @@ def test_bad_input_is_an_error_not_a_crash(pvq_cuda, smollm2, tmp_path):
         (["generate", "-m", smollm2.f16_gguf], "needs -m MODEL and -p PROMPT"),
         (["bench-decode", "--bpw", "3.5"], "--bpw is 3.25 or 4.25"),
         (["generate", "-n", "x"], "-n expects a number"),
+        (["compare", "-m", smollm2.f16_gguf, "-p", "hi", "--near-tie", "x"], "--near-tie expects a number"),
         (["frobnicate"], "unknown command"),
     ]
     (tmp_path / "junk.gguf").write_bytes(b"GGUF" + b"\x00" * 60)
@@ -119,3 +123,36 @@ def test_bad_input_is_an_error_not_a_crash(pvq_cuda, smollm2, tmp_path):
         r = _run(pvq_cuda, *args)
         assert r.returncode == 2, f"{args}: exit {r.returncode}\n{r.stderr}"
         assert msg in r.stderr, f"{args}: {r.stderr}"
+
+
+GPU_CHECK = RUNTIME.parent / "bench" / "gpu_check.sh"
+
+
+def _gpu_check(out, *args, env=None):
+    r = subprocess.run(["bash", str(GPU_CHECK), str(out), *args], capture_output=True, text=True, timeout=900,
+                       env=env)
+    return r, (out / "summary.txt").read_text()
+
+
+def test_gpu_check_without_a_gpu_stops_with_the_reason(pvq_cuda, no_device, tmp_path):
+    """The check builds (two sequential makes), then says why nothing else can run, in its summary."""
+    r, summary = _gpu_check(tmp_path)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "PASS    build" in summary and "no usable GPU: no CUDA device: " in summary, summary
+    assert summary.rstrip().endswith("gpu_check: FAILED"), summary
+    assert (tmp_path / "build.log").is_file() and (tmp_path / "info.log").is_file()
+
+
+def test_gpu_check_dry_run_makes_its_own_models(pvq_cuda, tmp_path):
+    """--dry: the build and the model-making step (SmolLM2 widths, 1 layer and a 2048-token vocabulary
+    here) from the repository alone; the CPU runtime loads and runs every model it makes."""
+    env = dict(os.environ, GPU_CHECK_LAYERS="1", GPU_CHECK_VOCAB="2048")
+    r, summary = _gpu_check(tmp_path, "--dry", env=env)
+    assert r.returncode == 0, summary + r.stdout[-3000:]
+    for step in ("build", "python-modules", "models"):
+        assert f"PASS    {step}" in summary, summary
+    for model in ("smol/f16", "smol/pvq-3.25", "qwen2/f16", "qwen2/pvq-3.25"):
+        path = tmp_path / "models" / f"{model}.gguf"
+        ref = run_pvqrun(["-m", path, "-p", PROMPTS[1], "-n", 4, "--temp", 0, "-t", 2, "--print-token-ids"])
+        assert ref.returncode == 0, ref.stderr.decode()[-2000:]
+        assert len(ref.stdout.decode().split("\n")[1].split()) == 4, ref.stdout

@@ -19,10 +19,12 @@ static void usage(FILE *o)
             "  generate -m MODEL -p PROMPT [-n N] [-c CTX] [-ngl N] [--print-token-ids]\n"
             "                            greedy continuation on the GPU; -ngl 0 runs on the CPU, -ngl -1 (default)\n"
             "                            offloads every layer; without a usable GPU it says so and runs on the CPU\n"
-            "  compare -m MODEL -p PROMPT [-n N] [--tol T]\n"
+            "  compare -m MODEL -p PROMPT [-n N] [--tol T] [--f32-act] [--near-tie M]\n"
             "                            logits of the GPU path against the CPU path for the prompt and N greedy\n"
-            "                            steps (default 16); exit 0 when every step has max|dlogit| / max|logit| <= T\n"
-            "                            (default 1e-2) and both paths choose the same tokens\n"
+            "                            steps (default 16), both fed the CPU's token; exit 0 when every step has\n"
+            "                            max|dlogit| / max|logit| <= T (default 1e-2) and both paths choose the same\n"
+            "                            tokens, or part only where the CPU's top-2 margin is < M (default 0: never);\n"
+            "                            --f32-act: PVQ products on float32 activations on both paths\n"
             "  selftest                  CUDA kernels against host references on random data\n"
             "  bench-gemv [--reps N]     PVQ GEMV bandwidth vs device copy and fp16 GEMV; tensor-core prefill\n"
             "  bench-decode [--bpw 3.25|4.25] [-n N]\n"
@@ -32,8 +34,8 @@ static void usage(FILE *o)
 
 typedef struct {
     const char *model, *prompt;
-    int n_predict, n_ctx, ngl, print_ids, reps;
-    double tol, bpw;
+    int n_predict, n_ctx, ngl, print_ids, reps, f32_act;
+    double tol, bpw, near_tie;
 } options;
 
 static int parse_num(const char *flag, const char *v, double lo, double hi, double *out)
@@ -56,6 +58,7 @@ static int parse_args(int argc, char **argv, options *o)
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--print-token-ids")) { o->print_ids = 1; continue; }
+        if (!strcmp(a, "--f32-act")) { o->f32_act = 1; continue; }
         if (i + 1 >= argc) {
             fprintf(stderr, "error: unknown flag or missing value: %s\n", a);
             return -1;
@@ -81,6 +84,9 @@ static int parse_args(int argc, char **argv, options *o)
         } else if (!strcmp(a, "--tol")) {
             if (parse_num(a, v, 0, 1e6, &x)) return -1;
             o->tol = x;
+        } else if (!strcmp(a, "--near-tie")) {
+            if (parse_num(a, v, 0, 1e6, &x)) return -1;
+            o->near_tie = x;
         } else if (!strcmp(a, "--bpw")) {
             if (parse_num(a, v, 3.25, 4.25, &x)) return -1;
             if (x != 3.25 && x != 4.25) {
@@ -171,6 +177,15 @@ static int greedy(const float *logits, int n)
     for (int i = 1; i < n; i++)
         if (logits[i] > logits[best]) best = i;
     return best;
+}
+
+/* logits[best] minus the second largest logit */
+static double top2_margin(const float *logits, int n, int best)
+{
+    double second = -INFINITY;
+    for (int i = 0; i < n; i++)
+        if (i != best && logits[i] > second) second = logits[i];
+    return logits[best] - second;
 }
 
 static int cmd_info(void)
@@ -289,7 +304,9 @@ static int cmd_compare(const options *o)
     path cpu, gpu;
     int rc = EXIT_USAGE, have_model = 0, have_cpu = 0, have_gpu = 0;
     int32_t n_prompt = 0, *prompt = NULL;
-    if (pvq_model_load(o->model, &pm, err, sizeof err) || model_load(&m, o->model, 0, err, sizeof err)) {
+    pvq_model_params mp = pvq_model_default_params();
+    mp.pvq_f32_activations = o->f32_act;
+    if (pvq_model_load_params(o->model, &mp, &pm, err, sizeof err) || model_load(&m, o->model, 0, err, sizeof err)) {
         fprintf(stderr, "error: %s\n", err);
         goto done;
     }
@@ -303,6 +320,7 @@ static int cmd_compare(const options *o)
     have_cpu = 1;
     if (gpu_path(&m, o, &gpu)) goto done;
     have_gpu = 1;
+    pvq_cuda_set_f32_activations(gpu.gpu, o->f32_act);
     rc = EXIT_CHECK;
     if (path_eval(&cpu, prompt, n_prompt, err, sizeof err) || path_eval(&gpu, prompt, n_prompt, err, sizeof err)) {
         fprintf(stderr, "error: %s\n", err);
@@ -310,22 +328,32 @@ static int cmd_compare(const options *o)
     }
     const int nv = pvq_n_vocab(pm);
     double worst = 0;
-    int same = 1;
+    int same = 1, ties = 0;
+    printf("activations: %s\n", o->f32_act ? "float32 on both paths" : "the paths' defaults");
     printf("step  max|dlogit|/max|logit|  cpu_token  gpu_token\n");
     for (int step = 0; step <= o->n_predict; step++) {
         const float *lc = path_logits(&cpu), *lg = path_logits(&gpu);
         double r = rel_diff(lg, lc, nv);
         int32_t tc = greedy(lc, nv), tg = greedy(lg, nv);
-        printf("%4d  %22.3e  %9d  %9d\n", step, r, tc, tg);
+        printf("%4d  %22.3e  %9d  %9d", step, r, tc, tg);
         worst = fmax(worst, r);
-        same &= tc == tg;
-        if (step == o->n_predict || tc != tg) break;
+        if (tc != tg) {   /* a parting is acceptable only where the CPU itself nearly hesitates */
+            const double margin = top2_margin(lc, nv, tc);
+            const int tie = margin < o->near_tie;
+            printf("  parting: cpu top-2 margin %.4f (%s)", margin, tie ? "near-tie, accepted" : "not a near-tie");
+            ties += tie;
+            same &= tie;
+        }
+        printf("\n");
+        if (step == o->n_predict || !same) break;
         if (path_eval(&cpu, &tc, 1, err, sizeof err) || path_eval(&gpu, &tc, 1, err, sizeof err)) {
             fprintf(stderr, "error: %s\n", err);
             goto done;
         }
     }
-    printf("worst %.3e (tolerance %.1e), greedy tokens %s\n", worst, o->tol, same ? "identical" : "DIFFER");
+    printf("worst %.3e (tolerance %.1e), greedy tokens %s", worst, o->tol, !same ? "DIFFER" : "identical");
+    if (ties) printf(" except at %d near-tie%s (cpu top-2 margin < %g)", ties, ties > 1 ? "s" : "", o->near_tie);
+    printf("\n");
     rc = worst <= o->tol && same ? 0 : EXIT_CHECK;
 done:
     if (have_cpu) path_free(&cpu);

@@ -229,6 +229,22 @@ static void check_launch_shapes(void)
     check(pvq_attention_smem_bytes(4096, 128) <= 48 * 1024, "attention plan: 4096 positions fit 48 KB");
 }
 
+/* The prefill tiles' token scale: a power of two that brings the largest magnitude into [128, 256), so
+ * that a token scaled by it fits fp16 whatever its magnitude (1e5 overflows fp16 unscaled). */
+static void check_tile_scale(void)
+{
+    const float amax[] = {1e5f, 65504.0f, 3e38f, 1.0f, 255.9f, 256.0f, 1e-3f, 1e-30f};
+    int ok = 1;
+    for (size_t i = 0; i < sizeof amax / sizeof amax[0]; i++) {
+        const float s = pvqd_tile_scale(amax[i]), q = amax[i] / s;
+        int e;
+        ok &= frexpf(s, &e) == 0.5f && q >= 128.0f && q < 256.0f && q * s == amax[i];
+    }
+    ok &= pvqd_tile_scale(0.0f) == 1.0f && pvqd_tile_scale(INFINITY) == 1.0f && pvqd_tile_scale(NAN) == 1.0f;
+    ok &= pvqd_tile_scale(1e-45f) == 0x1p-126f;   /* clamped to a normal power of two */
+    check(ok, "tile scale: a power of two, amax / s in [128, 256) from 1e-30 to 3e38; 0, inf, NaN: 1");
+}
+
 int main(void)
 {
     check_layout(8, 6, 3, 600, 5);      /* preset 2.25 */
@@ -241,6 +257,7 @@ int main(void)
     check_layout(64, 9, 8, 40, 2);      /* widest D */
     check_hadamard();
     check_launch_shapes();
+    check_tile_scale();
     printf("%s\n", failures ? "FAILED" : "all host checks passed");
     return failures ? 1 : 0;
 }

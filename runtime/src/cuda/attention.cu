@@ -18,7 +18,7 @@ extern "C" cudaError_t k_kv_store(const float *k, const float *v, int T, int kv_
                                   uint16_t *k_cache, uint16_t *v_cache)
 {
     kv_store_kernel<<<T, 256>>>(k, v, kv_dim, n_past, k_cache, v_cache);
-    return cudaGetLastError();
+    return pvqk_launched("kv_store_kernel");
 }
 
 __global__ void __launch_bounds__(PVQ_ATTN_THREADS)
@@ -68,10 +68,7 @@ attention_kernel(const float *q, const uint16_t *kc, const uint16_t *vc, const i
 
 extern "C" cudaError_t k_attention_prepare(int n_ctx, int head_dim)
 {
-    const size_t smem = pvq_attention_smem_bytes(n_ctx, head_dim);
-    return smem > 48 * 1024
-               ? cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)
-               : cudaSuccess;
+    return pvqk_raise_smem_limit((const void *)attention_kernel, pvq_attention_smem_bytes(n_ctx, head_dim));
 }
 
 extern "C" cudaError_t k_attention(const float *q, const uint16_t *k_cache, const uint16_t *v_cache, int T,
@@ -80,5 +77,5 @@ extern "C" cudaError_t k_attention(const float *q, const uint16_t *k_cache, cons
     const size_t smem = pvq_attention_smem_bytes(n_ctx, head_dim);
     attention_kernel<<<dim3(n_head, T), PVQ_ATTN_THREADS, smem>>>(q, k_cache, v_cache, n_past, n_head, n_head_kv,
                                                                   head_dim, n_ctx, out);
-    return cudaGetLastError();
+    return pvqk_launched("attention_kernel");
 }

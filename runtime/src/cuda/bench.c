@@ -28,7 +28,7 @@ typedef struct {
     const float *x;
     float *y;
     int T;
-    void *dst;                /* RUN_COPY: destination; RUN_PVQ: the int8 activations' scratch */
+    void *dst;                /* RUN_COPY: destination; RUN_PVQ: the int8 activations' scratch; RUN_MMA: T floats */
     const void *src;
     size_t bytes;
 } bench_job;
@@ -38,8 +38,8 @@ static cudaError_t run_once(const bench_job *j)
     switch (j->kind) {
     case RUN_COPY: return cudaMemcpy(j->dst, j->src, j->bytes, cudaMemcpyDeviceToDevice);
     case RUN_PVQ: return pvqk_gemv(j->w, j->x, 1, j->y, 0, j->dst);
-    case RUN_F16: return densek_gemv(j->w, j->x, 1, j->y);
-    case RUN_MMA: return pvqk_matmul_mma(j->w, j->x, j->T, j->y);
+    case RUN_F16: return densek_gemv(j->w, j->x, 1, j->y, NULL);
+    case RUN_MMA: return pvqk_matmul_mma(j->w, j->x, j->T, j->y, j->dst);
     }
     return cudaErrorInvalidValue;
 }
@@ -81,7 +81,7 @@ int pvq_cuda_bench_gemv(int reps, char *err, size_t err_len)
     void *c0 = NULL, *c1 = NULL;
     float *x = NULL, *y = NULL;
     uint16_t *f16 = NULL;
-    void *scratch = NULL;
+    void *scratch = NULL, *tile_scale = NULL;
     pvq_cuda_model *g = NULL;
     int rc = -1;
     float copy_ms;
@@ -103,6 +103,7 @@ int pvq_cuda_bench_gemv(int reps, char *err, size_t err_len)
     CK(cudaMalloc((void **)&y, (size_t)prefill_T * 28672 * 4));
     CK(k_fill_uniform_f32(x, (size_t)prefill_T * 28672, -1.0f, 1.0f, 5));
     CK(cudaMalloc(&scratch, pvqk_q8_scratch_bytes(28672)));
+    CK(cudaMalloc(&tile_scale, (size_t)prefill_T * sizeof(float)));
     for (int d = 0; d < 2; d++)
         for (int p = 0; p < 2; p++) {
             /* one layer of dim x ffn: gate is ffn x dim, down is dim x ffn */
@@ -128,7 +129,7 @@ int pvq_cuda_bench_gemv(int reps, char *err, size_t err_len)
                 printf("%-6.2f %-13s %10.1f %9.1f %7.1f%% %10.1f %8.2fx\n", presets[p], shape, pvq_ms * 1e3, gbs,
                        100.0 * gbs / copy_gbs, f16_ms * 1e3, f16_ms / pvq_ms);
                 if (which == 4) {
-                    bench_job mj = {RUN_MMA, w, x, y, prefill_T, NULL, NULL, 0};
+                    bench_job mj = {RUN_MMA, w, x, y, prefill_T, tile_scale, NULL, 0};
                     float mma_ms;
                     if (time_ms(&mj, 3, &mma_ms, err, err_len)) goto out;
                     printf("       prefill %d tokens on tensor cores: %.2f ms, %.1f TFLOP/s\n", prefill_T, mma_ms,
@@ -140,7 +141,7 @@ int pvq_cuda_bench_gemv(int reps, char *err, size_t err_len)
         }
     rc = 0;
 out:
-    cudaFree(c0), cudaFree(c1), cudaFree(x), cudaFree(y), cudaFree(f16), cudaFree(scratch);
+    cudaFree(c0), cudaFree(c1), cudaFree(x), cudaFree(y), cudaFree(f16), cudaFree(scratch), cudaFree(tile_scale);
     pvq_cuda_model_free(g);
     return rc;
 }

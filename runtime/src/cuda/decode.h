@@ -129,6 +129,19 @@ PVQ_HD int8_t pvqd_q8(float x, float inv)
 #endif
 }
 
+/* The prefill tiles' per-token scale: a token's activations enter the fp16 tiles as x / s, s the power
+ * of two that puts their largest magnitude amax in [128, 256).  Dividing and multiplying back by a
+ * power of two is exact, no value can overflow fp16 (65504; SwiGLU outputs before down_proj reach far
+ * beyond it), and small tokens keep fp16's relative precision.  amax 0, inf or NaN: s = 1. */
+PVQ_HD float pvqd_tile_scale(float amax)
+{
+    if (!(amax > 0.0f && amax <= 3.4028235e38f)) return 1.0f;
+    int e;
+    frexpf(amax, &e);                               /* amax = m 2^e, m in [0.5, 1) */
+    e -= 8;
+    return ldexpf(1.0f, e < -126 ? -126 : e);       /* a normal float, so 1 / s is exact too */
+}
+
 /* Integer dot of a D == 8 point (two words of int8) with 8 int8 activations (two words). */
 PVQ_HD int32_t pvqd_dot8_q8(uint32_t lo, uint32_t hi, uint32_t xlo, uint32_t xhi)
 {

@@ -21,17 +21,17 @@ __global__ void add_bias_kernel(float *x, const float *b, int n)
 extern "C" cudaError_t k_swiglu(float *gate, const float *up, size_t n)
 {
     swiglu_kernel<<<(unsigned)((n + 255) / 256), 256>>>(gate, up, n);
-    return cudaGetLastError();
+    return pvqk_launched("swiglu_kernel");
 }
 
 extern "C" cudaError_t k_add(float *x, const float *y, size_t n)
 {
     add_kernel<<<(unsigned)((n + 255) / 256), 256>>>(x, y, n);
-    return cudaGetLastError();
+    return pvqk_launched("add_kernel");
 }
 
 extern "C" cudaError_t k_add_bias(float *x, const float *b, int T, int n)
 {
     add_bias_kernel<<<T, 256>>>(x, b, n);
-    return cudaGetLastError();
+    return pvqk_launched("add_bias_kernel");
 }

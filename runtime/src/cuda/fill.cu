@@ -35,7 +35,7 @@ extern "C" cudaError_t pvqk_fill_random(uint8_t *data, int64_t rows, size_t row_
     const uint64_t n_blocks = (uint64_t)rows * row_bytes / (uint64_t)(block_groups * field_bits / 8);
     fill_pvq_kernel<<<(unsigned)((n_blocks + 255) / 256), 256>>>(data, n_blocks, D, gain_bits, field_bits, block_groups,
                                                                  n_points, seed);
-    return cudaGetLastError();
+    return pvqk_launched("fill_pvq_kernel");
 }
 
 __global__ void fill_uniform_kernel(float *f32, uint16_t *f16, size_t n, float lo, float hi, uint64_t seed)
@@ -51,11 +51,11 @@ __global__ void fill_uniform_kernel(float *f32, uint16_t *f16, size_t n, float l
 extern "C" cudaError_t k_fill_uniform_f32(float *out, size_t n, float lo, float hi, uint64_t seed)
 {
     fill_uniform_kernel<<<(unsigned)((n + 255) / 256), 256>>>(out, NULL, n, lo, hi, seed);
-    return cudaGetLastError();
+    return pvqk_launched("fill_uniform_kernel");
 }
 
 extern "C" cudaError_t k_fill_uniform_f16(uint16_t *out, size_t n, float lo, float hi, uint64_t seed)
 {
     fill_uniform_kernel<<<(unsigned)((n + 255) / 256), 256>>>(NULL, out, n, lo, hi, seed);
-    return cudaGetLastError();
+    return pvqk_launched("fill_uniform_kernel");
 }

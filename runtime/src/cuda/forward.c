@@ -39,23 +39,22 @@ struct pvq_cuda_model {
     int n_ctx, n_batch, n_past;
     int *n_past_dev;                              /* n_past in device memory (read by the KV store and attention) */
     cudaGraphExec_t decode_graph;                 /* one decode step (T = 1), captured at the first one */
-    int graph_off;                                /* PVQ_CUDA_GRAPHS=0, or the capture failed: direct launches */
+    int graph_off;                                /* PVQ_CUDA_GRAPHS=0, PVQ_CUDA_SYNC=1, or the capture failed:
+                                                   * direct launches */
+    int f32_act;                                  /* PVQ GEMV on float32 x, for every T (pvq_cuda_set_f32_activations) */
     uint16_t *k_cache, *v_cache;                  /* [layer][n_ctx][kv_dim] fp16 */
     float *x, *xb, *xb2, *q, *k, *v, *hb, *hb2, *rope, *logits;
     void *q8;                                     /* the PVQ GEMV's int8 activations (pvqk_q8_scratch_bytes) */
+    void *q8_0;                                   /* Q8_0 weights' activations (densek_q8_0_scratch_bytes) */
+    float *tile_scale;                            /* the prefill tiles' per-token scales (n_batch) */
     int32_t *tokens;
     float *host_rope;
 };
 
-static int cuda_fail(char *err, size_t err_len, const char *what, cudaError_t e)
-{
-    return err_fail(err, err_len, "CUDA: %s: %s", what, cudaGetErrorString(e));
-}
-
 #define CK(call)                                                                                       \
     do {                                                                                               \
         cudaError_t e_ = (call);                                                                       \
-        if (e_ != cudaSuccess) return cuda_fail(err, err_len, #call, e_);                              \
+        if (e_ != cudaSuccess) return pvqk_fail(err, err_len, #call, e_);                              \
     } while (0)
 
 static void *dev_alloc(pvq_cuda_model *g, size_t bytes, char *err, size_t err_len)
@@ -83,7 +82,7 @@ static void *dev_upload(pvq_cuda_model *g, const void *src, size_t bytes, size_t
     cudaError_t e = cudaMemcpy(p, src, bytes, cudaMemcpyHostToDevice);
     if (e == cudaSuccess && pad) e = cudaMemset(p + bytes, 0, pad);
     if (e != cudaSuccess) {
-        cuda_fail(err, err_len, "upload", e);
+        pvqk_fail(err, err_len, "upload", e);
         return NULL;
     }
     return p;
@@ -158,7 +157,7 @@ static int upload_pvq(pvq_cuda_model *g, const gguf_file *f, const char *name, c
     out->tables = pvq_cuda_tables_bind(&L->tab, L->dev, dev_levels);
     cudaError_t e = pvqk_prepare(out);
     if (e != cudaSuccess) {
-        cuda_fail(err, err_len, "pvqk_prepare", e);
+        pvqk_fail(err, err_len, "pvqk_prepare", e);
         goto done;
     }
     g->weight_bytes += wt->nbytes + (size_t)w->n_out * 2;
@@ -217,6 +216,7 @@ static int load_hadamard(pvq_cuda_model *g, const gguf_file *f, char *err, size_
 static int alloc_state(pvq_cuda_model *g, int n_ctx, int n_batch, char *err, size_t err_len)
 {
     size_t B = (size_t)n_batch, kv_dim = (size_t)g->n_head_kv * g->head_dim, kv = (size_t)g->n_layer * n_ctx * kv_dim;
+    const int64_t n_in_max = g->ffn_dim > g->dim ? g->ffn_dim : g->dim;
     g->n_ctx = n_ctx, g->n_batch = n_batch;
     if (!(g->k_cache = dev_alloc(g, kv * 2, err, err_len)) || !(g->v_cache = dev_alloc(g, kv * 2, err, err_len)) ||
         !(g->x = dev_alloc(g, B * g->dim * 4, err, err_len)) || !(g->xb = dev_alloc(g, B * g->dim * 4, err, err_len)) ||
@@ -227,7 +227,9 @@ static int alloc_state(pvq_cuda_model *g, int n_ctx, int n_batch, char *err, siz
         !(g->rope = dev_alloc(g, B * g->rope_dim * 4, err, err_len)) ||
         !(g->logits = dev_alloc(g, (size_t)g->n_vocab * 4, err, err_len)) ||
         !(g->tokens = dev_alloc(g, B * 4, err, err_len)) || !(g->n_past_dev = dev_alloc(g, sizeof(int), err, err_len)) ||
-        !(g->q8 = dev_alloc(g, pvqk_q8_scratch_bytes(g->ffn_dim > g->dim ? g->ffn_dim : g->dim), err, err_len)))
+        !(g->q8 = dev_alloc(g, pvqk_q8_scratch_bytes(n_in_max), err, err_len)) ||
+        !(g->q8_0 = dev_alloc(g, densek_q8_0_scratch_bytes(n_in_max, n_batch), err, err_len)) ||
+        !(g->tile_scale = dev_alloc(g, B * 4, err, err_len)))
         return -1;
     if (!(g->host_rope = malloc(B * g->rope_dim * 4))) return err_fail(err, err_len, "out of memory");
     if (pvq_attention_smem_bytes(n_ctx, g->head_dim) > 227 * 1024)
@@ -244,7 +246,7 @@ static pvq_cuda_model *model_new(char *err, size_t err_len)
         return NULL;
     }
     const char *graphs = getenv("PVQ_CUDA_GRAPHS");
-    g->graph_off = graphs && !strcmp(graphs, "0");
+    g->graph_off = (graphs && !strcmp(graphs, "0")) || pvqk_sync_mode();
     return g;
 }
 
@@ -421,6 +423,14 @@ void pvq_cuda_truncate(pvq_cuda_model *g, int n_keep)
     if (n_keep >= 0 && n_keep < g->n_past) g->n_past = n_keep;
 }
 int pvq_cuda_uses_graph(const pvq_cuda_model *g) { return g->decode_graph != NULL; }
+void pvq_cuda_set_f32_activations(pvq_cuda_model *g, int on)
+{
+    if (g->decode_graph && g->f32_act != !!on) {   /* the captured step holds the other GEMV path */
+        cudaGraphExecDestroy(g->decode_graph);
+        g->decode_graph = NULL;
+    }
+    g->f32_act = !!on;
+}
 
 const cuda_weight *pvq_cuda_model_weight(const pvq_cuda_model *g, int layer, int which)
 {
@@ -430,11 +440,13 @@ const cuda_weight *pvq_cuda_model_weight(const pvq_cuda_model *g, int layer, int
 }
 size_t pvq_cuda_weight_bytes(const pvq_cuda_model *g) { return g->weight_bytes; }
 
-/* Tensor cores for PVQ prefill when the tile plan applies, else one GEMV per token. */
+/* Tensor cores for PVQ prefill when the tile plan applies, else one GEMV per token; in the float32
+ * activation mode the GEMV's float path for every T. */
 static cudaError_t matmul(const pvq_cuda_model *g, const cuda_weight *w, const float *x, int T, float *y)
 {
-    if (!w->pvq) return densek_gemv(w, x, T, y);
-    if (pvq_mma_plan_make(w->tables.D, w->n_in, w->n_out, T).usable) return pvqk_matmul_mma(w, x, T, y);
+    if (!w->pvq) return densek_gemv(w, x, T, y, g->q8_0);
+    if (g->f32_act) return pvqk_gemv(w, x, T, y, 1, g->q8);
+    if (pvq_mma_plan_make(w->tables.D, w->n_in, w->n_out, T).usable) return pvqk_matmul_mma(w, x, T, y, g->tile_scale);
     return pvqk_gemv(w, x, T, y, 0, g->q8);
 }
 

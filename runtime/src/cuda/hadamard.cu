@@ -39,9 +39,7 @@ __global__ void hadamard_kernel(const float *x, float *out, int h, int p, float 
 
 extern "C" cudaError_t k_hadamard_prepare(int n)
 {
-    const size_t smem = (size_t)n * sizeof(float);
-    return smem > 48 * 1024 ? cudaFuncSetAttribute(hadamard_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)
-                            : cudaSuccess;
+    return pvqk_raise_smem_limit((const void *)hadamard_kernel, (size_t)n * sizeof(float));
 }
 
 extern "C" cudaError_t k_hadamard(const float *x, float *out, int T, int h, int p, float scale, const int8_t *base)
@@ -50,5 +48,5 @@ extern "C" cudaError_t k_hadamard(const float *x, float *out, int T, int h, int 
     const size_t smem = (size_t)n * sizeof(float);
     const unsigned slices = h == 1 ? 1u : (unsigned)((n + HADAMARD_SLICE - 1) / HADAMARD_SLICE);
     hadamard_kernel<<<dim3(T, slices), 1024, smem>>>(x, out, h, p, scale, base);
-    return cudaGetLastError();
+    return pvqk_launched("hadamard_kernel");
 }

@@ -1,6 +1,6 @@
 /* C launchers of the CUDA kernels (one .cu file per job).  Every pointer is device memory; every
- * launcher runs on the default stream and returns the launch's cudaError_t (cudaSuccess or the
- * error of the launch, without synchronising).  Activations are float32, row-major [T][n]. */
+ * launcher runs on the default stream and returns pvqk_launched's cudaError_t (the launch's error,
+ * without synchronising unless PVQ_CUDA_SYNC=1).  Activations are float32, row-major [T][n]. */
 #ifndef PVQ_CUDA_KERNELS_H
 #define PVQ_CUDA_KERNELS_H
 
@@ -27,6 +27,18 @@ typedef struct {
     unsigned gemv_blocks[2];  /* PVQ: the GEMV's grid cap for the fast [0] and generic [1] path (pvqk_prepare) */
 } cuda_weight;
 
+/* launch.c: the check after each kernel launch: cudaGetLastError, and with PVQ_CUDA_SYNC=1 (any value
+ * but 0) a cudaDeviceSynchronize, so that a fault is reported by the launch of the kernel that caused
+ * it; a failure records the kernel's name for pvqk_fail.  pvqk_sync_mode: whether that mode is on
+ * (decode steps then run without a CUDA graph, which cannot synchronise inside its capture). */
+cudaError_t pvqk_launched(const char *kernel);
+int pvqk_sync_mode(void);
+/* launch.c: err = "CUDA: <what>: <CUDA's message>", plus the kernel that failed, if one did since the
+ * last message; returns -1. */
+int pvqk_fail(char *err, size_t err_len, const char *what, cudaError_t e);
+/* launch.c: raises a kernel's dynamic shared-memory limit to bytes; never lowers it. */
+cudaError_t pvqk_raise_smem_limit(const void *kernel, size_t bytes);
+
 /* pvq_gemv.cu: once per PVQ weight, before pvqk_gemv: the GEMV's resident-block grid caps (occupancy
  * API) and its shared-memory limit, so that no launch queries the device. */
 cudaError_t pvqk_prepare(cuda_weight *w);
@@ -39,11 +51,17 @@ cudaError_t pvqk_gemv(const cuda_weight *w, const float *x, int T, float *y, int
 /* pvq_gemv.cu: rows row_ids[0..n) of W as float32 into out[n][n_in] (embedding rows, the self test). */
 cudaError_t pvqk_dequantize_rows(const cuda_weight *w, const int32_t *row_ids, int n, float *out);
 /* pvq_mma.cu: y[T][n_out] = x[T][n_in] W^T on tensor cores; cudaErrorInvalidValue when the tile plan
- * does not apply (pvq_mma_plan_make), the caller uses pvqk_gemv then. */
-cudaError_t pvqk_matmul_mma(const cuda_weight *w, const float *x, int T, float *y);
+ * does not apply (pvq_mma_plan_make), the caller uses pvqk_gemv then.  Each token's activations enter
+ * the fp16 tiles divided by a power of two (pvqd_tile_scale) kept in scratch (T floats), so that no
+ * magnitude overflows fp16. */
+cudaError_t pvqk_matmul_mma(const cuda_weight *w, const float *x, int T, float *y, float *scratch);
 
-/* dense.cu: F32 / F16 / BF16 / Q8_0 weights.  cudaErrorInvalidValue for another type. */
-cudaError_t densek_gemv(const cuda_weight *w, const float *x, int T, float *y);
+/* dense.cu: F32 / F16 / BF16 / Q8_0 weights.  cudaErrorInvalidValue for another type.  Q8_0 weights
+ * meet x quantized as the CPU quantizes it (f32_to_q8_0_row, densek_quantize_q8_0) into scratch, device
+ * memory of densek_q8_0_scratch_bytes(n_in, T) bytes (unused for the other types). */
+size_t densek_q8_0_scratch_bytes(int64_t n, int T);
+cudaError_t densek_quantize_q8_0(const float *x, int T, int64_t n, void *out);
+cudaError_t densek_gemv(const cuda_weight *w, const float *x, int T, float *y, void *scratch);
 cudaError_t densek_rows(const cuda_weight *w, const int32_t *row_ids, int n, float *out);
 
 /* norm.cu: out[t] = x[t] / rms(x[t]) * g (squares summed in double, as the CPU path). */

@@ -17,5 +17,5 @@ __global__ void rmsnorm_kernel(const float *x, const float *g, int n, float eps,
 extern "C" cudaError_t k_rmsnorm(const float *x, const float *g, int T, int n, float eps, float *out)
 {
     rmsnorm_kernel<<<T, 256>>>(x, g, n, eps, out);
-    return cudaGetLastError();
+    return pvqk_launched("rmsnorm_kernel");
 }

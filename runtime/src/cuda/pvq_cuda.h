@@ -54,6 +54,9 @@ int pvq_cuda_n_past(const pvq_cuda_model *g);
 void pvq_cuda_truncate(pvq_cuda_model *g, int n_keep);
 /* Whether decode steps run as a captured CUDA graph (PVQ_CUDA_GRAPHS=0 turns it off). */
 int pvq_cuda_uses_graph(const pvq_cuda_model *g);
+/* on: PVQ weights meet float32 activations on the GEMV's generic path, prompts included (no int8
+ * activations, no fp16 tiles): the arithmetic of the CPU's pvq_f32_activations, for comparisons. */
+void pvq_cuda_set_f32_activations(pvq_cuda_model *g, int on);
 size_t pvq_cuda_weight_bytes(const pvq_cuda_model *g);
 void pvq_cuda_model_free(pvq_cuda_model *g);
 

@@ -110,10 +110,7 @@ template <bool FAST> static cudaError_t prepare_path(const cuda_weight *w, unsig
     const pvq_gemv_plan p = pvq_gemv_plan_make(&w->tables, FAST, w->n_out, 0);
     int dev = 0, sms = 0, per_sm = 0;
     cudaError_t e;
-    if (p.smem_bytes > 48 * 1024 &&
-        (e = cudaFuncSetAttribute(pvq_gemv_kernel<FAST>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)p.smem_bytes)))
-        return e;
-    if ((e = cudaGetDevice(&dev)) || (e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev)) ||
+    if ((e = pvqk_raise_smem_limit((const void *)pvq_gemv_kernel<FAST>, p.smem_bytes)) || (e = cudaGetDevice(&dev)) || (e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev)) ||
         (e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, pvq_gemv_kernel<FAST>, p.block, p.smem_bytes)))
         return e;
     *blocks = (unsigned)(sms * per_sm);
@@ -133,21 +130,25 @@ extern "C" cudaError_t pvqk_gemv(const cuda_weight *w, const float *x, int T, fl
     const int64_t steps = (w->n_in + PVQD_Q8_STEP - 1) / PVQD_Q8_STEP;
     int8_t *xq = (int8_t *)scratch;
     float *xs = (float *)(xq + steps * PVQD_Q8_STEP);
-    for (int t = 0; t < T; t++) {
+    cudaError_t e = cudaSuccess;
+    for (int t = 0; t < T && !e; t++) {
         const float *xt = x + (size_t)t * w->n_in;
         float *yt = y + (size_t)t * w->n_out;
         if (fast) {
             quantize_q8_kernel<<<(unsigned)((steps + 7) / 8), 256>>>(xt, w->n_in, xq, xs, steps);
+            if ((e = pvqk_launched("quantize_q8_kernel"))) break;
             pvq_gemv_kernel<true><<<p.grid, p.block, p.smem_bytes>>>(w->tables, w->data, w->row_scales, w->n_out, w->n_in,
                                                                      w->row_bytes, NULL, xq, xs, yt, p.window_words,
                                                                      p.tables_offset);
+            e = pvqk_launched("pvq_gemv_kernel<fast>");
         } else {
             pvq_gemv_kernel<false><<<p.grid, p.block, p.smem_bytes>>>(w->tables, w->data, w->row_scales, w->n_out,
                                                                       w->n_in, w->row_bytes, xt, NULL, NULL, yt,
                                                                       p.window_words, p.tables_offset);
+            e = pvqk_launched("pvq_gemv_kernel<generic>");
         }
     }
-    return cudaGetLastError();
+    return e;
 }
 
 /* One thread per group of one requested row; weights as the format defines them (bit-identical). */
@@ -170,5 +171,5 @@ extern "C" cudaError_t pvqk_dequantize_rows(const cuda_weight *w, const int32_t 
     const int64_t G = w->n_in / w->tables.D;
     const dim3 grid((unsigned)((G + 127) / 128), (unsigned)n);
     pvq_dequantize_kernel<<<grid, 128>>>(w->tables, w->data, w->row_scales, w->row_bytes, w->n_in, row_ids, out);
-    return cudaGetLastError();
+    return pvqk_launched("pvq_dequantize_kernel");
 }

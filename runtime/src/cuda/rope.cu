@@ -19,5 +19,5 @@ __global__ void rope_kernel(float *v, const float *cs, int n_heads, int head_dim
 extern "C" cudaError_t k_rope(float *v, const float *cs, int T, int n_heads, int head_dim, int rope_dim, int neox)
 {
     rope_kernel<<<T, 256>>>(v, cs, n_heads, head_dim, rope_dim, neox);
-    return cudaGetLastError();
+    return pvqk_launched("rope_kernel");
 }

@@ -1,13 +1,16 @@
 /* The CUDA kernels against the host references on random data (run on a GPU machine, e.g. under
  * compute-sanitizer): PVQ dequantization bit-identical to pvq_dequantize_row_ref, the GEMV's fast path
  * (int8 activations) against pvq_dot_row_q8_ref, its generic path and the tensor-core prefill against
- * pvq_dot_row_ref, the Hadamard transform against its dense definition.  The dense kernels, norms, RoPE and attention are checked end to end by
- * `pvq-cuda compare` (logits against the CPU path). */
+ * pvq_dot_row_ref (the prefill also on tokens of magnitude 1e5, beyond fp16), the Q8_0 GEMV's
+ * activation blocks byte-identical to the CPU's f32_to_q8_0_row and its products against
+ * dot_q8_0_ref, the Hadamard transform against its dense definition.  The other dense kernels, norms,
+ * RoPE and attention are checked end to end by `pvq-cuda compare` (logits against the CPU path). */
 #include "cuda_check.h"
 #include "errmsg.h"
 #include "kernels.h"
 #include "kernels/pvq_codec.h"
 #include "pvq_cuda.h"
+#include "types.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -59,7 +62,7 @@ static int check_layout(uint32_t type, const char *label, int *failed, char *err
     host_pvq h;
     memset(&h, 0, sizeof h);
     float *x = NULL, *y = NULL, *ref = NULL, *ref_q8 = NULL, *row = NULL, *got_rows = NULL, *dx = NULL, *dy = NULL;
-    float *drows = NULL, *xs = NULL;
+    float *drows = NULL, *xs = NULL, *tile_scale = NULL;
     int32_t *ids = NULL, *dids = NULL;
     int8_t *xq = NULL;
     void *scratch = NULL;
@@ -83,6 +86,7 @@ static int check_layout(uint32_t type, const char *label, int *failed, char *err
     CK(cudaMalloc((void **)&drows, (size_t)rows * n * 4));
     CK(cudaMalloc(&scratch, pvqk_q8_scratch_bytes(n)));
     CK(cudaMalloc((void **)&dids, (size_t)rows * 4));
+    CK(cudaMalloc((void **)&tile_scale, (size_t)T * 4));
     CK(cudaMemcpy(dids, ids, (size_t)rows * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(dx, x, (size_t)T * n * 4, cudaMemcpyHostToDevice));
     CK(pvqk_dequantize_rows(w, dids, (int)rows, drows));
@@ -116,23 +120,93 @@ static int check_layout(uint32_t type, const char *label, int *failed, char *err
                  fast ? "fast path, int8 x" : "generic path", fast ? "pvq_dot_row_q8_ref" : "pvq_dot_row_ref");
         *failed += report(worst < 1e-5, what, worst);
     }
-    if (pvqk_matmul_mma(w, dx, T, dy) == cudaSuccess) {
+    /* then with tokens scaled by 1e5 (fp16 overflows at 65504; down_proj inputs get there), 1e-4 and 1:
+     * the reference is linear in x, and every output must be finite */
+    for (int big = 0; big <= 1; big++) {
+        if (big) {
+            for (int t = 0; t < T; t++)
+                for (int64_t i = 0; i < n; i++) x[(size_t)t * n + i] *= t % 3 == 0 ? 1e5f : t % 3 == 1 ? 1e-4f : 1.0f;
+            CK(cudaMemcpy(dx, x, (size_t)T * n * 4, cudaMemcpyHostToDevice));
+        }
+        const cudaError_t e = pvqk_matmul_mma(w, dx, T, dy, tile_scale);
+        if (e == cudaErrorInvalidValue) {
+            snprintf(what, sizeof what, "%s: tensor-core prefill applies to a 1024-column matrix", label);
+            *failed += report(0, what, 0);
+            break;
+        }
+        CK(e);
         CK(cudaMemcpy(y, dy, (size_t)T * rows * 4, cudaMemcpyDeviceToHost));
         double worst = 0;
-        for (size_t i = 0; i < (size_t)T * rows; i++) worst = fmax(worst, fabs((double)y[i] - ref[i]) / mag_max);
-        snprintf(what, sizeof what, "%s: tensor-core prefill (%d tokens, fp16 operands) vs reference < 2e-3", label, T);
+        for (size_t i = 0; i < (size_t)T * rows; i++) {
+            const int t = (int)(i / rows);
+            const double c = !big ? 1.0 : t % 3 == 0 ? 1e5 : t % 3 == 1 ? 1e-4 : 1.0;
+            worst = isfinite(y[i]) ? fmax(worst, fabs((double)y[i] - c * ref[i]) / (c * mag_max)) : INFINITY;
+        }
+        snprintf(what, sizeof what, "%s: tensor-core prefill (%d tokens, fp16 operands%s) vs reference < 2e-3", label,
+                 T, big ? ", |x| up to 1e5" : "");
         *failed += report(worst < 2e-3, what, worst);
-    } else {
-        snprintf(what, sizeof what, "%s: tensor-core prefill applies to a 1024-column matrix", label);
-        *failed += report(0, what, 0);
     }
     CK(cudaDeviceSynchronize());
     rc = 0;
 out:
-    cudaFree(dx), cudaFree(dy), cudaFree(drows), cudaFree(dids), cudaFree(scratch);
+    cudaFree(dx), cudaFree(dy), cudaFree(drows), cudaFree(dids), cudaFree(scratch), cudaFree(tile_scale);
     free(x), free(y), free(ref), free(ref_q8), free(row), free(ids), free(got_rows), free(xq), free(xs);
     host_free(&h);
     pvq_cuda_model_free(g);
+    return rc;
+}
+
+/* The Q8_0 GEMV against the CPU's path: x of 3 tokens (a zero block, blocks of magnitude 1e-3 and 1e4)
+ * quantized on the device byte for byte as f32_to_q8_0_row does, and each output against dot_q8_0_ref
+ * of those blocks (only the summation order may differ), on a random 300 x 1024 Q8_0 matrix. */
+static int check_q8_0(int *failed, char *err, size_t err_len)
+{
+    enum { ROWS = 300, N = 1024, T = 3, NB = N / QK8_0 };
+    static block_q8_0 w[ROWS * NB], xq[T * NB], got_xq[T * NB];
+    static float x[T * N], y[T * ROWS];
+    uint32_t r = 12345;
+    for (size_t i = 0; i < sizeof w; i++) ((uint8_t *)w)[i] = (uint8_t)((r = r * 1664525u + 1013904223u) >> 24);
+    for (int b = 0; b < ROWS * NB; b++) w[b].d = f32_to_fp16(1e-3f * (float)(1 + b % 7));   /* finite scales */
+    for (int i = 0; i < T * N; i++) {
+        const int blk = i / QK8_0;
+        x[i] = blk == 1 ? 0.0f : (blk % 5 == 2 ? 1e4f : blk % 5 == 3 ? 1e-3f : 1.0f) * sinf(0.71f * (float)i);
+    }
+    for (int t = 0; t < T; t++) f32_to_q8_0_row(x + t * N, xq + t * NB, N);
+    const cuda_weight dw = {.type = T_Q8_0, .n_in = N, .n_out = ROWS, .row_bytes = NB * sizeof(block_q8_0)};
+    uint8_t *dwd = NULL;
+    float *dx = NULL, *dy = NULL;
+    void *scratch = NULL;
+    int rc = -1;
+    CK(cudaMalloc((void **)&dwd, sizeof w + 16));
+    CK(cudaMalloc((void **)&dx, sizeof x));
+    CK(cudaMalloc((void **)&dy, sizeof y));
+    CK(cudaMalloc(&scratch, densek_q8_0_scratch_bytes(N, T)));
+    CK(cudaMemcpy(dwd, w, sizeof w, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dx, x, sizeof x, cudaMemcpyHostToDevice));
+    cuda_weight wt = dw;
+    wt.data = dwd;
+    CK(densek_gemv(&wt, dx, T, dy, scratch));
+    CK(cudaMemcpy(y, dy, sizeof y, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(got_xq, scratch, sizeof got_xq, cudaMemcpyDeviceToHost));
+    *failed += report(!memcmp(xq, got_xq, sizeof xq),
+                      "Q8_0 GEMV: activation blocks byte-identical to f32_to_q8_0_row (3 tokens)", 0);
+    double worst = 0;
+    for (int t = 0; t < T; t++)
+        for (int row = 0; row < ROWS; row++) {
+            float ref;
+            double mag = 0;
+            dot_q8_0_ref(N, w + row * NB, xq + t * NB, &ref);
+            for (int b = 0; b < NB; b++) {
+                int32_t a = 0;
+                for (int j = 0; j < QK8_0; j++) a += abs(w[row * NB + b].qs[j] * xq[t * NB + b].qs[j]);
+                mag += fp16_to_f32(w[row * NB + b].d) * fp16_to_f32(xq[t * NB + b].d) * a;
+            }
+            worst = fmax(worst, fabs((double)y[t * ROWS + row] - ref) / (mag > 0 ? mag : 1));
+        }
+    *failed += report(worst < 1e-5, "Q8_0 GEMV vs dot_q8_0_ref of the CPU's blocks, err / sum|w x| < 1e-5", worst);
+    rc = 0;
+out:
+    cudaFree(dwd), cudaFree(dx), cudaFree(dy), cudaFree(scratch);
     return rc;
 }
 
@@ -188,6 +262,6 @@ int pvq_cuda_selftest(char *err, size_t err_len)
     };
     for (size_t i = 0; i < sizeof layouts / sizeof layouts[0]; i++)
         if (check_layout(layouts[i].type, layouts[i].label, &failed, err, err_len)) return -1;
-    if (check_hadamard(&failed, err, err_len)) return -1;
+    if (check_q8_0(&failed, err, err_len) || check_hadamard(&failed, err, err_len)) return -1;
     return failed;
 }
