@@ -29,9 +29,10 @@ from bench.file_quality import TEXTS, file_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET_BITS = (2.25, 2.75, 3.25, 3.75, 4.25, 4.5)
+DEFAULT_BITS = sorted(PRESET_BITS + (4.0,))  # 4.0 lies between presets: the converter allocates rates per tensor
 CALIB = "@calib"  # stands for --calib <the eval text's first half>
-OURS = {f"pvq@{b}": ("--bits", str(b), "--calib", CALIB) for b in PRESET_BITS}
-OURS |= {f"pvq-gen@{b}": ("--bits", str(b)) for b in (3.25, 4.25)}          # self-generated calibration
+OURS = {f"pvq@{b}": ("--bits", str(b), "--calib", CALIB) for b in DEFAULT_BITS}
+OURS |= {f"pvq-gen@{b}": ("--bits", str(b)) for b in (3.25, 4.0, 4.5)}      # self-generated calibration
 OURS |= {f"pvq-file@{b}": ("--bits", str(b), "--calib", CALIB, "--calib-generated", "0") for b in (3.25, 4.25)}
 OURS |= {"pvq@3.75-embd4.25": ("--bits", "3.75", "--embd-bits", "4.25", "--calib", CALIB),
          "pvq-keep-embd@3.25": ("--bits", "3.25", "--keep-embd", "--calib", CALIB)}
@@ -93,7 +94,8 @@ def markdown(results: dict[str, dict], args) -> str:
              "calibration text: the `argparse`, `dataclasses` and `enum` modules of the Python standard library "
              "(3.11, as the machine's Python ships them; `models.code_text`). Rows: `pvq@B` is `python -m "
              "pvq_convert --bits B --calib <first half>` (by default 12 of the 16 calibration sequences are then "
-             "windows of the file and 4 text the model writes itself), `pvq-gen@B` the same without `--calib` (all "
+             "windows of the file and 4 text the model writes itself; for 4.0, between two presets, the converter "
+             "chooses a preset per tensor, docs/pipeline.md), `pvq-gen@B` the same without `--calib` (all "
              "16 self-generated), `pvq-file@B` `--calib` with `--calib-generated 0` (all 16 windows of the first "
              "half), `pvq-keep-embd` keeps the embedding and output F16 (the files before they were coded), "
              "`embd4.25` codes the vocabulary matrix at 4.25.", "",
@@ -130,7 +132,7 @@ def plot(results: dict[str, dict], out: Path) -> None:
             pts = sorted((results[n]["bytes"] / 1e6, results[n]["texts"][t]["kld"], n) for n in names if n in results)
             return [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts]
         for names, style, label in ((PEER, "s-", "llama.cpp (no imatrix)"),
-                                    ([f"pvq@{b}" for b in PRESET_BITS], "o-", "PVQ presets, --calib"),
+                                    ([f"pvq@{b}" for b in DEFAULT_BITS], "o-", "PVQ defaults, --calib"),
                                     ([n for n in OURS if not n.startswith("pvq@") or n.count("-")], "^",
                                      "PVQ, other settings")):
             x, y, labels = series(names)

@@ -31,12 +31,13 @@ def parser() -> argparse.ArgumentParser:
                              "GPTQ-style), and with pvq the token embedding and output layer too (one matrix "
                              "when the checkpoint ties them); norms keep f32, the rest --outtype")
     q.add_argument("--bits", type=float,
-                   help="bits per linear weight: pvq 2.25, 2.75, 3.25, 3.75, 4.25 or 4.5 (with --allocate or --bits-map "
-                        "any average from 2.25 to 4.5); gptq/rtn: 2.25, 3.25 or 4.25")
+                   help="bits per linear weight: pvq 2.25, 2.75, 3.25, 3.75, 4.25 or 4.5 code every linear weight at "
+                        "that preset; any other average from 2.25 to 4.5 is reached by --allocate; gptq/rtn: 2.25, "
+                        "3.25 or 4.25")
     q.add_argument("--allocate", action="store_true",
                    help="pvq: rates per tensor from a measured sensitivity (the error weighted by the input "
-                        "Hessian and the output Fisher information), --bits their average; default: every linear "
-                        "weight at the --bits preset (2.25, 2.75, 3.25, 3.75, 4.25 or 4.5)")
+                        "Hessian and the output Fisher information), --bits their average; default: on when --bits is "
+                        "between the presets, else every linear weight at the --bits preset")
     q.add_argument("--bits-map", metavar="SPEC",
                    help="pvq: fixed rates for some tensors, e.g. 'ffn_down=4.25,blk.0.attn_v=4.25' (kinds or "
                         "GGUF names), or a file of such pairs; the rest is allocated (implies --allocate)")
@@ -90,7 +91,8 @@ def quant_options(args):
         import torch
         if not torch.cuda.is_available():
             raise ConvertError("--device cuda: torch sees no CUDA GPU on this machine (use --device cpu)")
-    uniform = not (args.allocate or args.bits_map) or args.method != "pvq"
+    # pvq between two presets: the per-tensor allocation reaches the average (docs/pipeline.md)
+    uniform = args.method != "pvq" or not (args.allocate or args.bits_map or args.bits not in PRESETS)
     rates = sorted(PRESETS)
     if not uniform and not rates[0] <= args.bits <= rates[-1]:
         raise ConvertError(f"--bits {args.bits} cannot be reached: PVQ rates go from {rates[0]} to {rates[-1]} "

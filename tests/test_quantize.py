@@ -76,7 +76,7 @@ def run_cli(*args):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--bits", "3.0"], "has no preset"),
+    (["--bits", "2.0"], "cannot be reached"),
     (["--bits", "5", "--allocate"], "cannot be reached"),
     (["--bits", "1.5", "--method", "rtn"], "has no preset"),
     (["--bits", "2.5", "--bits-map", "ffn_down=4.25,attn_v=4.25,attn_q=4.25,attn_k=4.25,ffn_up=4.25"],
@@ -121,6 +121,23 @@ def test_vocabulary_coding_flags(spm_model_dir, tmp_path, flags, embd, output):
     assert (types["token_embd.weight"], types["output.weight"]) == (embd, output)
     assert "output_mix.weight" not in types  # an untied checkpoint keeps its own head
     assert f"whole file: {out.stat().st_size} bytes" in r.stdout
+
+
+def test_bits_between_presets_are_allocated(spm_model_dir, tmp_path):
+    """--bits between two presets, with no --allocate: the per-tensor allocation reaches that average, so the file
+    mixes rates; the vocabulary takes the highest preset not above --bits."""
+    import gguf
+
+    from pvq_convert.pvq_format import is_pvq_type, layout_of_type
+    out = tmp_path / "o.gguf"
+    r = run_cli(spm_model_dir, "-o", out, "--bits", "3.5", "--no-hessian", "--calib-seqs", "2", "--calib-len", "32")
+    assert r.returncode == 0, r.stderr
+    rates = {t.name: layout_of_type(int(t.tensor_type)).field_bits / layout_of_type(int(t.tensor_type)).D
+             for t in gguf.GGUFReader(out).tensors if is_pvq_type(int(t.tensor_type))}
+    linear = [v for k, v in rates.items() if k.startswith("blk.")]
+    assert len(set(linear)) > 1 and min(linear) < 3.5 < max(linear), rates
+    assert rates["token_embd.weight"] == 3.25
+    assert "PVQ rates per tensor" in r.stdout
 
 
 def test_rows_that_do_not_fit_the_group(spm_model_dir, tmp_path):
