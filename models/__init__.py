@@ -14,3 +14,54 @@ CODE_MODULES = ("argparse", "dataclasses", "enum")
 def code_text() -> str:
     import importlib
     return "\n".join(Path(importlib.import_module(name).__file__).read_text(encoding="utf-8") for name in CODE_MODULES)
+
+
+def write_f16_gguf(src: Path, out: Path) -> None:
+    """A model's reference: the GGUF file `src` with every tensor dequantized (F16; 1-D tensors F32), its
+    metadata kept."""
+    import gguf
+    import numpy as np
+    from gguf.quants import dequantize
+
+    from pvq_convert.gguf_out import atomic_output, copy_fields
+
+    reader = gguf.GGUFReader(src)
+    arch = reader.fields["general.architecture"].contents()
+    with atomic_output(out) as tmp:
+        writer = gguf.GGUFWriter(tmp, arch)
+        copy_fields(reader, writer, skip={"general.architecture", "general.file_type"})
+        writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+        for t in reader.tensors:    # a tensor's bytes are read when the writer reaches it
+            shape = tuple(int(n) for n in reversed(t.shape))
+            writer.add_tensor_info(t.name, shape, np.dtype(np.float32 if len(shape) == 1 else np.float16),
+                                   int(np.prod(shape)) * (4 if len(shape) == 1 else 2))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for t in reader.tensors:
+            w = dequantize(t.data, t.tensor_type)
+            writer.write_tensor_data(w.astype(np.float32 if len(t.shape) == 1 else np.float16))
+        writer.close()
+
+
+def write_hf_dir(src: Path, out: Path, dtype) -> None:
+    """A Hugging Face directory made from the GGUF file `src` (pvq_convert.gguf_in): model.safetensors in `dtype`
+    (HF's row layout), config.json, tokenizer.json, tokenizer_config.json with the chat template."""
+    import shutil
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from pvq_convert.gguf_in import write_json
+    from pvq_convert.gguf_out import atomic_output
+    from pvq_convert.hf_model import open_model
+
+    m = open_model(src)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {name: np.ascontiguousarray(m.load(name).astype(dtype)) for name in m.tensors}
+    with atomic_output(out / "model.safetensors") as tmp:
+        save_file(tensors, tmp, metadata={"format": "pt"})
+    del tensors
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(m.dir / name, out / name)
+    write_json(out / "config.json", m.config | {"torch_dtype": np.dtype(dtype).name})

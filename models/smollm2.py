@@ -2,14 +2,13 @@
 
 `python -m models.smollm2` (or `ensure()`) makes, once, in $PVQ_CACHE/smollm2-135m-instruct/:
   SmolLM2-135M-Instruct/  a Hugging Face directory: model.safetensors (fp32, dequantized, HF row layout),
-          config.json, tokenizer.json, tokenizer_config.json
+          config.json, tokenizer.json, tokenizer_config.json (pvq_convert.gguf_in reads the GGUF as a checkpoint)
   f16.gguf  the reference: every tensor dequantized (F16; 1-D tensors F32), metadata kept.
 Later calls return at once.
 """
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -58,121 +57,9 @@ def ensure() -> SmolLM2:
 
 
 def build(paths: SmolLM2) -> None:
-    import gguf
-    from gguf.quants import dequantize
-
-    from pvq_convert.arch import hf_tensor_name, unpermute_qk
-    from pvq_convert.gguf_out import atomic_output, copy_fields
-
-    reader = gguf.GGUFReader(paths.q4_1_gguf)
-    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
-    n_head, n_head_kv = meta["llama.attention.head_count"], meta["llama.attention.head_count_kv"]
-
-    # F16 reference: the same file with every tensor dequantized.
-    with atomic_output(paths.f16_gguf) as tmp:
-        writer = gguf.GGUFWriter(tmp, "llama")
-        copy_fields(reader, writer, skip={"general.architecture", "general.file_type"})
-        writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-        for t in reader.tensors:
-            w = dequantize(t.data, t.tensor_type)
-            writer.add_tensor(t.name, w.astype(np.float32 if w.ndim == 1 else np.float16))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-
-    # Hugging Face directory: fp32 weights in HF's layout (Q and K rows back in HF's order).
-    from safetensors.numpy import save_file
-
-    paths.hf_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for t in reader.tensors:
-        w = dequantize(t.data, t.tensor_type).astype(np.float32)
-        if t.name.endswith("attn_q.weight"):
-            w = unpermute_qk(w, n_head)
-        elif t.name.endswith("attn_k.weight"):
-            w = unpermute_qk(w, n_head_kv)
-        tensors[hf_tensor_name(t.name)] = np.ascontiguousarray(w)
-    with atomic_output(paths.hf_dir / "model.safetensors") as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt"})
-    _write_json(paths.hf_dir / "config.json", _config(meta))
-    _write_json(paths.hf_dir / "tokenizer.json", _tokenizer_json(meta))
-    _write_json(paths.hf_dir / "tokenizer_config.json", _tokenizer_config(meta))
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def _f32(x: float) -> float:
-    """The shortest decimal that reads back as the same float32 (1e-05, not 9.99999974e-06)."""
-    return float(repr(np.float32(x)).removeprefix("np.float32(").removesuffix(")"))
-
-
-def _config(meta: dict) -> dict:
-    toks = meta["tokenizer.ggml.tokens"]
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": meta["llama.embedding_length"],
-        "intermediate_size": meta["llama.feed_forward_length"],
-        "num_hidden_layers": meta["llama.block_count"],
-        "num_attention_heads": meta["llama.attention.head_count"],
-        "num_key_value_heads": meta["llama.attention.head_count_kv"],
-        "head_dim": meta["llama.rope.dimension_count"],
-        "max_position_embeddings": meta["llama.context_length"],
-        "rms_norm_eps": _f32(meta["llama.attention.layer_norm_rms_epsilon"]),
-        "rope_theta": _f32(meta["llama.rope.freq_base"]),
-        "vocab_size": len(toks),
-        "tie_word_embeddings": True,
-        "hidden_act": "silu",
-        "bos_token_id": meta["tokenizer.ggml.bos_token_id"],
-        "eos_token_id": meta["tokenizer.ggml.eos_token_id"],
-        "pad_token_id": meta["tokenizer.ggml.padding_token_id"],
-        "torch_dtype": "float32",
-    }
-
-
-def _tokenizer_json(meta: dict) -> dict:
-    """A byte-level BPE tokenizer.json; the pre-tokenizer is SmolLM's (single digits, then GPT-2's)."""
-    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "smollm"
-    toks, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-    return {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": [
-            {"id": i, "content": tok, "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": True}
-            for i, (tok, typ) in enumerate(zip(toks, types)) if typ == 3
-        ],
-        "normalizer": None,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Digits", "individual_digits": True}, byte_level]},
-        "post_processor": dict(byte_level, trim_offsets=False),
-        "decoder": byte_level,
-        "model": {
-            "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-            "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-            "vocab": {tok: i for i, tok in enumerate(toks)},
-            "merges": list(meta["tokenizer.ggml.merges"]),
-        },
-    }
-
-
-def _tokenizer_config(meta: dict) -> dict:
-    toks = meta["tokenizer.ggml.tokens"]
-    return {
-        "tokenizer_class": "GPT2Tokenizer",
-        "add_bos_token": bool(meta["tokenizer.ggml.add_bos_token"]),
-        "bos_token": toks[meta["tokenizer.ggml.bos_token_id"]],
-        "eos_token": toks[meta["tokenizer.ggml.eos_token_id"]],
-        "unk_token": toks[meta["tokenizer.ggml.unknown_token_id"]],
-        "pad_token": toks[meta["tokenizer.ggml.padding_token_id"]],
-        "model_max_length": meta["llama.context_length"],
-        "chat_template": meta["tokenizer.chat_template"],
-    }
+    from models import write_f16_gguf, write_hf_dir
+    write_f16_gguf(paths.q4_1_gguf, paths.f16_gguf)
+    write_hf_dir(paths.q4_1_gguf, paths.hf_dir, np.float32)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,10 @@ def parser() -> argparse.ArgumentParser:
                     "to GGUF. The output is written to a temporary file and renamed when complete.",
         epilog="example: python -m pvq_convert ~/models/SmolLM2-135M-Instruct --outtype f16 -o smollm2-f16.gguf")
     p.add_argument("model", help="model directory, a .safetensors file (config.json and the tokenizer beside it), "
-                                 "or a sharded checkpoint's model.safetensors.index.json")
-    p.add_argument("-o", "--outfile", help="output GGUF path (default: <model dir>/<name>-<OUTTYPE>.gguf)")
+                                 "a sharded checkpoint's model.safetensors.index.json, or a GGUF file (llama or qwen2, "
+                                 "any tensor type gguf-py dequantizes, a byte-level BPE vocabulary)")
+    p.add_argument("-o", "--outfile", help="output GGUF path (default: <model dir>/<name>-<OUTTYPE>.gguf; for a GGUF "
+                                           "input, beside it)")
     p.add_argument("--outtype", default="f16", choices=list(OUTTYPES),
                    help="tensor type of the 2-D weights; norms and biases stay f32 (default: %(default)s)")
     p.add_argument("--vocab-pre", choices=PRE_TOKENIZERS,

@@ -16,7 +16,8 @@ from .vocab import load_vocab
 
 
 def default_output(model: HFModel, outtype: str) -> Path:
-    return model.dir / f"{model.dir.name}-{outtype.upper()}.gguf"
+    """<model dir>/<name>-<TAG>.gguf, or for a GGUF input <its folder>/<its stem>-<TAG>.gguf."""
+    return (model.source.parent if model.source else model.dir) / f"{model.name}-{outtype.upper()}.gguf"
 
 
 def add_hparams(w: gguf.GGUFWriter, m: HFModel, n_vocab: int) -> None:
@@ -25,7 +26,7 @@ def add_hparams(w: gguf.GGUFWriter, m: HFModel, n_vocab: int) -> None:
     scaling = m.config.get("rope_scaling")
     if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
         raise ConvertError(f"rope_scaling {scaling!r} is not supported")
-    w.add_name(m.dir.name)
+    w.add_name(m.name)
     w.add_vocab_size(n_vocab)
     w.add_context_length(m.hparam("max_position_embeddings"))
     w.add_embedding_length(n_embd)
@@ -120,6 +121,8 @@ def convert(model_path: str | Path, outfile: str | Path | None, outtype: str = "
     n_vocab = m.tensors["model.embed_tokens.weight"].shape[0]
     vocab = load_vocab(m.dir, n_vocab, vocab_pre)
     out = Path(outfile) if outfile else default_output(m, outtype if quant is None else quant.tag())
+    if m.source and out.resolve() == m.source.resolve():
+        raise ConvertError(f"the output {out} is the input file: give another -o")
     if quant is None:
         tensors, keys = file_tensors(m, outtype), {}
     else:

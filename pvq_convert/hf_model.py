@@ -1,9 +1,9 @@
-"""Opening a Hugging Face checkpoint: find its files, check them, stream its tensors one at a time."""
+"""Opening a Hugging Face checkpoint: find its files, check them, stream its tensors one at a time (a GGUF file\nopens as one too: gguf_in.py)."""
 from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,21 +21,31 @@ class TensorRef:
     dtype: str
     shape: tuple[int, ...]
 
+    def read(self, name: str) -> np.ndarray:
+        """The tensor as float32 (bf16 goes through torch, which numpy cannot read)."""
+        from safetensors import safe_open
+
+        with safe_open(self.file, framework="pt") as f:
+            return f.get_tensor(name).float().numpy()
+
 
 @dataclass
 class HFModel:
     dir: Path
     config: dict
     arch: Arch
-    tensors: dict[str, TensorRef]  # HF name -> where it lives, in checkpoint order
+    tensors: dict  # HF name -> where it lives (TensorRef, gguf_in.GGUFTensorRef), in checkpoint order
+    scratch: object = field(default=None, repr=False)  # what keeps `dir` alive when it is made (GGUF input)
+    source: Path | None = None     # the GGUF file read as this checkpoint (gguf_in.py); None: `dir` itself
+
+    @property
+    def name(self) -> str:
+        """What the user calls the model: its directory's name, or the GGUF file's stem."""
+        return self.source.stem if self.source else self.dir.name
 
     def load(self, name: str) -> np.ndarray:
-        """One tensor as float32 (bf16 goes through torch, which numpy cannot read)."""
-        from safetensors import safe_open
-
-        ref = self.tensors[name]
-        with safe_open(ref.file, framework="pt") as f:
-            return f.get_tensor(name).float().numpy()
+        """One tensor as float32."""
+        return self.tensors[name].read(name)
 
     def hparam(self, key: str, default=None):
         if key in self.config:
@@ -59,8 +69,11 @@ def open_model(path: str | Path) -> HFModel:
         model_dir, files = path.parent, _index_files(path)
     elif path.suffix == ".safetensors":
         model_dir, files = path.parent, [path]
+    elif path.suffix == ".gguf":
+        from .gguf_in import open_gguf
+        return open_gguf(path)
     else:
-        raise ConvertError(f"{path}: expected a model directory, a .safetensors file or an index.json")
+        raise ConvertError(f"{path}: expected a model directory, a .safetensors or .gguf file or an index.json")
 
     config_path = model_dir / "config.json"
     if not config_path.is_file():
