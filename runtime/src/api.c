@@ -113,7 +113,7 @@ void pvq_model_describe(const pvq_model *pm, char *buf, size_t len) {
                    sizeof wtype - strlen(wtype) - 1);
     if (m->ffn_hadamard.base) snprintf(rot, sizeof rot, ", ffn Hadamard %d x %d", m->ffn_hadamard.h, m->ffn_hadamard.p);
     snprintf(buf, len, "%s: %d layers, dim %d, ffn %d, %d heads (%d kv), vocab %d, weights %s, output %s%s, kernel set %s",
-             m->arch == ARCH_LLAMA ? "llama" : "qwen2", m->n_layer, m->dim, m->ffn_dim, m->n_head, m->n_head_kv,
+             m->arch->name, m->n_layer, m->dim, m->ffn_dim, m->n_head, m->n_head_kv,
              m->n_vocab, wtype, m->output.data == m->tok_embd.data ? "tied" : type_get(m->output.type)->name, rot,
              type_simd_name());
 }

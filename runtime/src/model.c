@@ -13,6 +13,20 @@
 
 /* ---------------------------------------------------------------- loading */
 
+/* llama.cpp's names of a block's tensors (both architectures use them) */
+static const char *const LLAMA_BLOCK_TENSORS[BLOCK_TENSORS] = {
+    [BLOCK_ATTN_NORM] = "attn_norm.weight", [BLOCK_FFN_NORM] = "ffn_norm.weight", [BLOCK_BQ] = "attn_q.bias",
+    [BLOCK_BK] = "attn_k.bias", [BLOCK_BV] = "attn_v.bias", [BLOCK_WQ] = "attn_q.weight",
+    [BLOCK_WK] = "attn_k.weight", [BLOCK_WV] = "attn_v.weight", [BLOCK_WO] = "attn_output.weight",
+    [BLOCK_GATE] = "ffn_gate.weight", [BLOCK_UP] = "ffn_up.weight", [BLOCK_DOWN] = "ffn_down.weight",
+};
+
+static const arch_traits ARCHES[] = {
+    {.name = "llama", .rope_neox = 0, .qkv_bias = 0, .block_tensors = LLAMA_BLOCK_TENSORS},
+    {.name = "qwen2", .rope_neox = 1, .qkv_bias = 1, .block_tensors = LLAMA_BLOCK_TENSORS},
+};
+#define N_ARCHES (sizeof ARCHES / sizeof ARCHES[0])
+
 static int get_weight(model *m, weight *w, const char *name, int64_t n_in, int64_t n_out, char *err,
                       size_t err_len) {
     const gguf_tensor *t = gguf_find_tensor(&m->file, name);
@@ -83,16 +97,16 @@ int model_load(model *m, const char *path, pvq_mode pvq_mode, char *err, size_t 
         goto bad;
     }
     snprintf(arch, sizeof arch, "%.*s", (int)(a.len < 31 ? a.len : 31), a.ptr);
-    if (!strcmp(arch, "llama") && a.len == 5)
-        m->arch = ARCH_LLAMA;
-    else if (!strcmp(arch, "qwen2") && a.len == 5)
-        m->arch = ARCH_QWEN2;
-    else {
-        err_fail(err, err_len, "unsupported architecture '%.*s' (llama and qwen2 are supported)",
-             (int)(a.len < 64 ? a.len : 64), a.ptr);
+    for (size_t i = 0; i < N_ARCHES; i++)
+        if (!strcmp(arch, ARCHES[i].name) && a.len == strlen(ARCHES[i].name)) m->arch = &ARCHES[i];
+    if (!m->arch) {
+        char names[128] = "";
+        for (size_t i = 0; i < N_ARCHES; i++)
+            snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "", ARCHES[i].name);
+        err_fail(err, err_len, "unsupported architecture '%.*s' (supported: %s)", (int)(a.len < 64 ? a.len : 64),
+                 a.ptr, names);
         goto bad;
     }
-    m->rope_neox = m->arch == ARCH_QWEN2;
     uint32_t n_layer, dim, n_head, n_head_kv, ffn, ctx, rope_dim;
     if (get_hparam(&m->file, arch, "block_count", &n_layer, 1, 4096, err, err_len) ||
         get_hparam(&m->file, arch, "embedding_length", &dim, 1, 1 << 16, err, err_len) ||
@@ -153,24 +167,21 @@ int model_load(model *m, const char *path, pvq_mode pvq_mode, char *err, size_t 
     int kv_dim = m->n_head_kv * m->head_dim;
     for (int l = 0; l < m->n_layer; l++) {
         layer *L = &m->layers[l];
-        char n[12][64];
-        const char *suffix[12] = {"attn_norm.weight", "ffn_norm.weight", "attn_q.bias", "attn_k.bias",
-                                  "attn_v.bias", "attn_q.weight", "attn_k.weight", "attn_v.weight",
-                                  "attn_output.weight", "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"};
-        for (int i = 0; i < 12; i++) snprintf(n[i], sizeof n[i], "blk.%d.%s", l, suffix[i]);
-        int bias_optional = m->arch != ARCH_QWEN2;
-        if (get_vector(m, &L->attn_norm, n[0], dim, 0, err, err_len) ||
-            get_vector(m, &L->ffn_norm, n[1], dim, 0, err, err_len) ||
-            get_vector(m, &L->bq, n[2], dim, bias_optional, err, err_len) ||
-            get_vector(m, &L->bk, n[3], kv_dim, bias_optional, err, err_len) ||
-            get_vector(m, &L->bv, n[4], kv_dim, bias_optional, err, err_len) ||
-            get_weight(m, &L->wq, n[5], dim, dim, err, err_len) ||
-            get_weight(m, &L->wk, n[6], dim, kv_dim, err, err_len) ||
-            get_weight(m, &L->wv, n[7], dim, kv_dim, err, err_len) ||
-            get_weight(m, &L->wo, n[8], dim, dim, err, err_len) ||
-            get_weight(m, &L->w_gate, n[9], dim, ffn, err, err_len) ||
-            get_weight(m, &L->w_up, n[10], dim, ffn, err, err_len) ||
-            get_weight(m, &L->w_down, n[11], ffn, dim, err, err_len))
+        char n[BLOCK_TENSORS][64];
+        for (int i = 0; i < BLOCK_TENSORS; i++) snprintf(n[i], sizeof n[i], "blk.%d.%s", l, m->arch->block_tensors[i]);
+        int bias_optional = !m->arch->qkv_bias;
+        if (get_vector(m, &L->attn_norm, n[BLOCK_ATTN_NORM], dim, 0, err, err_len) ||
+            get_vector(m, &L->ffn_norm, n[BLOCK_FFN_NORM], dim, 0, err, err_len) ||
+            get_vector(m, &L->bq, n[BLOCK_BQ], dim, bias_optional, err, err_len) ||
+            get_vector(m, &L->bk, n[BLOCK_BK], kv_dim, bias_optional, err, err_len) ||
+            get_vector(m, &L->bv, n[BLOCK_BV], kv_dim, bias_optional, err, err_len) ||
+            get_weight(m, &L->wq, n[BLOCK_WQ], dim, dim, err, err_len) ||
+            get_weight(m, &L->wk, n[BLOCK_WK], dim, kv_dim, err, err_len) ||
+            get_weight(m, &L->wv, n[BLOCK_WV], dim, kv_dim, err, err_len) ||
+            get_weight(m, &L->wo, n[BLOCK_WO], dim, dim, err, err_len) ||
+            get_weight(m, &L->w_gate, n[BLOCK_GATE], dim, ffn, err, err_len) ||
+            get_weight(m, &L->w_up, n[BLOCK_UP], dim, ffn, err, err_len) ||
+            get_weight(m, &L->w_down, n[BLOCK_DOWN], ffn, dim, err, err_len))
             goto bad;
     }
     return 0;
@@ -411,8 +422,8 @@ void forward(const model *m, state *s, const int32_t *tokens, int T) {
             if (L->bv)
                 for (int i = 0; i < kv_dim; i++) v[i] += L->bv[i];
             const float *cs = s->rope + (size_t)t * m->rope_dim;
-            for (int h = 0; h < m->n_head; h++) rope(q + h * hd, cs, m->rope_dim, m->rope_neox);
-            for (int h = 0; h < m->n_head_kv; h++) rope(k + h * hd, cs, m->rope_dim, m->rope_neox);
+            for (int h = 0; h < m->n_head; h++) rope(q + h * hd, cs, m->rope_dim, m->arch->rope_neox);
+            for (int h = 0; h < m->n_head_kv; h++) rope(k + h * hd, cs, m->rope_dim, m->arch->rope_neox);
             to_f16(k, s->k_cache + cache + (size_t)t * kv_dim, kv_dim);
             to_f16(v, s->v_cache + cache + (size_t)t * kv_dim, kv_dim);
         }

@@ -11,7 +11,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum arch { ARCH_LLAMA, ARCH_QWEN2 };
+/* What differs between architectures: one row of ARCHES (model.c) each; a new architecture is a new row. */
+typedef struct arch_traits {
+    const char *name;             /* general.architecture, and the prefix of its hyper-parameter keys */
+    int rope_neox;                /* rotate pairs (i, i + rope_dim/2) instead of (2i, 2i+1) */
+    int qkv_bias;                 /* attn_q/k/v.bias are required (else optional) */
+    const char *const *block_tensors; /* blk.N.<name> of each block's tensors, in BLOCK_* order */
+} arch_traits;
+
+enum { BLOCK_ATTN_NORM, BLOCK_FFN_NORM, BLOCK_BQ, BLOCK_BK, BLOCK_BV, BLOCK_WQ, BLOCK_WK, BLOCK_WV, BLOCK_WO,
+       BLOCK_GATE, BLOCK_UP, BLOCK_DOWN, BLOCK_TENSORS };
 
 typedef struct weight {
     const uint8_t *data; /* n_out rows of row_bytes, inside the mapping */
@@ -23,14 +32,13 @@ typedef struct weight {
 
 typedef struct {
     float *attn_norm, *ffn_norm;  /* owned copies as f32 (small) */
-    float *bq, *bk, *bv;          /* qwen2 only, else NULL */
+    float *bq, *bk, *bv;          /* with arch->qkv_bias (or when the file has them), else NULL */
     weight wq, wk, wv, wo, w_gate, w_up, w_down;
 } layer;
 
 typedef struct {
-    enum arch arch;
+    const arch_traits *arch;
     int n_layer, dim, n_head, n_head_kv, head_dim, ffn_dim, n_vocab, n_ctx_train, rope_dim;
-    int rope_neox;  /* rotate (i, i + rope_dim/2) pairs (qwen2) instead of (2i, 2i+1) (llama) */
     float rms_eps, rope_base;
     weight tok_embd, output;  /* output may be tok_embd (tied) */
     weight output_mix;        /* [dim][dim] applied to the normed state before output, or data NULL (docs/rotation.md) */

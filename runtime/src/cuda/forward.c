@@ -14,7 +14,7 @@ enum { MAX_LAYOUTS = 16 };
 
 typedef struct {
     cuda_weight wq, wk, wv, wo, w_gate, w_up, w_down;
-    float *attn_norm, *ffn_norm, *bq, *bk, *bv;   /* bq, bk, bv: NULL unless qwen2 */
+    float *attn_norm, *ffn_norm, *bq, *bk, *bv;   /* bq, bk, bv: NULL when the model has none */
 } cuda_layer;
 
 typedef struct {
@@ -258,7 +258,7 @@ int pvq_cuda_model_load(const model *m, int n_ctx, int n_batch, pvq_cuda_model *
     if (!g) return -1;
     g->n_layer = m->n_layer, g->dim = m->dim, g->n_head = m->n_head, g->n_head_kv = m->n_head_kv;
     g->head_dim = m->head_dim, g->ffn_dim = m->ffn_dim, g->n_vocab = m->n_vocab, g->rope_dim = m->rope_dim;
-    g->rope_neox = m->rope_neox, g->rms_eps = m->rms_eps, g->rope_base = m->rope_base;
+    g->rope_neox = m->arch->rope_neox, g->rms_eps = m->rms_eps, g->rope_base = m->rope_base;
     int kv_dim = m->n_head_kv * m->head_dim;
     if (!(g->layers = calloc((size_t)m->n_layer, sizeof *g->layers))) {
         err_fail(err, err_len, "out of memory");
