@@ -44,12 +44,14 @@ def token_windows(ids: list[int], n_seq: int, seq_len: int, seed: int = 0) -> to
 
 
 def calibration_tokens(model_dir: Path, text_file: Path | None, n_seq: int, seq_len: int, seed: int = 0,
-                       model=None, progress: bool = False, n_generated: int = 0) -> torch.Tensor:
-    """(n_seq, seq_len) token ids: windows of `text_file`, or text `model` generates when it is None; with a file,
-    n_generated of the n_seq sequences are generated and the rest are windows of the file."""
+                       load_model: Callable[[], object] | None = None, progress: bool = False,
+                       n_generated: int = 0) -> torch.Tensor:
+    """(n_seq, seq_len) token ids: windows of `text_file`, or text the model load_model() makes generates when it
+    is None; with a file, n_generated of the n_seq sequences are generated and the rest are windows of the file.
+    Generation needs every block for every token: load_model() gives the whole model, called only to generate."""
     encode = load_tokenizer(model_dir)
     if text_file is None:
-        return generated_tokens(model, encode, n_seq, seq_len, seed, progress)
+        return generated_tokens(load_model(), encode, n_seq, seq_len, seed, progress)
     try:
         text = Path(text_file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -58,7 +60,7 @@ def calibration_tokens(model_dir: Path, text_file: Path | None, n_seq: int, seq_
     windows = token_windows(encode(text), n_seq - n_generated, seq_len, seed)
     if not n_generated:
         return windows
-    return torch.cat([windows, generated_tokens(model, encode, n_generated, seq_len, seed, progress)])
+    return torch.cat([windows, generated_tokens(load_model(), encode, n_generated, seq_len, seed, progress)])
 
 
 # Openings of different kinds of text: prose, code, dialogue, lists, reference, mathematics.

@@ -83,27 +83,27 @@ def file_tensors(m: HFModel, outtype: str) -> list:
 
 def quantized_tensors(m: HFModel, qm, outtype: str) -> tuple[list, dict]:
     """The quantized path: the (rotated) model's tensors; PVQ-coded linear layers as PVQ rows plus
-    their row scales and gain-level keys, everything else encoded to the output type."""
+    their row scales and gain-level keys, everything else encoded to the output type (a block's tensors
+    read back from qm's spill when the writer reaches them)."""
     from .pvq_format import VERSION, VERSION_KEY, pvq_entries
 
-    model = qm.model
-    named = {("lm_head.weight" if k == "lm_head.weight" else f"model.{k}"): v for k, v in model.globals.items()}
-    for i, block in enumerate(model.blocks):
-        named |= {f"model.layers.{i}.{k}": v for k, v in block.items()}
+    # HF name -> (shape, the tensor when asked for): the blocks' tensors are read back one at a time
+    named = {("lm_head.weight" if k == "lm_head.weight" else f"model.{k}"): (tuple(v.shape), lambda v=v: v)
+             for k, v in qm.globals.items()}
+    named |= {name: (shape, lambda name=name: qm.tensor(name)) for name, shape in qm.shapes.items()}
     tensors, keys = [], {VERSION_KEY: VERSION} if qm.codes else {}
-    for name, w in named.items():
+    for name, (shape, tensor) in named.items():
         gname, order = gguf_tensor_name(name), llama_cpp_rows(m, name)
         if name in qm.codes:
             entries, levels = pvq_entries(gname, qm.codes[name])
             keys |= levels
             (pname, rows, ptype), (sname, scales, _) = entries
-            tensors.append((pname, tuple(w.shape), ptype, lambda r=order(rows): r))
+            tensors.append((pname, shape, ptype, lambda r=order(rows): r))
             tensors.append((sname, scales.shape, gguf.GGMLQuantizationType.F16, lambda s=order(scales): s))
         else:
             # the mix is fp16 in the torch model too (rotate.py): stored as it is, whatever the outtype
-            qtype = gguf.GGMLQuantizationType.F16 if name == "model.head_mix.weight" else tensor_type(outtype, tuple(w.shape))
-            tensors.append((gname, tuple(w.shape), qtype,
-                            encoded(lambda w=w, order=order: order(w.float().numpy()), qtype)))
+            qtype = gguf.GGMLQuantizationType.F16 if name == "model.head_mix.weight" else tensor_type(outtype, shape)
+            tensors.append((gname, shape, qtype, encoded(lambda t=tensor, order=order: order(t().float().numpy()), qtype)))
     return tensors, keys
 
 

@@ -4,6 +4,11 @@ For each block, in order: run the calibration sequences through it, collect H = 
 of each group of linear layers that share an input, quantize those layers, and run again so the
 next group (and the next block) sees the outputs of the already-quantized layers. Sharing inputs:
 q/k/v read the attention norm's output, gate/up the FFN norm's; o_proj and down_proj have their own.
+
+Every phase is block by block (docs/pipeline.md, "Peak memory"): each block is read from the checkpoint
+and rotated when a pass reaches it, the quantized blocks wait on disk (stream.Spill), and between blocks
+only the calibration activations are carried.  Only the self-generated calibration text holds the whole
+model.
 """
 from __future__ import annotations
 
@@ -25,8 +30,9 @@ from .pvq_presets import preset
 from .quantizers import PVQQuantizer, ScalarQuantizer
 from .rotate import Rotation, gguf_metadata, rotate_model
 from .row_workers import RowWorkers
-from .torch_model import Model, load_model, one_thread
-from .tune import reference_log_probs, tune_scales
+from .stream import Spill, streamed_backward
+from .torch_model import Config, Model, StreamedBlocks, load_model, one_thread
+from .tune import log_probs, tune_scales
 
 # The vocabulary matrices (HF names): the token embedding and, when the checkpoint has one, the output layer.
 VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
@@ -91,10 +97,45 @@ class Method:
 
 @dataclass
 class QuantizedModel:
-    model: Model                                    # with the quantized weights swapped in
+    """The quantized model: `globals` in memory (a coded vocabulary decoded), every block's tensors parked in
+    `spill` under their HF names (the coded weights decoded) and read back a block at a time."""
+    config: Config
+    globals: dict[str, torch.Tensor]
+    ffn_hadamard: object = None
     codes: dict[str, Quantized] = field(default_factory=dict)   # HF tensor name -> PVQ codes
     metadata: dict = field(default_factory=dict)    # GGUF keys the runtime needs (rotation)
     rates: dict[str, float] = field(default_factory=dict)      # HF tensor name -> PVQ rate, when allocated
+    spill: Spill = field(default_factory=Spill)
+    block_keys: list[list[str]] = field(default_factory=list)   # each block's tensor names, in its order
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # HF name -> shape, of the blocks' tensors
+
+    def keep_block(self, block: dict[str, torch.Tensor]) -> None:
+        """Park the next block (its tensors as the quantized model has them)."""
+        prefix = f"model.layers.{len(self.block_keys)}."
+        for key, t in block.items():
+            self.spill[prefix + key], self.shapes[prefix + key] = t, tuple(t.shape)
+        self.block_keys.append(list(block))
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """A block's tensor by HF name; a coded weight whose scales the tuning changed is decoded now."""
+        return self.spill[name] if name in self.spill else dequantize_matrix(self.codes[name])
+
+    def block(self, i: int) -> dict[str, torch.Tensor]:
+        return {key: self.tensor(f"model.layers.{i}.{key}") for key in self.block_keys[i]}
+
+    def retune(self, name: str, factor: torch.Tensor) -> None:
+        """The codes of `name` got their row scales times `factor` (tune.py): its decoded weight is stale, and
+        a bias after it (Qwen2's q/k/v) takes the factor too, since the factor scaled the output."""
+        del self.spill[name]
+        bias = name.removesuffix("weight") + "bias"
+        if bias in self.spill:
+            b = self.spill[bias]
+            self.spill[bias] = b * factor.to(b)
+
+    @property
+    def model(self) -> Model:
+        """The quantized model as a torch Model, its blocks read back as a pass reaches them."""
+        return Model(self.config, self.globals, StreamedBlocks(len(self.block_keys), self.block), self.ffn_hadamard)
 
 
 @dataclass
@@ -133,11 +174,11 @@ def quantize_checkpoint(hf: HFModel, opts: QuantOptions, progress: bool = True) 
     if m.allocates:
         tensors = linear_tensors(hf)
         fixed_rates(tensors, m.bits, m.bits_map)        # bad requests fail before the long work
-    model = load_model(hf).to(opts.device)
     calib = None
     if m.needs_hessian or m.allocates:
-        calib = calibration_tokens(hf.dir, opts.calib, opts.n_seq, opts.seq_len, opts.seed, model, progress,
-                                   opts.n_generated)
+        calib = calibration_tokens(hf.dir, opts.calib, opts.n_seq, opts.seq_len, opts.seed,
+                                   lambda: load_model(hf).to(opts.device), progress, opts.n_generated)
+    model = load_model(hf, streamed=True).to(opts.device)
     metadata = {}
     if opts.rotate:
         rotation = Rotation(seed=opts.seed)
@@ -146,12 +187,13 @@ def quantize_checkpoint(hf: HFModel, opts: QuantOptions, progress: bool = True) 
     rates = {}
     if m.allocates:
         rates = allocate(tensors, measure_errors(model, calib, progress), m.bits, m.bits_map)
-    targets = reference_log_probs(model, calib) if m.tunes else None
-    qm = quantize_model(model, calib if m.needs_hessian else None, m, progress, rates)
+    head_hessian = m.codes_vocab and m.hessian and calib is not None
+    targets, H_head = reference_pass(model, calib, m.tunes, head_hessian, progress) if m.tunes or head_hessian \
+        else (None, None)
+    qm = quantize_model(model, calib if m.needs_hessian else None, m, progress, rates, H_head)
     if m.tunes:
-        tune_scales(qm.model, {k: q for k, q in qm.codes.items() if k.startswith("model.layers.")}, calib,
-                    targets, m.tune_epochs, progress=progress)
-    qm.model = qm.model.to("cpu")
+        tune_scales(qm, calib, targets, m.tune_epochs, progress=progress)
+    qm.globals = {k: v.to("cpu") for k, v in qm.globals.items()}
     qm.codes = {name: q.to("cpu") for name, q in qm.codes.items()}
     qm.metadata, qm.rates = metadata, rates
     return qm
@@ -166,7 +208,7 @@ def linear_tensors(hf: HFModel) -> list[Tensor]:
 
 def measure_errors(model: Model, calib: torch.Tensor, progress: bool = True) -> dict[str, dict[float, float]]:
     """allocate.tensor_errors for every linear weight, with the Hessians and output Fisher diagonals of the
-    unquantized model."""
+    unquantized model (block-streamed: the Hessians of one block at a time)."""
     fisher = output_fisher(model, calib, progress)
     xs = [model.embed(seq) for seq in calib]
     errors = {}
@@ -193,9 +235,15 @@ def output_fisher(model: Model, calib: torch.Tensor, progress: bool = True) -> d
     distribution in that layer's output space: the sum over calibration tokens of (d log p(y) / d out_r)^2
     per output row r, with y drawn from the model itself.  An output error e (e_r^2 summed over the same
     tokens) then costs about sum_r fisher_r e_r^2 / (2 tokens^2) nats of KL divergence per token: how much
-    an error in this layer reaches the logits."""
+    an error in this layer reaches the logits.  Block-streamed (stream.streamed_backward)."""
     out: dict[str, torch.Tensor] = {}
     gen = torch.Generator(device=calib.device).manual_seed(0)
+
+    def sampled_log_prob(logits):
+        logp = torch.log_softmax(logits.float(), -1)
+        y = torch.multinomial(logp.detach().exp(), 1, generator=gen)
+        return logp.gather(-1, y).sum()
+
     for seq in tqdm(calib, unit="seq", disable=not progress, desc="fisher"):
         probes = {}
 
@@ -203,10 +251,7 @@ def output_fisher(model: Model, calib: torch.Tensor, progress: bool = True) -> d
             probes[f"model.layers.{layer}.{name}.weight"] = p = torch.zeros_like(y, requires_grad=True)
             return y + p
 
-        with torch.enable_grad():
-            logp = torch.log_softmax(model(seq, out_hook=probe).float(), -1)
-            y = torch.multinomial(logp.detach().exp(), 1, generator=gen)
-            logp.gather(-1, y).sum().backward()
+        streamed_backward(model, seq, sampled_log_prob, probe)
         for name, p in probes.items():
             g = p.grad.to(torch.float64).pow(2).sum(0)
             out[name] = out[name] + g if name in out else g
@@ -214,44 +259,74 @@ def output_fisher(model: Model, calib: torch.Tensor, progress: bool = True) -> d
 
 
 def quantize_model(model: Model, calib: torch.Tensor | None, method: Method, progress: bool = True,
-                   rates: dict[str, float] | None = None) -> QuantizedModel:
-    """Quantize every linear layer of `model` in place (and the vocabulary matrices first, with
-    method.vocab_layout). calib: (n_seq, seq_len) token ids, or None for the methods that need no
-    Hessian. rates: PVQ rate by HF tensor name (else method.layout)."""
-    out = QuantizedModel(model)
+                   rates: dict[str, float] | None = None, head_hessian: torch.Tensor | None = None) -> QuantizedModel:
+    """Quantize every linear layer of `model`, one block at a time (and the vocabulary matrices first, with
+    method.vocab_layout, in `model.globals`). calib: (n_seq, seq_len) token ids, or None for the methods that
+    need no Hessian. rates: PVQ rate by HF tensor name (else method.layout). head_hessian: quantize_vocab's."""
+    out = QuantizedModel(model.config, model.globals, model.ffn_hadamard)
     workers = RowWorkers(torch.get_num_threads()) if _wants_workers(model) else None
     with workers or contextlib.nullcontext():
         if method.codes_vocab:
-            out.codes |= quantize_vocab(model, calib, method, workers, progress)
+            out.codes |= quantize_vocab(model, head_hessian, method, workers, progress)
         xs = [model.embed(seq) for seq in calib] if calib is not None else []
         bar = tqdm(total=model.config.n_layers * len(INPUT_GROUPS), unit="step", disable=not progress,
                    desc="quantizing")
         for i in range(model.config.n_layers):
+            block = model.blocks[i]     # held until the next block is asked for: it gets the quantized weights
             for group in INPUT_GROUPS:
                 H = _input_hessian(model, i, xs, group[0]) if xs else None
                 keys = [f"{name}.weight" for name in group]
                 layouts = [preset(rates[f"model.layers.{i}.{k}"]) if rates else None for k in keys]
-                done = quantize_group(method, [model.blocks[i][k] for k in keys], H, layouts, workers)
+                done = quantize_group(method, [block[k] for k in keys], H, layouts, workers)
                 for key, (Wq, codes) in zip(keys, done):
-                    model.blocks[i][key] = Wq.to(model.dtype)
+                    block[key] = Wq.to(model.dtype)
                     if codes is not None:
                         out.codes[f"model.layers.{i}.{key}"] = codes
                 bar.update()
             xs = [model.block(i, x) for x in xs]
+            out.keep_block(block)
             bar.set_postfix(block=i)
         bar.close()
     return out
 
 
-def quantize_vocab(model: Model, calib: torch.Tensor | None, method: Method, workers: RowWorkers | None,
+def reference_pass(model: Model, calib: torch.Tensor, targets: bool, head_hessian: bool, progress: bool = True
+                   ) -> tuple[Spill | None, torch.Tensor | None]:
+    """The calibration sequences through the unquantized model, block by block (each block read once): with
+    `targets`, the scale tuning's targets (tune.log_probs of each sequence, parked on disk, by its index);
+    with `head_hessian`, the sum over calibration tokens of h h^T for the output layer's input h (float64)."""
+    with torch.no_grad():
+        xs = [model.embed(seq) for seq in calib]
+        for i in tqdm(range(model.config.n_layers), unit="block", disable=not progress, desc="reference pass"):
+            xs = [model.block(i, x) for x in xs]
+        out, H = Spill() if targets else None, None
+
+        def hook(layer, name, inp):
+            nonlocal H
+            if head_hessian:
+                hh = (inp.T @ inp).to(torch.float64)
+                H = hh if H is None else H + hh
+            if not targets:
+                raise _Captured  # the logits are not needed
+
+        for k, x in enumerate(xs):
+            try:
+                logits = model.head(x, hook)
+            except _Captured:
+                continue
+            out[k] = log_probs(logits)
+    return out, H
+
+
+def quantize_vocab(model: Model, H: torch.Tensor | None, method: Method, workers: RowWorkers | None,
                    progress: bool = True) -> dict[str, Quantized]:
     """Code the vocabulary matrices of `model` in place at method.vocab_layout, before the blocks, so that
-    the blocks are quantized seeing the coded embedding.  What the head's errors cost is weighted by its
-    input's Hessian over the calibration tokens, taken from the model before anything is quantized; the
-    tied matrix is coded for the head too (docs/results.md measures it against plain nearest-point coding,
-    which would suit the lookup), an untied embedding with plain nearest-point coding."""
+    the blocks are quantized seeing the coded embedding.  What the head's errors cost is weighted by H, its
+    input's Hessian over the calibration tokens, taken from the model before anything is quantized
+    (reference_pass; None: plain nearest-point coding); the tied matrix is coded for the head too
+    (docs/results.md measures it against plain nearest-point coding, which would suit the lookup), an untied
+    embedding with plain nearest-point coding."""
     g = model.globals
-    H = head_hessian(model, calib, progress) if calib is not None and method.hessian else None
     out = {}
     present = [name for name in VOCAB_TENSORS if name.removeprefix("model.") in g]
     for name in tqdm(present, unit="matrix", disable=not progress, desc="coding the vocabulary"):
@@ -263,34 +338,13 @@ def quantize_vocab(model: Model, calib: torch.Tensor | None, method: Method, wor
     return out
 
 
-def head_hessian(model: Model, calib: torch.Tensor, progress: bool = True) -> torch.Tensor:
-    """sum over calibration tokens of h h^T for the output layer's input h (float64)."""
-    H = None
-
-    def hook(layer, name, inp):
-        nonlocal H
-        hh = (inp.T @ inp).to(torch.float64)
-        H = hh if H is None else H + hh
-        raise _Captured  # the logits are not needed
-
-    with torch.no_grad():
-        for seq in tqdm(calib, unit="seq", disable=not progress, desc="head Hessian"):
-            x = model.embed(seq)
-            for i in range(model.config.n_layers):
-                x = model.block(i, x)
-            try:
-                model.head(x, hook)
-            except _Captured:
-                pass
-    return H
-
-
 # Below this many linear weights the workers' start (about 4 s) is not worth it (fixtures, tests).
 WORKERS_MIN_WEIGHTS = 1 << 24
 
 
 def _wants_workers(model: Model) -> bool:
-    linear = sum(w.numel() for block in model.blocks for k, w in block.items() if k.endswith("proj.weight"))
+    first = model.blocks[0]     # the blocks are alike; block 0 is the one quantize_model asks for next
+    linear = model.config.n_layers * sum(w.numel() for k, w in first.items() if k.endswith("proj.weight"))
     on_cpu = model.globals["embed_tokens.weight"].is_cpu
     return on_cpu and torch.get_num_threads() > 1 and linear >= WORKERS_MIN_WEIGHTS
 

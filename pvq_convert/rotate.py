@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .hadamard import hadamard_transform, plan, random_hadamard_left_t, random_hadamard_right
-from .torch_model import Model
+from .torch_model import Model, map_blocks
 
 READS_INPUT_NORM = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 READS_POST_ATTN_NORM = ("mlp.gate_proj", "mlp.up_proj")
@@ -55,15 +55,18 @@ def rotate_block(w: dict[str, torch.Tensor], seed: int | None, ffn_hadamard: boo
     """Fold the two norms of one block and rotate its linear layers (a new dict; w is untouched).
     seed: the residual rotation's (None: no residual rotation)."""
     out = dict(w)
-    f64 = {k: v.to(torch.float64) for k, v in w.items()}
+
+    def f64(key: str) -> torch.Tensor:  # one tensor at a time: a block in float64 would be twice its size
+        return w[key].to(torch.float64)
+
     for norm, readers in (("input_layernorm.weight", READS_INPUT_NORM),
                           ("post_attention_layernorm.weight", READS_POST_ATTN_NORM)):
         for name in readers:
-            W = f64[name + ".weight"] * f64[norm]
+            W = f64(name + ".weight") * f64(norm)
             out[name + ".weight"] = _right(W, seed).to(w[name + ".weight"].dtype)
         out[norm] = torch.ones_like(w[norm])
     for name in WRITES_RESIDUAL:
-        W = _left_t(f64[name + ".weight"], seed)
+        W = _left_t(f64(name + ".weight"), seed)
         if ffn_hadamard and name == "mlp.down_proj":
             W = hadamard_transform(W)   # each row w -> H w, i.e. W H^T
         out[name + ".weight"] = W.to(w[name + ".weight"].dtype)
@@ -87,12 +90,12 @@ def rotate_globals(g: dict[str, torch.Tensor], seed: int | None, tie_head: bool 
 
 
 def rotate_model(model: Model, rotation: Rotation = Rotation(), tie_head: bool = False) -> Model:
-    """The whole model rotated (for models that fit in memory; the pipeline calls rotate_block per block)."""
+    """The model rotated: its blocks at once, or, streamed, each as it is made (torch_model.StreamedBlocks)."""
     if model.ffn_hadamard is not None:
         raise ValueError("the model is already rotated")
     seed = rotation.residual_seed
     return Model(model.config, rotate_globals(model.globals, seed, tie_head),
-                 [rotate_block(b, seed, rotation.ffn_hadamard) for b in model.blocks],
+                 map_blocks(lambda b: rotate_block(b, seed, rotation.ffn_hadamard), model.blocks),
                  ffn_hadamard=hadamard_transform if rotation.ffn_hadamard else None)
 
 

@@ -10,8 +10,10 @@ of each head (`rotate_half`), not adjacent pairs as llama.cpp does on its permut
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import torch
@@ -59,14 +61,15 @@ class Config:
 @dataclass
 class Model:
     """Weights by HF name: `globals` holds embed_tokens / norm / lm_head (/ head_mix), `blocks[i]` the
-    tensors of layer i under their names inside the block (e.g. "self_attn.q_proj.weight").
+    tensors of layer i under their names inside the block (e.g. "self_attn.q_proj.weight"); `blocks` is a
+    list, or StreamedBlocks that make each block when a pass reaches it.
 
     `lm_head` is absent while the head is tied to the embedding; `head_mix` (dim x dim), when present,
     multiplies the normed state before the head (a rotated tied model, rotate.py). `ffn_hadamard`, when set, is applied
     to the FFN hidden state right before down_proj (the runtime's online transform)."""
     config: Config
     globals: dict[str, torch.Tensor]
-    blocks: list[dict[str, torch.Tensor]]
+    blocks: Sequence[dict[str, torch.Tensor]]
     ffn_hadamard: Callable[[torch.Tensor], torch.Tensor] | None = None
     _rope_cache: dict = field(default_factory=dict, repr=False)
 
@@ -136,9 +139,9 @@ class Model:
     __call__ = forward
 
     def to(self, device: str | torch.device) -> "Model":
-        """The same model with every weight on `device`."""
+        """The same model with every weight on `device` (streamed blocks are moved as they are made)."""
         return Model(self.config, {k: v.to(device) for k, v in self.globals.items()},
-                     [{k: v.to(device) for k, v in b.items()} for b in self.blocks], self.ffn_hadamard)
+                     map_blocks(lambda b: {k: v.to(device) for k, v in b.items()}, self.blocks), self.ffn_hadamard)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -154,6 +157,35 @@ class Model:
             ang = torch.cat([ang, ang], dim=-1)
             self._rope_cache = {key: (ang.cos().to(dtype).to(device), ang.sin().to(dtype).to(device))}
         return self._rope_cache[key]
+
+
+class StreamedBlocks(Sequence):
+    """`n` blocks, block i made by load(i) when it is asked for; only the last one asked for is kept, so a
+    pass over the blocks in order makes each once, and changes to a block last while it is held."""
+
+    def __init__(self, n: int, load: Callable[[int], dict[str, torch.Tensor]]):
+        self._n, self._load = n, load
+        self._index, self._block = None, None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        if i != self._index:
+            self._index, self._block = None, None   # freed before the next one is made
+            self._block, self._index = self._load(i), i
+        return self._block
+
+    def map(self, fn: Callable[[dict], dict]) -> "StreamedBlocks":
+        """Blocks fn(block i), made from this one's loader (not its held block: one block in memory)."""
+        return StreamedBlocks(self._n, lambda i: fn(self._load(i)))
+
+
+def map_blocks(fn: Callable[[dict], dict], blocks: Sequence[dict]) -> Sequence[dict]:
+    """fn applied to every block: at once for a list, as each is made for StreamedBlocks."""
+    return blocks.map(fn) if isinstance(blocks, StreamedBlocks) else [fn(b) for b in blocks]
 
 
 def cache_append(cache: dict, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,11 +236,14 @@ def load_globals(hf: HFModel, dtype: torch.dtype = torch.float32) -> dict[str, t
     return out
 
 
-def load_model(path, dtype: torch.dtype = torch.float32) -> Model:
-    """A whole model in memory (fine for small models; the pipeline streams blocks with load_block)."""
+def load_model(path, dtype: torch.dtype = torch.float32, streamed: bool = False) -> Model:
+    """A whole model in memory, or with `streamed` one whose blocks are read from the checkpoint when a pass
+    reaches them (StreamedBlocks: the pipeline's way, one block in memory)."""
     hf = path if isinstance(path, HFModel) else open_model(path)
     cfg = Config.from_hf(hf)
-    return Model(cfg, load_globals(hf, dtype), [load_block(hf, i, dtype) for i in range(cfg.n_layers)])
+    load = partial(load_block, hf, dtype=dtype)
+    blocks = StreamedBlocks(cfg.n_layers, load) if streamed else [load(i) for i in range(cfg.n_layers)]
+    return Model(cfg, load_globals(hf, dtype), blocks)
 
 
 @contextmanager

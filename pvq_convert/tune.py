@@ -10,28 +10,31 @@ in the measurement of docs/pipeline.md, so they stay.)
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from tqdm import tqdm
 
-from .pvq import Quantized, dequantize_matrix
-from .torch_model import Model
+from .stream import streamed_backward
 
 
-def reference_log_probs(model: Model, calib: torch.Tensor) -> list[torch.Tensor]:
-    """The unquantized model's log-probabilities over the calibration sequences, kept in fp16 (the
-    targets of tune_scales; 16 x 512 tokens of a 49k vocabulary is 0.8 GB)."""
-    with torch.no_grad():
-        return [torch.log_softmax(model(seq).float(), -1).half() for seq in calib]
+def log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """A tuning target: the unquantized model's log-probabilities, kept in fp16 (16 x 512 tokens of a 49k
+    vocabulary is 0.8 GB: quantize.reference_pass parks them on disk)."""
+    return torch.log_softmax(logits.float(), -1).half()
 
 
-def tune_scales(model: Model, codes: dict[str, Quantized], calib: torch.Tensor, targets: list[torch.Tensor],
-                epochs: int, lr: float = 2e-3, progress: bool = True) -> None:
-    """Fit the row scales of `codes` (HF name -> PVQ codes of model's weight) to `targets`
-    (reference_log_probs).  Updates the codes' scales and the model's weights in place: the weights stay
-    exactly the decoded codes."""
+def tune_scales(qm, calib: torch.Tensor, targets: Sequence[torch.Tensor], epochs: int, lr: float = 2e-3,
+                progress: bool = True) -> None:
+    """Fit the row scales of the blocks' codes of `qm` (quantize.QuantizedModel) to `targets` (log_probs of
+    each calibration sequence), block-streamed: each step holds one block's graph (stream.streamed_backward).
+    Updates the codes' scales, and the biases a factor scales, in place; the weights stay exactly the
+    decoded codes (qm.tensor decodes a tuned code when it is asked for)."""
+    codes = {name: q for name, q in qm.codes.items() if name.startswith("model.layers.")}
     factors = {name: torch.ones(q.scale.shape[0], device=calib.device, requires_grad=True)
                for name, q in codes.items()}
     opt = torch.optim.Adam(factors.values(), lr=lr)
+    model = qm.model.to(calib.device)
 
     def scaled(layer, name, y):  # a factor on output row r is a factor on row r's scale
         f = factors.get(f"model.layers.{layer}.{name}.weight")
@@ -39,22 +42,16 @@ def tune_scales(model: Model, codes: dict[str, Quantized], calib: torch.Tensor, 
 
     bar = tqdm(total=epochs * len(calib), unit="seq", disable=not progress, desc="tuning scales")
     for _ in range(epochs):
-        for seq, target in zip(calib, targets):
-            with torch.enable_grad():
-                p = target.float()
-                kld = (p.exp() * (p - torch.log_softmax(model(seq, out_hook=scaled).float(), -1))).sum(-1).mean()
-                opt.zero_grad()
-                kld.backward()
-                opt.step()
+        for k, seq in enumerate(calib):
+            p = targets[k].to(calib.device).float()
+            opt.zero_grad()
+            kld = streamed_backward(model, seq, lambda logits: (p.exp() * (p - torch.log_softmax(
+                logits.float(), -1))).sum(-1).mean(), scaled)
+            opt.step()
             bar.update()
-            bar.set_postfix(kld=f"{float(kld.detach()):.4f}")
+            bar.set_postfix(kld=f"{float(kld):.4f}")
     bar.close()
     with torch.no_grad():
         for name, q in codes.items():
             q.scale = (q.scale.float() * factors[name]).half()
-            layer, key = name.removeprefix("model.layers.").split(".", 1)
-            block = model.blocks[int(layer)]
-            block[key] = dequantize_matrix(q).to(model.dtype)
-            bias = key.removesuffix("weight") + "bias"
-            if bias in block:  # the factor scaled the output after the bias (Qwen2's q/k/v)
-                block[bias] = block[bias] * factors[name].to(block[bias].dtype)
+            qm.retune(name, factors[name])
