@@ -239,7 +239,7 @@ def output_fisher(model: Model, calib: torch.Tensor, progress: bool = True) -> d
     out: dict[str, torch.Tensor] = {}
     gen = torch.Generator(device=calib.device).manual_seed(0)
 
-    def sampled_log_prob(logits):
+    def sampled_log_prob(logits, rows):
         logp = torch.log_softmax(logits.float(), -1)
         y = torch.multinomial(logp.detach().exp(), 1, generator=gen)
         return logp.gather(-1, y).sum()

@@ -43,23 +43,31 @@ class Spill:
         return len(self._files)
 
 
-def streamed_backward(model: Model, tokens: torch.Tensor, loss: Callable[[torch.Tensor], torch.Tensor],
-                      out_hook: OutputHook | None = None) -> torch.Tensor:
+def streamed_backward(model: Model, tokens: torch.Tensor, loss: Callable[[torch.Tensor, slice], torch.Tensor],
+                      out_hook: OutputHook | None = None, head_rows: int | None = None) -> torch.Tensor:
     """loss(model(tokens, out_hook)).backward(), holding one block's graph at a time: a forward pass that keeps
     each block's input, then the head's backward and each block's, from the last down, every block run again
     with gradients.  The gradients that reach the leaves out_hook brings in are those of the whole graph,
-    bit for bit (tests/test_stream.py).  Returns the loss."""
+    bit for bit (tests/test_stream.py).  loss(logits, rows) gets the logits of the tokens `rows`; with
+    `head_rows`, the head runs on that many tokens at a time (its logits and their gradients are the largest
+    tensors of a step: 512 tokens x a 49k vocabulary is 100 MB each) and the loss must be a sum over its rows.
+    Returns the loss."""
     with torch.no_grad():
         xs = [model.embed(torch.as_tensor(tokens, dtype=torch.int64))]
         for i in range(model.config.n_layers):
             xs.append(model.block(i, xs[-1], out_hook=out_hook))
     with torch.enable_grad():
-        x = xs.pop().requires_grad_()
-        value = loss(model.head(x))
-        value.backward()
-        grad = x.grad
+        x = xs.pop()
+        step = head_rows or len(x)
+        grad, value = torch.empty_like(x), 0
+        for start in range(0, len(x), step):
+            rows = slice(start, start + step)
+            xr = x[rows].detach().requires_grad_()
+            part = loss(model.head(xr), rows)
+            part.backward()
+            grad[rows], value = xr.grad, value + part.detach()
         for i in reversed(range(model.config.n_layers)):
             x = xs.pop().requires_grad_(i > 0)     # the embedding needs no gradient
             model.block(i, x, out_hook=out_hook).backward(grad)
             grad = x.grad
-    return value.detach()
+    return value
