@@ -1,0 +1,116 @@
+"""Qwen2.5-Coder-1.5B-Instruct end to end (models/qwen_coder.py): converting it, and running the files.
+
+    python -m bench.qwen_coder convert [--bits 3.25 4.25]   the converter's defaults on 2 cores; wall time and peak
+                                                          RSS (/usr/bin/time -v) of each, written to the cache
+    python -m bench.qwen_coder run [FILE ...]              pvq.Llama on the F16 reference and each file:
+                                                          the answer to CODE_QUESTION (its `def` must compile), and
+                                                          on F16 greedy agreement with llama.cpp (16 tokens x 3
+                                                          prompts)
+
+The 1.5B conversion takes hours on 2 cores, so it is not part of `make test`.  Results are printed and kept as
+JSON in the model's cache directory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from models.qwen_coder import HERE, ensure
+
+CODE_QUESTION = "Write a Python function that reverses a string."
+PROMPTS = ("def fibonacci(n):", "The capital of France is", "import numpy as np\n\n# a 3x3 identity matrix\n")
+N_AGREE = 16
+
+
+def converted_path(bits: float) -> Path:
+    return HERE / f"pvq-{bits}.gguf"
+
+
+def convert(bits: float) -> dict:
+    """The converter's defaults (self-generated calibration: no file is shipped for this model) at `bits`."""
+    out = converted_path(bits)
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "pvq_convert", str(ensure().hf_dir), "--bits", str(bits),
+           "-o", str(out)]
+    t = time.time()
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode:
+        sys.exit(f"conversion at {bits} failed:\n{run.stderr[-4000:]}")
+    rss_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr).group(1))
+    summary = [line for line in run.stdout.splitlines() if line.startswith("whole file")]
+    return {"bits": bits, "wall_s": round(time.time() - t), "peak_rss_kib": rss_kib, "bytes": out.stat().st_size,
+            "summary": summary}
+
+
+def code_block(text: str) -> str:
+    """The first fenced code block of an answer, or the whole answer."""
+    m = re.search(r"```(?:python)?\n(.*?)```", text, re.S)
+    return m.group(1) if m else text
+
+
+def answer(path: Path) -> dict:
+    from pvq import Llama
+    with Llama(str(path), n_ctx=1024, n_threads=2, verbose=False) as llm:
+        t = time.time()
+        r = llm.create_chat_completion(messages=[{"role": "user", "content": CODE_QUESTION}], max_tokens=200,
+                                       temperature=0)
+        text = r["choices"][0]["message"]["content"]
+    code = code_block(text)
+    try:
+        compile(code, "<answer>", "exec")
+        compiles = "def " in code
+    except SyntaxError:
+        compiles = False
+    return {"file": path.name, "answer": text, "def_compiles": compiles, "seconds": round(time.time() - t, 1),
+            "tokens": r["usage"]["completion_tokens"]}
+
+
+def greedy_ids(llm, prompt: str, n: int) -> list[int]:
+    """The first n greedy tokens after `prompt` (pvq.Llama and llama_cpp.Llama share this API)."""
+    out = []
+    for tok in llm.generate(llm.tokenize(prompt.encode(), add_bos=False), temp=0.0):
+        out.append(int(tok))
+        if len(out) == n:
+            return out
+    return out
+
+
+def peer_agreement(f16: Path) -> dict:
+    """pvq.Llama's greedy tokens against llama.cpp's on the F16 reference: how many of the first N_AGREE agree."""
+    from llama_cpp import Llama as PeerLlama
+
+    from pvq import Llama
+    with Llama(str(f16), n_ctx=256, n_threads=2, verbose=False) as llm:
+        ours = [greedy_ids(llm, p, N_AGREE) for p in PROMPTS]
+    peer = PeerLlama(str(f16), n_ctx=256, n_threads=2, verbose=False)
+    theirs = [greedy_ids(peer, p, N_AGREE) for p in PROMPTS]
+    agree = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), N_AGREE) for x, y in zip(ours, theirs)]
+    return {"prompts": list(PROMPTS), "agreeing_tokens": agree, "of": N_AGREE}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=("convert", "run"))
+    ap.add_argument("files", nargs="*", type=Path, help="run: PVQ files (default: those `convert` made)")
+    ap.add_argument("--bits", type=float, nargs="+", default=[3.25, 4.25])
+    args = ap.parse_args()
+    paths = ensure()
+    if args.step == "convert":
+        for b in args.bits:
+            r = convert(b)
+            (HERE / f"convert-{b}.json").write_text(json.dumps(r, indent=1))
+            print(json.dumps(r, indent=1))
+        return
+    files = args.files or [p for p in (converted_path(b) for b in args.bits) if p.is_file()]
+    result = {"agreement_f16_vs_llama.cpp": peer_agreement(paths.f16_gguf),
+              "answers": [answer(f) for f in [paths.f16_gguf, *files]]}
+    (HERE / "run.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
