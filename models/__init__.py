@@ -31,16 +31,18 @@ def write_f16_gguf(src: Path, out: Path) -> None:
         writer = gguf.GGUFWriter(tmp, arch)
         copy_fields(reader, writer, skip={"general.architecture", "general.file_type"})
         writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+
+        def out_dtype(t):           # 1-D tensors (norms, biases) stay F32
+            return np.dtype(np.float32 if len(t.shape) == 1 else np.float16)
+
         for t in reader.tensors:    # a tensor's bytes are read when the writer reaches it
             shape = tuple(int(n) for n in reversed(t.shape))
-            writer.add_tensor_info(t.name, shape, np.dtype(np.float32 if len(shape) == 1 else np.float16),
-                                   int(np.prod(shape)) * (4 if len(shape) == 1 else 2))
+            writer.add_tensor_info(t.name, shape, out_dtype(t), int(np.prod(shape)) * out_dtype(t).itemsize)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for t in reader.tensors:
-            w = dequantize(t.data, t.tensor_type)
-            writer.write_tensor_data(w.astype(np.float32 if len(t.shape) == 1 else np.float16))
+            writer.write_tensor_data(dequantize(t.data, t.tensor_type).astype(out_dtype(t)))
         writer.close()
 
 

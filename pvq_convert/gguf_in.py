@@ -32,7 +32,6 @@ CONTROL, USER_DEFINED, UNUSED = 3, 4, 5     # tokenizer.ggml.token_type values
 class GGUFTensorRef:
     tensor: object                  # gguf.ReaderTensor: its bytes are a view of the file's mmap
     shape: tuple[int, ...]          # HF order: (rows, columns)
-    dtype: str                      # the GGML type's name
     qk_heads: int = 0               # llama's Q/K: rows in llama.cpp's order, this many heads
 
     def read(self, name: str) -> np.ndarray:
@@ -71,7 +70,7 @@ def open_gguf(path: Path):
                                    f"dequantize ({e})") from None
             checked_types.add(t.tensor_type)
 
-    config = hf_config(meta, {t.name for t in reader.tensors}, reader)
+    config = hf_config(meta, reader)
     permute = ARCHES[config["architectures"][0]].permute_qk
     tensors = {}
     for t in reader.tensors:
@@ -79,7 +78,7 @@ def open_gguf(path: Path):
         heads = 0
         if permute and t.name.endswith(("attn_q.weight", "attn_k.weight")):
             heads = config["num_attention_heads" if "attn_q" in t.name else "num_key_value_heads"]
-        tensors[hf_tensor_name(t.name)] = GGUFTensorRef(t, shape, t.tensor_type.name, heads)
+        tensors[hf_tensor_name(t.name)] = GGUFTensorRef(t, shape, heads)
     scratch = tempfile.TemporaryDirectory(prefix="pvq-gguf-")
     d = Path(scratch.name)
     for name, obj in (("config.json", config), ("tokenizer.json", tokenizer_json(meta)),
@@ -103,7 +102,7 @@ def _key(meta: dict, key: str):
     return meta[key]
 
 
-def hf_config(meta: dict, tensor_names: set[str], reader) -> dict:
+def hf_config(meta: dict, reader) -> dict:
     """config.json from the GGUF metadata (the keys llama.cpp's converter writes for llama and qwen2)."""
     arch = meta["general.architecture"]
     hp = lambda key: _key(meta, f"{arch}.{key}")   # noqa: E731
@@ -123,7 +122,7 @@ def hf_config(meta: dict, tensor_names: set[str], reader) -> dict:
         "rms_norm_eps": _f32(hp("attention.layer_norm_rms_epsilon")),
         "rope_theta": _f32(meta.get(f"{arch}.rope.freq_base", 10000.0)),
         "vocab_size": int(embd.shape[1]),
-        "tie_word_embeddings": "output.weight" not in tensor_names,
+        "tie_word_embeddings": all(t.name != "output.weight" for t in reader.tensors),
         "hidden_act": "silu",
     }
     for kind, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("padding", "pad_token_id")):
