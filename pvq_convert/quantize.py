@@ -31,7 +31,7 @@ from .quantizers import PVQQuantizer, ScalarQuantizer
 from .rotate import Rotation, gguf_metadata, rotate_model
 from .row_workers import RowWorkers
 from .stream import Spill, streamed_backward
-from .torch_model import Config, Model, StreamedBlocks, load_model, one_thread
+from .torch_model import Config, Model, StreamedBlocks, load_held_model, load_model, one_thread
 from .tune import log_probs, tune_scales
 
 # The vocabulary matrices (HF names): the token embedding and, when the checkpoint has one, the output layer.
@@ -177,7 +177,7 @@ def quantize_checkpoint(hf: HFModel, opts: QuantOptions, progress: bool = True) 
     calib = None
     if m.needs_hessian or m.allocates:
         calib = calibration_tokens(hf.dir, opts.calib, opts.n_seq, opts.seq_len, opts.seed,
-                                   lambda: load_model(hf).to(opts.device), progress, opts.n_generated)
+                                   lambda: load_held_model(hf, opts.device), progress, opts.n_generated)
     model = load_model(hf, streamed=True).to(opts.device)
     metadata = {}
     if opts.rotate:

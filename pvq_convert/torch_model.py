@@ -236,6 +236,35 @@ def load_globals(hf: HFModel, dtype: torch.dtype = torch.float32) -> dict[str, t
     return out
 
 
+def narrowest(t: torch.Tensor) -> torch.Tensor:
+    """t in float16 or bfloat16 when that holds each of its values exactly (a half-precision checkpoint's
+    weights), else t itself."""
+    for narrow in (torch.float16, torch.bfloat16):
+        n = t.to(narrow)
+        if torch.equal(n.to(t.dtype), t):
+            return n
+    return t
+
+
+def load_held_model(hf: HFModel, device: str | torch.device = "cpu") -> Model:
+    """The whole float32 model for work that needs every block for every token (calib.generated_tokens), in
+    about half of float32's memory for a half-precision checkpoint: the blocks are held in their narrowest
+    exact type (`narrowest`) and made float32 when a pass reaches them, into buffers that every block reuses.
+    The float32 values are the checkpoint's, so it computes what load_model's model does, bit for bit."""
+    cfg = Config.from_hf(hf)
+    held = [{k: narrowest(v).to(device) for k, v in load_block(hf, i).items()} for i in range(cfg.n_layers)]
+    buffers: dict[str, torch.Tensor] = {}
+
+    def widen(i: int) -> dict[str, torch.Tensor]:
+        for k, v in held[i].items():
+            if k not in buffers or buffers[k].shape != v.shape:
+                buffers[k] = torch.empty(v.shape, dtype=torch.float32, device=device)
+            buffers[k].copy_(v)
+        return {k: buffers[k] for k in held[i]}
+
+    return Model(cfg, {k: v.to(device) for k, v in load_globals(hf).items()}, StreamedBlocks(cfg.n_layers, widen))
+
+
 def load_model(path, dtype: torch.dtype = torch.float32, streamed: bool = False) -> Model:
     """A whole model in memory, or with `streamed` one whose blocks are read from the checkpoint when a pass
     reaches them (StreamedBlocks: the pipeline's way, one block in memory)."""

@@ -184,6 +184,32 @@ def test_self_generated_calibration(spm_model_dir):
         torch.testing.assert_close(model.head(x)[0, -1], logits[t], rtol=1e-4, atol=1e-4)
 
 
+def test_generation_holds_a_half_precision_model_in_half_the_memory(spm_model_dir, tmp_path):
+    """The self-generated calibration runs the whole model: load_held_model keeps a float16 checkpoint's
+    blocks in float16 and widens each into reused float32 buffers, and writes the same tokens as the float32
+    model of load_model."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from pvq_convert.calib import generated_tokens, load_tokenizer
+    from pvq_convert.hf_model import open_model
+    from pvq_convert.torch_model import load_held_model, load_model, narrowest
+
+    d = tmp_path / "f16"
+    shutil.copytree(spm_model_dir, d)
+    weights = load_file(spm_model_dir / "model.safetensors")
+    save_file({k: v.astype("float16") for k, v in weights.items()}, d / "model.safetensors")
+    full, held = load_model(d), load_held_model(open_model(d))
+    assert narrowest(full.blocks[0]["mlp.up_proj.weight"]).dtype == torch.float16
+    assert narrowest(full.blocks[0]["mlp.up_proj.weight"] * (1 + 2 ** -20)).dtype == torch.float32
+    for i in range(full.config.n_layers):
+        for k, v in full.blocks[i].items():
+            assert held.blocks[i][k].dtype == torch.float32 and torch.equal(held.blocks[i][k], v), k
+    encode = load_tokenizer(d)
+    assert torch.equal(generated_tokens(held, encode, 3, 24, seed=2), generated_tokens(full, encode, 3, 24, seed=2))
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 def test_cuda_request_without_a_gpu(spm_model_dir, tmp_path):
     r = run_cli(spm_model_dir, "-o", tmp_path / "o.gguf", "--bits", "3.25", "--device", "cuda")
