@@ -2,6 +2,7 @@
 
     python -m bench.qwen_coder convert [--bits 3.25 4.25]   the converter's defaults on 2 cores; wall time and peak
                                                           RSS (/usr/bin/time -v) of each, written to the cache
+                                                          (the progress in convert-BITS.log there)
     python -m bench.qwen_coder run [FILE ...]              pvq.Llama on the F16 reference and each file:
                                                           the answer to CODE_QUESTION (its `def` must compile), and
                                                           on F16 greedy agreement with llama.cpp (16 tokens x 3
@@ -36,11 +37,14 @@ def convert(bits: float) -> dict:
     out = converted_path(bits)
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "pvq_convert", str(ensure().hf_dir), "--bits", str(bits),
            "-o", str(out)]
+    log = HERE / f"convert-{bits}.log"      # the progress bars, to follow a run of hours
     t = time.time()
-    run = subprocess.run(cmd, capture_output=True, text=True)
+    with log.open("w") as err:
+        run = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+    stderr = log.read_text()
     if run.returncode:
-        sys.exit(f"conversion at {bits} failed:\n{run.stderr[-4000:]}")
-    rss_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr).group(1))
+        sys.exit(f"conversion at {bits} failed:\n{stderr[-4000:]}")
+    rss_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr).group(1))
     summary = [line for line in run.stdout.splitlines() if line.startswith("whole file")]
     return {"bits": bits, "wall_s": round(time.time() - t), "peak_rss_kib": rss_kib, "bytes": out.stat().st_size,
             "summary": summary}
