@@ -7,6 +7,9 @@
                                                           the answer to CODE_QUESTION (its `def` must compile), and
                                                           on F16 greedy agreement with llama.cpp (16 tokens x 3
                                                           prompts)
+    python -m bench.qwen_coder speed [--reps 3]            pp512 and tg128 of the PVQ files (native) against
+                                                          llama.cpp's Q2_K, Q3_K_M and Q4_K_M, 2 threads, each engine
+                                                          in a process of its own (its peak RSS), reps alternating
 
 The 1.5B conversion takes hours on 2 cores, so it is not part of `make test`.  Results are printed and kept as
 JSON in the model's cache directory.
@@ -96,13 +99,59 @@ def peer_agreement(f16: Path) -> dict:
     return {"prompts": list(PROMPTS), "agreeing_tokens": agree, "of": N_AGREE}
 
 
+SPEED_PEER = ("q2_k", "q3_k_m", "q4_k_m")
+
+
+def speed_once(path: Path) -> dict:
+    """One repetition in this process: pp512 and tg128 (bench.bench_runtime.one_rep) and the peak RSS."""
+    import resource
+
+    from models import EVAL_TEXT
+
+    from bench import bench_runtime as br
+    from bench.file_quality import is_pvq_file
+    engine = br.Ours(path) if is_pvq_file(path) else br.Peer(path)
+    tokenize = engine.m.tokenize if hasattr(engine, "m") else lambda t: engine.p.tokenize(t.encode())
+    prompt = tokenize(EVAL_TEXT.read_text()[:20000])[:br.N_PREFILL]
+    pp, tg = br.one_rep(engine, prompt)
+    return {"pp512": pp, "tg128": tg, "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+
+
+def speed(reps: int) -> dict:
+    """Every engine once per rep, in turn, each in a fresh process; medians."""
+    import statistics
+
+    from bench.results import SUBJECTS, peer_file
+    files = {f"PVQ {b}": converted_path(b) for b in (3.25, 4.25) if converted_path(b).is_file()}
+    files |= {name.upper(): peer_file(SUBJECTS["qwen-coder"], name) for name in SPEED_PEER}
+    runs = {name: [] for name in files}
+    for _ in range(reps):
+        for name, path in files.items():
+            out = subprocess.run([sys.executable, "-m", "bench.qwen_coder", "speed-once", str(path)],
+                                 capture_output=True, text=True, check=True)
+            runs[name].append(json.loads(out.stdout.splitlines()[-1]))
+            print(name, runs[name][-1], flush=True)
+    return {name: {"file_bytes": files[name].stat().st_size,
+                   **{k: statistics.median(r[k] for r in rs) for k in ("pp512", "tg128", "peak_rss_kib")}}
+            for name, rs in runs.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=("convert", "run"))
+    ap.add_argument("step", choices=("convert", "run", "speed", "speed-once"))
     ap.add_argument("files", nargs="*", type=Path, help="run: PVQ files (default: those `convert` made)")
     ap.add_argument("--bits", type=float, nargs="+", default=[3.25, 4.25])
+    ap.add_argument("--reps", type=int, default=3, help="speed: repetitions")
     args = ap.parse_args()
+    if args.step == "speed-once":
+        print(json.dumps(speed_once(args.files[0])))
+        return
     paths = ensure()
+    if args.step == "speed":
+        result = speed(args.reps)
+        (HERE / "speed.json").write_text(json.dumps(result, indent=1))
+        print(json.dumps(result, indent=1))
+        return
     if args.step == "convert":
         for b in args.bits:
             r = convert(b)
