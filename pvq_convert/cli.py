@@ -69,14 +69,21 @@ def parser() -> argparse.ArgumentParser:
                         "the calibration reaches beyond the file's kind of text (default: a quarter of --calib-seqs; "
                         "0: the file only; docs/pipeline.md and docs/results.md measure the shares)")
     q.add_argument("--calib-len", type=int, default=512, help="tokens per sequence (default: %(default)s)")
+    q.add_argument("--work-dir", type=Path, metavar="DIR",
+                   help="keep each finished step (the calibration, each quantized block, each tuning step) in DIR, "
+                        "a new or empty directory, so that a conversion that stops (an error, ^C, a lost machine) "
+                        "goes on from there when the same command is run again; DIR is removed once the output is "
+                        "written. Needs about the model's size in float32 and its calibration targets of disk "
+                        "(default: a temporary directory, lost if the run stops)")
     return p
 
 
 def quant_options(args):
     """The quantization the flags ask for, or None for the unquantized path."""
     if args.bits is None:
-        if args.allocate or args.bits_map or args.method != "pvq" or args.device != "cpu":
-            raise ConvertError("--allocate, --bits-map, --method and --device apply to quantization: give --bits")
+        if args.allocate or args.bits_map or args.method != "pvq" or args.device != "cpu" or args.work_dir:
+            raise ConvertError("--allocate, --bits-map, --method, --device and --work-dir apply to quantization: "
+                               "give --bits")
         return None
     from .allocate import parse_bits_map
     from .pvq_presets import PRESETS, preset
@@ -122,7 +129,7 @@ def quant_options(args):
                     scalar_bits=int(args.bits), bits=None if uniform else args.bits,
                     bits_map=parse_bits_map(args.bits_map), tune_epochs=args.tune_epochs, vocab_layout=vocab_layout)
     return QuantOptions(method, args.calib, args.calib_seqs, args.calib_len, rotate=not args.no_rotate,
-                        n_generated=n_generated, device=args.device)
+                        n_generated=n_generated, device=args.device, work_dir=args.work_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: no output written", file=sys.stderr)
+        kept = f"; the finished steps are kept in {args.work_dir}: run the same command to go on" if args.work_dir else ""
+        print(f"interrupted: no output written{kept}", file=sys.stderr)
         return 130
     print(f"wrote {out}")
     return 0

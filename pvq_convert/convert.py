@@ -142,6 +142,8 @@ def convert(model_path: str | Path, outfile: str | Path | None, outtype: str = "
         write_streaming(tmp, writer, tensors, progress=lambda name: bar.update())
     if quant is not None and log is not None:
         log(bits_summary(qm, checkpoint_parameters(m), out, outtype))
+    if quant is not None and quantized is None:
+        qm.work.remove()        # the steps it kept are in the file now
     return out
 
 

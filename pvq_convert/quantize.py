@@ -13,6 +13,7 @@ model.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from .pvq_presets import preset
 from .quantizers import PVQQuantizer, ScalarQuantizer
 from .rotate import Rotation, gguf_metadata, rotate_model
 from .row_workers import RowWorkers
-from .stream import Spill, streamed_backward
+from .stream import Spill, WorkDir, streamed_backward
 from .torch_model import Config, Model, StreamedBlocks, load_held_model, load_model, one_thread
 from .tune import log_probs, tune_scales
 
@@ -98,7 +99,9 @@ class Method:
 @dataclass
 class QuantizedModel:
     """The quantized model: `globals` in memory (a coded vocabulary decoded), every block's tensors parked in
-    `spill` under their HF names (the coded weights decoded) and read back a block at a time."""
+    `spill` under their HF names (the coded weights decoded) and read back a block at a time; `tuned` holds the
+    row factors the scale tuning gave each code (the spill keeps what GPTQ wrote, so that a conversion that goes
+    on after an interruption reads it unchanged)."""
     config: Config
     globals: dict[str, torch.Tensor]
     ffn_hadamard: object = None
@@ -106,6 +109,8 @@ class QuantizedModel:
     metadata: dict = field(default_factory=dict)    # GGUF keys the runtime needs (rotation)
     rates: dict[str, float] = field(default_factory=dict)      # HF tensor name -> PVQ rate, when allocated
     spill: Spill = field(default_factory=Spill)
+    work: WorkDir | None = None     # the directory the spill is in, removed once the file is written
+    tuned: dict[str, torch.Tensor] = field(default_factory=dict)   # HF tensor name -> its rows' factors
     block_keys: list[list[str]] = field(default_factory=list)   # each block's tensor names, in its order
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # HF name -> shape, of the blocks' tensors
 
@@ -117,20 +122,20 @@ class QuantizedModel:
         self.block_keys.append(list(block))
 
     def tensor(self, name: str) -> torch.Tensor:
-        """A block's tensor by HF name; a coded weight whose scales the tuning changed is decoded now."""
-        return self.spill[name] if name in self.spill else dequantize_matrix(self.codes[name])
+        """A block's tensor by HF name; a coded weight whose scales the tuning changed is decoded now, and a bias
+        after it (Qwen2's q/k/v) takes its factor, since the factor scaled the output."""
+        if name in self.tuned:
+            return dequantize_matrix(self.codes[name])
+        t = self.spill[name]
+        factor = self.tuned.get(name.removesuffix("bias") + "weight") if name.endswith(".bias") else None
+        return t if factor is None else t * factor.to(t)
 
     def block(self, i: int) -> dict[str, torch.Tensor]:
         return {key: self.tensor(f"model.layers.{i}.{key}") for key in self.block_keys[i]}
 
     def retune(self, name: str, factor: torch.Tensor) -> None:
-        """The codes of `name` got their row scales times `factor` (tune.py): its decoded weight is stale, and
-        a bias after it (Qwen2's q/k/v) takes the factor too, since the factor scaled the output."""
-        del self.spill[name]
-        bias = name.removesuffix("weight") + "bias"
-        if bias in self.spill:
-            b = self.spill[bias]
-            self.spill[bias] = b * factor.to(b)
+        """The codes of `name` got their row scales times `factor` (tune.py)."""
+        self.tuned[name] = factor.detach()
 
     @property
     def model(self) -> Model:
@@ -149,6 +154,7 @@ class QuantOptions:
     rotate: bool = True      # coherence processing (rotate.py) before quantizing
     n_generated: int = 0     # with a calib file: how many of the n_seq sequences the model generates instead
     device: str = "cpu"      # where the model runs and the quantizers work (the PVQ search in Triton on CUDA)
+    work_dir: Path | None = None   # where the finished steps are kept (stream.WorkDir); None: a temporary one
 
     def tag(self) -> str:
         m = self.method
@@ -159,8 +165,27 @@ class QuantOptions:
         return f"{m.name.upper()}{m.scalar_bits}"
 
 
+def work_stamp(hf: HFModel, opts: QuantOptions) -> dict:
+    """What a work directory's steps depend on: the converter's code, the checkpoint's files, the options, the
+    calibration text."""
+    from . import __file__ as package
+    code = hashlib.sha256()
+    for src in sorted(Path(package).parent.glob("*.py")):
+        code.update(src.read_bytes())
+    files = {ref.file for ref in hf.tensors.values() if hasattr(ref, "file")} | ({hf.source} if hf.source else set())
+    try:
+        calib = hashlib.sha256(Path(opts.calib).read_bytes()).hexdigest() if opts.calib else None
+    except OSError:
+        calib = None        # calibration_tokens says why it cannot be read
+    return {"converter": code.hexdigest(), "checkpoint": {str(Path(f).resolve()): [f.stat().st_size, f.stat().st_mtime_ns]
+                                                          for f in sorted(files)},
+            "options": repr(replace(opts, work_dir=None, calib=Path(opts.calib).resolve() if opts.calib else None)),
+            "calibration text": calib}
+
+
 def quantize_checkpoint(hf: HFModel, opts: QuantOptions, progress: bool = True) -> QuantizedModel:
-    """Load the checkpoint, calibrate, allocate the rates, quantize every linear layer."""
+    """Load the checkpoint, calibrate, allocate the rates, quantize every linear layer; each finished step is kept
+    in the work directory (opts.work_dir), and the steps a directory already holds are not done again."""
     m = opts.method
     if m.name == "pvq":
         block = max(preset(r).block_size for r in RATES) if m.allocates else m.layout.block_size
@@ -174,10 +199,14 @@ def quantize_checkpoint(hf: HFModel, opts: QuantOptions, progress: bool = True) 
     if m.allocates:
         tensors = linear_tensors(hf)
         fixed_rates(tensors, m.bits, m.bits_map)        # bad requests fail before the long work
+    work = WorkDir(opts.work_dir, work_stamp(hf, opts))
+    if work.resumed and progress:
+        print(f"going on with the conversion kept in {work.path}")
     calib = None
     if m.needs_hessian or m.allocates:
-        calib = calibration_tokens(hf.dir, opts.calib, opts.n_seq, opts.seq_len, opts.seed,
-                                   lambda: load_held_model(hf, opts.device), progress, opts.n_generated)
+        calib = work.kept("calibration", lambda: calibration_tokens(
+            hf.dir, opts.calib, opts.n_seq, opts.seq_len, opts.seed, lambda: load_held_model(hf, opts.device),
+            progress, opts.n_generated))
     model = load_model(hf, streamed=True).to(opts.device)
     metadata = {}
     if opts.rotate:
@@ -186,13 +215,13 @@ def quantize_checkpoint(hf: HFModel, opts: QuantOptions, progress: bool = True) 
         metadata = gguf_metadata(rotation, model.config.ffn_dim)
     rates = {}
     if m.allocates:
-        rates = allocate(tensors, measure_errors(model, calib, progress), m.bits, m.bits_map)
+        rates = work.kept("rates", lambda: allocate(tensors, measure_errors(model, calib, progress), m.bits, m.bits_map))
     head_hessian = m.codes_vocab and m.hessian and calib is not None
-    targets, H_head = reference_pass(model, calib, m.tunes, head_hessian, progress) if m.tunes or head_hessian \
-        else (None, None)
-    qm = quantize_model(model, calib if m.needs_hessian else None, m, progress, rates, H_head)
+    targets, H_head = reference_pass(model, calib, m.tunes, head_hessian, progress, work) \
+        if m.tunes or head_hessian else (None, None)
+    qm = quantize_model(model, calib if m.needs_hessian else None, m, progress, rates, H_head, work)
     if m.tunes:
-        tune_scales(qm, calib, targets, m.tune_epochs, progress=progress)
+        tune_scales(qm, calib, targets, m.tune_epochs, progress=progress, work=work)
     qm.globals = {k: v.to("cpu") for k, v in qm.globals.items()}
     qm.codes = {name: q.to("cpu") for name, q in qm.codes.items()}
     qm.metadata, qm.rates = metadata, rates
@@ -259,19 +288,38 @@ def output_fisher(model: Model, calib: torch.Tensor, progress: bool = True) -> d
 
 
 def quantize_model(model: Model, calib: torch.Tensor | None, method: Method, progress: bool = True,
-                   rates: dict[str, float] | None = None, head_hessian: torch.Tensor | None = None) -> QuantizedModel:
+                   rates: dict[str, float] | None = None, head_hessian: torch.Tensor | None = None,
+                   work: WorkDir | None = None) -> QuantizedModel:
     """Quantize every linear layer of `model`, one block at a time (and the vocabulary matrices first, with
     method.vocab_layout, in `model.globals`). calib: (n_seq, seq_len) token ids, or None for the methods that
-    need no Hessian. rates: PVQ rate by HF tensor name (else method.layout). head_hessian: quantize_vocab's."""
-    out = QuantizedModel(model.config, model.globals, model.ffn_hadamard)
+    need no Hessian. rates: PVQ rate by HF tensor name (else method.layout). head_hessian: quantize_vocab's.
+    work: where each finished block is kept (with the calibration activations after it), and the blocks found
+    there are taken as they are."""
+    work = work or WorkDir(None, {})
+    out = QuantizedModel(model.config, model.globals, model.ffn_hadamard, spill=work.spill("blocks"), work=work)
     workers = RowWorkers(torch.get_num_threads()) if _wants_workers(model) else None
     with workers or contextlib.nullcontext():
         if method.codes_vocab:
-            out.codes |= quantize_vocab(model, head_hessian, method, workers, progress)
-        xs = [model.embed(seq) for seq in calib] if calib is not None else []
-        bar = tqdm(total=model.config.n_layers * len(INPUT_GROUPS), unit="step", disable=not progress,
-                   desc="quantizing")
-        for i in range(model.config.n_layers):
+            def code_vocab():
+                codes = quantize_vocab(model, head_hessian, method, workers, progress)
+                return {"codes": codes, "weights": {k: model.globals[k.removeprefix("model.")] for k in codes}}
+            vocab = work.kept("vocabulary", code_vocab)
+            out.codes |= vocab["codes"]
+            model.globals |= {k.removeprefix("model."): w for k, w in vocab["weights"].items()}
+        done = 0
+        while work.has(f"block.{done}"):
+            kept = work.load(f"block.{done}")
+            out.codes |= kept["codes"]
+            out.block_keys.append(kept["keys"])
+            out.shapes |= kept["shapes"]
+            done += 1
+        if calib is None:
+            xs = []
+        else:
+            xs = work.load(f"inputs.{done}") if done else [model.embed(seq) for seq in calib]
+        bar = tqdm(total=model.config.n_layers * len(INPUT_GROUPS), initial=done * len(INPUT_GROUPS), unit="step",
+                   disable=not progress, desc="quantizing")
+        for i in range(done, model.config.n_layers):
             block = model.blocks[i]     # held until the next block is asked for: it gets the quantized weights
             for group in INPUT_GROUPS:
                 H = _input_hessian(model, i, xs, group[0]) if xs else None
@@ -284,22 +332,32 @@ def quantize_model(model: Model, calib: torch.Tensor | None, method: Method, pro
                         out.codes[f"model.layers.{i}.{key}"] = codes
                 bar.update()
             xs = [model.block(i, x) for x in xs]
+            codes = {name: q for name, q in out.codes.items() if name.startswith(f"model.layers.{i}.")}
             out.keep_block(block)
+            # block i is finished once its marker is written: its tensors and the next block's inputs first
+            work.save(f"inputs.{i + 1}", xs)
+            work.save(f"block.{i}", {"codes": codes, "keys": out.block_keys[-1],
+                                      "shapes": {k: v for k, v in out.shapes.items() if k.startswith(f"model.layers.{i}.")}})
+            work.drop(f"inputs.{i}")
             bar.set_postfix(block=i)
         bar.close()
     return out
 
 
-def reference_pass(model: Model, calib: torch.Tensor, targets: bool, head_hessian: bool, progress: bool = True
-                   ) -> tuple[Spill | None, torch.Tensor | None]:
+def reference_pass(model: Model, calib: torch.Tensor, targets: bool, head_hessian: bool, progress: bool = True,
+                   work: WorkDir | None = None) -> tuple[Spill | None, torch.Tensor | None]:
     """The calibration sequences through the unquantized model, block by block (each block read once): with
     `targets`, the scale tuning's targets (tune.log_probs of each sequence, parked on disk, by its index);
-    with `head_hessian`, the sum over calibration tokens of h h^T for the output layer's input h (float64)."""
+    with `head_hessian`, the sum over calibration tokens of h h^T for the output layer's input h (float64).
+    Kept in `work` (default: a temporary directory), and taken from there when it is."""
+    work = work or WorkDir(None, {})
+    if work.has("reference"):
+        return (work.spill("targets") if targets else None), work.load("reference")
     with torch.no_grad():
         xs = [model.embed(seq) for seq in calib]
         for i in tqdm(range(model.config.n_layers), unit="block", disable=not progress, desc="reference pass"):
             xs = [model.block(i, x) for x in xs]
-        out, H = Spill() if targets else None, None
+        out, H = work.spill("targets") if targets else None, None
 
         def hook(layer, name, inp):
             nonlocal H
@@ -315,6 +373,7 @@ def reference_pass(model: Model, calib: torch.Tensor, targets: bool, head_hessia
             except _Captured:
                 continue
             out[k] = log_probs(logits)
+    work.save("reference", H)     # the targets are kept: this marks them whole
     return out, H
 
 

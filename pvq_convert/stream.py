@@ -1,5 +1,5 @@
-"""Block streaming beyond torch_model.StreamedBlocks: tensors parked on disk, and a forward-backward pass
-that holds one block's graph at a time.
+"""Block streaming beyond torch_model.StreamedBlocks: tensors parked on disk, the work directory that lets a
+conversion go on after an interruption, and a forward-backward pass that holds one block's graph at a time.
 
 The pipeline never holds a whole model (docs/pipeline.md, "Peak memory"): each pass over the blocks asks
 StreamedBlocks for block i, which reads it from the checkpoint (or from a Spill) and forgets the block
@@ -7,40 +7,110 @@ before it.
 """
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from . import ConvertError
 from .torch_model import Model, OutputHook
 
 
-class Spill:
-    """Tensors kept in files of a temporary directory instead of memory, by key (removed with the object):
-    spill[key] = tensor, spill[key] reads it back."""
+def save_whole(obj, path: Path) -> None:
+    """torch.save that leaves either the whole file or none: written under a temporary name, then renamed."""
+    tmp = path.with_name(path.name + ".part")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
-    def __init__(self):
-        self._dir = tempfile.TemporaryDirectory(prefix="pvq-spill-")
-        self._files: dict[object, Path] = {}
-        self._made = 0
+
+class Spill:
+    """Tensors kept in files of a directory instead of memory, by key: spill[key] = tensor, spill[key] reads it
+    back.  In `directory`, a WorkDir's (`owner`, kept alive with the spill), or in a temporary one removed with it."""
+
+    def __init__(self, directory: Path | None = None, owner: "WorkDir | None" = None):
+        self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="pvq-spill-")
+        self._owner = owner
+        self.dir = Path(directory or self._tmp.name)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key) -> Path:
+        return self.dir / f"{key}.pt"
 
     def __setitem__(self, key, t: torch.Tensor) -> None:
-        if key not in self._files:
-            self._files[key], self._made = Path(self._dir.name) / f"{self._made}.pt", self._made + 1
-        torch.save(t.detach().cpu().clone(), self._files[key])   # clone: a view would save its whole storage
+        save_whole(t.detach().cpu().clone(), self._path(key))   # clone: a view would save its whole storage
 
     def __getitem__(self, key) -> torch.Tensor:
-        return torch.load(self._files[key])
+        return torch.load(self._path(key))
 
     def __contains__(self, key) -> bool:
-        return key in self._files
+        return self._path(key).is_file()
 
     def __delitem__(self, key) -> None:
-        self._files.pop(key).unlink()
+        self._path(key).unlink()
 
     def __len__(self) -> int:
-        return len(self._files)
+        return sum(1 for _ in self.dir.glob("*.pt"))
+
+
+class WorkDir:
+    """What a conversion keeps on disk as it goes (docs/pipeline.md, "Going on after an interruption"): each
+    finished step's results, saved whole.  In a directory the user names (--work-dir), a conversion that stopped
+    (an error, ^C, a lost machine) goes on from its last finished step when it is run again with the same input
+    and options (`stamp`, compared); by default a temporary directory.  remove() once the output is written."""
+
+    def __init__(self, path: Path | None, stamp: dict):
+        self._tmp = None if path else tempfile.TemporaryDirectory(prefix="pvq-work-")
+        self.path = Path(path or self._tmp.name)
+        self.path.mkdir(parents=True, exist_ok=True)
+        stamp_file = self.path / "stamp.json"
+        self.resumed = any(p.name != stamp_file.name for p in self.path.iterdir())
+        if stamp_file.is_file() and self.resumed:
+            kept = json.loads(stamp_file.read_text())
+            if kept != stamp:
+                what = ", ".join(k for k in stamp if kept.get(k) != stamp[k]) or "its contents"
+                raise ConvertError(f"--work-dir {self.path} holds the work of another conversion (it differs in "
+                                   f"{what}): remove it or name another directory")
+        elif self.resumed:
+            raise ConvertError(f"--work-dir {self.path} is not empty and holds no conversion's work: name a new or "
+                               "empty directory")
+        else:       # new, or a run that stopped before its first step was finished
+            stamp_file.write_text(json.dumps(stamp, indent=1))
+
+    def _path(self, name: str) -> Path:
+        return self.path / f"{name}.pt"
+
+    def has(self, name: str) -> bool:
+        return self._path(name).is_file()
+
+    def save(self, name: str, obj) -> None:
+        save_whole(obj, self._path(name))
+
+    def load(self, name: str):
+        return torch.load(self._path(name), weights_only=False)
+
+    def drop(self, name: str) -> None:
+        self._path(name).unlink(missing_ok=True)
+
+    def kept(self, name: str, make: Callable[[], object]):
+        """make(), saved under `name`, or what was saved there."""
+        if self.has(name):
+            return self.load(name)
+        value = make()
+        self.save(name, value)
+        return value
+
+    def spill(self, name: str) -> Spill:
+        return Spill(self.path / name, self)
+
+    def remove(self) -> None:
+        if self._tmp:
+            self._tmp.cleanup()
+        else:
+            shutil.rmtree(self.path)
 
 
 def streamed_backward(model: Model, tokens: torch.Tensor, loss: Callable[[torch.Tensor, slice], torch.Tensor],

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from tqdm import tqdm
 
-from .stream import streamed_backward
+from .stream import WorkDir, streamed_backward
 
 # Tokens per head step: a 512-token step's logits, log-softmax and gradients over a 49k vocabulary are ~0.5 GB at
 # once, a quarter of that in steps of 128; the gradients are the same bit for bit (tests/test_stream.py).
@@ -29,32 +29,44 @@ def log_probs(logits: torch.Tensor) -> torch.Tensor:
 
 
 def tune_scales(qm, calib: torch.Tensor, targets: Sequence[torch.Tensor], epochs: int, lr: float = 2e-3,
-                progress: bool = True) -> None:
+                progress: bool = True, work: WorkDir | None = None) -> None:
     """Fit the row scales of the blocks' codes of `qm` (quantize.QuantizedModel) to `targets` (log_probs of
     each calibration sequence), block-streamed: each step holds one block's graph (stream.streamed_backward).
-    Updates the codes' scales, and the biases a factor scales, in place; the weights stay exactly the
-    decoded codes (qm.tensor decodes a tuned code when it is asked for)."""
+    Updates the codes' scales in place and gives qm the factors (qm.tensor decodes a tuned code when it is
+    asked for, so the weights stay exactly the decoded codes).  After every step the factors and the
+    optimizer's state are kept in `work`, and a run that finds them there goes on from that step."""
     codes = {name: q for name, q in qm.codes.items() if name.startswith("model.layers.")}
     factors = {name: torch.ones(q.scale.shape[0], device=calib.device, requires_grad=True)
                for name, q in codes.items()}
     opt = torch.optim.Adam(factors.values(), lr=lr)
+    done = 0
+    if work is not None and work.has("tuning"):
+        kept = work.load("tuning")
+        with torch.no_grad():
+            for name, f in factors.items():
+                f.copy_(kept["factors"][name])
+        opt.load_state_dict(kept["optimizer"])
+        done = kept["steps"]
     model = qm.model.to(calib.device)
 
     def scaled(layer, name, y):  # a factor on output row r is a factor on row r's scale
         f = factors.get(f"model.layers.{layer}.{name}.weight")
         return y if f is None else y * f
 
-    bar = tqdm(total=epochs * len(calib), unit="seq", disable=not progress, desc="tuning scales")
-    for _ in range(epochs):
-        for k, seq in enumerate(calib):
-            p = targets[k].to(calib.device).float()
-            opt.zero_grad()
-            # the mean over tokens of KL(p || q), summed over HEAD_ROWS tokens at a time
-            kld = streamed_backward(model, seq, lambda logits, rows: (p[rows].exp() * (p[rows] - torch.log_softmax(
-                logits.float(), -1))).sum() / len(p), scaled, head_rows=HEAD_ROWS)
-            opt.step()
-            bar.update()
-            bar.set_postfix(kld=f"{float(kld):.4f}")
+    bar = tqdm(total=epochs * len(calib), initial=done, unit="seq", disable=not progress, desc="tuning scales")
+    for step in range(done, epochs * len(calib)):
+        k = step % len(calib)
+        p = targets[k].to(calib.device).float()
+        opt.zero_grad()
+        # the mean over tokens of KL(p || q), summed over HEAD_ROWS tokens at a time
+        kld = streamed_backward(model, calib[k], lambda logits, rows: (p[rows].exp() * (p[rows] - torch.log_softmax(
+            logits.float(), -1))).sum() / len(p), scaled, head_rows=HEAD_ROWS)
+        opt.step()
+        if work is not None:
+            work.save("tuning", {"factors": {n: f.detach() for n, f in factors.items()},
+                                 "optimizer": opt.state_dict(), "steps": step + 1})
+        bar.update()
+        bar.set_postfix(kld=f"{float(kld):.4f}")
     bar.close()
     with torch.no_grad():
         for name, q in codes.items():
