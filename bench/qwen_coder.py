@@ -1,8 +1,9 @@
 """Qwen2.5-Coder-1.5B-Instruct end to end (models/qwen_coder.py): converting it, and running the files.
 
     python -m bench.qwen_coder convert [--bits 3.25 4.25]   the converter's defaults on 2 cores; wall time and peak
-                                                          RSS (/usr/bin/time -v) of each, written to the cache
-                                                          (the progress in convert-BITS.log there)
+                                                          RSS of each, written to the cache (the progress in
+                                                          convert-BITS.log there); run it again after an
+                                                          interruption and it goes on (--work-dir)
     python -m bench.qwen_coder run [FILE ...]              pvq.Llama on the F16 reference and each file:
                                                           the answer to CODE_QUESTION (its `def` must compile), and
                                                           on F16 greedy agreement with llama.cpp (16 tokens x 3
@@ -35,22 +36,55 @@ def converted_path(bits: float) -> Path:
     return HERE / f"pvq-{bits}.gguf"
 
 
+def tree_rss_kib(pid: int) -> int:
+    """The resident memory of a process and all its descendants now (the converter and its row workers)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            total += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, AttributeError):
+            pass        # it ended meanwhile
+    return total
+
+
 def convert(bits: float) -> dict:
-    """The converter's defaults (self-generated calibration: no file is shipped for this model) at `bits`."""
-    out = converted_path(bits)
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "pvq_convert", str(ensure().hf_dir), "--bits", str(bits),
-           "-o", str(out)]
-    log = HERE / f"convert-{bits}.log"      # the progress bars, to follow a run of hours
+    """The converter's defaults (self-generated calibration: no file is shipped for this model) at `bits`, with a
+    work directory in the cache so that a run cut short (the conversion takes hours) goes on where it stopped.  Each
+    run is a segment of convert-BITS-segments.json, rewritten every few seconds while it runs: its wall time, the
+    converter process's peak RSS (VmHWM, what /usr/bin/time -v reports) and the largest RSS of its process tree
+    seen; a segment that was killed keeps what was seen until then."""
+    out, work = converted_path(bits), HERE / f"work-{bits}"
+    record = HERE / f"convert-{bits}-segments.json"
+    segments = json.loads(record.read_text()) if record.exists() and work.exists() else []
+    cmd = [sys.executable, "-m", "pvq_convert", str(ensure().hf_dir), "--bits", str(bits), "-o", str(out),
+           "--work-dir", str(work)]
+    seg = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "wall_s": 0, "peak_rss_kib": 0,
+           "tree_rss_kib": 0, "finished": False}
+    segments.append(seg)
     t = time.time()
-    with log.open("w") as err:
-        run = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
-    stderr = log.read_text()
-    if run.returncode:
-        sys.exit(f"conversion at {bits} failed:\n{stderr[-4000:]}")
-    rss_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr).group(1))
-    summary = [line for line in run.stdout.splitlines() if line.startswith("whole file")]
-    return {"bits": bits, "wall_s": round(time.time() - t), "peak_rss_kib": rss_kib, "bytes": out.stat().st_size,
-            "summary": summary}
+    with (HERE / f"convert-{bits}.log").open("w") as err, (HERE / f"convert-{bits}.out").open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=err, text=True)   # the progress bars go to the .log
+        while proc.poll() is None:
+            try:
+                hwm = int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{proc.pid}/status").read_text()).group(1))
+            except (OSError, AttributeError):
+                hwm = 0
+            seg |= {"wall_s": round(time.time() - t), "peak_rss_kib": max(seg["peak_rss_kib"], hwm),
+                    "tree_rss_kib": max(seg["tree_rss_kib"], tree_rss_kib(proc.pid))}
+            record.write_text(json.dumps(segments, indent=1))
+            time.sleep(2)
+    seg |= {"wall_s": round(time.time() - t), "finished": proc.returncode == 0}
+    record.write_text(json.dumps(segments, indent=1))
+    if proc.returncode:
+        sys.exit(f"conversion at {bits} failed:\n{(HERE / f'convert-{bits}.log').read_text()[-4000:]}")
+    summary = [line for line in (HERE / f"convert-{bits}.out").read_text().splitlines() if line.startswith("whole file")]
+    return {"bits": bits, "wall_s": sum(s["wall_s"] for s in segments), "segments": len(segments),
+            "peak_rss_kib": max(s["peak_rss_kib"] for s in segments),
+            "tree_rss_kib": max(s["tree_rss_kib"] for s in segments), "bytes": out.stat().st_size, "summary": summary}
 
 
 def code_block(text: str) -> str:
