@@ -6,8 +6,9 @@
                                                           interruption and it goes on (--work-dir)
     python -m bench.qwen_coder run [FILE ...]              pvq.Llama on the F16 reference and each file:
                                                           the answer to CODE_QUESTION (its `def` must compile), and
-                                                          on F16 greedy agreement with llama.cpp (16 tokens x 3
-                                                          prompts)
+                                                          on F16 greedy agreement with llama.cpp, on each PVQ file
+                                                          the runtime's (--pvq-f32-act) with the converter's torch
+                                                          model (16 tokens x 3 prompts)
     python -m bench.qwen_coder speed [--reps 3]            pp512 and tg128 of the PVQ files (native) against
                                                           llama.cpp's Q2_K, Q3_K_M and Q4_K_M, 2 threads, each engine
                                                           in a process of its own (its peak RSS), reps alternating
@@ -133,6 +134,33 @@ def peer_agreement(f16: Path) -> dict:
     return {"prompts": list(PROMPTS), "agreeing_tokens": agree, "of": N_AGREE}
 
 
+def torch_agreement(path: Path, hf_dir: Path) -> dict:
+    """The runtime with float32 activations (`--pvq-f32-act`) against the converter's torch model of the same file
+    (gguf_in.file_model): how many of the first N_AGREE greedy tokens agree, for each prompt."""
+    import torch
+
+    from pvq_convert.gguf_in import file_model
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from runtime_clib import Model
+
+    tm = file_model(path, hf_dir)
+    rt = Model(path, n_ctx=256, n_threads=2, logits_all=False, pvq_f32_act=True)
+    agree = []
+    try:
+        for prompt in PROMPTS:
+            ids = rt.tokenize(prompt)
+            rt.reset()
+            ours = rt.greedy(ids, N_AGREE)
+            theirs = []
+            with torch.no_grad():
+                for _ in range(N_AGREE):
+                    theirs.append(int(tm(ids + theirs)[-1].argmax()))
+            agree.append(next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), N_AGREE))
+    finally:
+        rt.close()
+    return {"file": path.name, "prompts": list(PROMPTS), "agreeing_tokens": agree, "of": N_AGREE}
+
+
 SPEED_PEER = ("q2_k", "q3_k_m", "q4_k_m")
 
 
@@ -194,6 +222,7 @@ def main() -> None:
         return
     files = args.files or [p for p in (converted_path(b) for b in args.bits) if p.is_file()]
     result = {"agreement_f16_vs_llama.cpp": peer_agreement(paths.f16_gguf),
+              "agreement_pvq_vs_torch": [torch_agreement(f, paths.hf_dir) for f in files],
               "answers": [answer(f) for f in [paths.f16_gguf, *files]]}
     (HERE / "run.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

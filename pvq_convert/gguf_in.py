@@ -188,3 +188,40 @@ def tokenizer_config(meta: dict) -> dict:
     if "tokenizer.chat_template" in meta:
         out["chat_template"] = meta["tokenizer.chat_template"]
     return out
+
+
+def file_model(path: Path, hf_dir: Path):
+    """The converter's torch model (torch_model.Model, float32) with the weights of the GGUF file at `path` as the
+    runtime sees them (PVQ tensors decoded, the others dequantized, Q/K rows back in HF order) and the online
+    Hadamard when the file asks for it; hf_dir: the checkpoint it was converted from (its config).  What
+    `pvqrun --pvq-f32-act` is compared with (tests/test_runtime_pvq.py, bench/qwen_coder.py)."""
+    import gguf
+    import torch
+
+    from .hadamard import hadamard_transform
+    from .hf_model import open_model
+    from .pvq import dequantize_matrix
+    from .pvq_format import SCALE_SUFFIX, read_pvq_tensors
+    from .torch_model import Config, Model
+
+    cfg = Config.from_hf(open_model(hf_dir))
+    reader = gguf.GGUFReader(path)
+    pvq = read_pvq_tensors(path)
+    glob, blocks = {}, [{} for _ in range(cfg.n_layers)]
+    for t in reader.tensors:
+        if t.name.endswith(SCALE_SUFFIX):
+            continue
+        w = dequantize_matrix(pvq[t.name].quantized()).numpy() if t.name in pvq else \
+            gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        name = hf_tensor_name(t.name)
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            w = unpermute_qk(w, cfg.n_heads if "q_proj" in name else cfg.n_kv_heads)
+        w = torch.from_numpy(np.ascontiguousarray(w, np.float32))
+        if name.startswith("model.layers."):
+            i, rest = name.removeprefix("model.layers.").split(".", 1)
+            blocks[int(i)][rest] = w
+        else:
+            glob[name.removeprefix("model.")] = w
+    field = reader.fields.get("pvq.rotation.ffn_hadamard")
+    rotated = field is not None and bool(field.contents())
+    return Model(cfg, glob, blocks, ffn_hadamard=hadamard_transform if rotated else None)

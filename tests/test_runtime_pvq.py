@@ -418,48 +418,13 @@ def pvq_smollm2(smollm2):
     return pvq_gguf(3.25)
 
 
-def torch_model_of(path, hf_dir):
-    """The converter's torch model with the file's weights as the runtime sees them (PVQ tensors decoded,
-    F16 ones widened, Q/K rows back in HF order) and the online Hadamard when the file asks for it."""
-    import gguf
-    import torch
-
-    from pvq_convert.arch import hf_tensor_name, unpermute_qk
-    from pvq_convert.hadamard import hadamard_transform
-    from pvq_convert.hf_model import open_model
-    from pvq_convert.pvq import dequantize_matrix
-    from pvq_convert.pvq_format import SCALE_SUFFIX, read_pvq_tensors
-    from pvq_convert.torch_model import Config, Model
-
-    cfg = Config.from_hf(open_model(hf_dir))
-    reader = gguf.GGUFReader(path)
-    pvq = read_pvq_tensors(path)
-    glob, blocks = {}, [{} for _ in range(cfg.n_layers)]
-    for t in reader.tensors:
-        if t.name.endswith(SCALE_SUFFIX):
-            continue
-        w = dequantize_matrix(pvq[t.name].quantized()).numpy() if t.name in pvq else \
-            gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
-        name = hf_tensor_name(t.name)
-        if name.endswith(("q_proj.weight", "k_proj.weight")):
-            w = unpermute_qk(w, cfg.n_heads if "q_proj" in name else cfg.n_kv_heads)
-        w = torch.from_numpy(np.ascontiguousarray(w, np.float32))
-        if name.startswith("model.layers."):
-            i, rest = name.removeprefix("model.layers.").split(".", 1)
-            blocks[int(i)][rest] = w
-        else:
-            glob[name.removeprefix("model.")] = w
-    field = reader.fields.get("pvq.rotation.ffn_hadamard")
-    rotated = field is not None and bool(field.contents())
-    return Model(cfg, glob, blocks, ffn_hadamard=hadamard_transform if rotated else None)
-
-
 @pytest.fixture(scope="module")
 def pvq_pair(pvq_smollm2, smollm2):
     """(runtime model through libpvq, torch model of the same file)."""
     from runtime_clib import Model
     rt = Model(pvq_smollm2, n_ctx=N_CTX, n_threads=2)
-    yield rt, torch_model_of(pvq_smollm2, smollm2.hf_dir)
+    from pvq_convert.gguf_in import file_model
+    yield rt, file_model(pvq_smollm2, smollm2.hf_dir)
     rt.close()
 
 
