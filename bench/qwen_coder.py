@@ -4,7 +4,7 @@
                                                           RSS of each, written to the cache (the progress in
                                                           convert-BITS.log there); run it again after an
                                                           interruption and it goes on (--work-dir)
-    python -m bench.qwen_coder run [FILE ...]              pvq.Llama on the F16 reference and each file:
+    python -m bench.qwen_coder run [FILE ...]              pvqrun and pvq.Llama on the F16 reference and each file:
                                                           the answer to CODE_QUESTION (its `def` must compile), and
                                                           on F16 greedy agreement with llama.cpp, on each PVQ file
                                                           the runtime's (--pvq-f32-act) with the converter's torch
@@ -161,6 +161,15 @@ def torch_agreement(path: Path, hf_dir: Path) -> dict:
     return {"file": path.name, "prompts": list(PROMPTS), "agreeing_tokens": agree, "of": N_AGREE}
 
 
+def pvqrun_continuation(path: Path) -> dict:
+    """The command-line runtime on the file: 32 greedy tokens after the first prompt."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from runtime_clib import run_pvqrun
+    r = run_pvqrun(["-m", path, "-p", PROMPTS[0], "-n", 32, "--temp", 0, "-t", 2], timeout=600)
+    return {"file": path.name, "returncode": r.returncode, "text": r.stdout.decode(errors="replace"),
+            "stderr_tail": r.stderr.decode(errors="replace")[-500:]}
+
+
 SPEED_PEER = ("q2_k", "q3_k_m", "q4_k_m")
 
 
@@ -223,6 +232,7 @@ def main() -> None:
     files = args.files or [p for p in (converted_path(b) for b in args.bits) if p.is_file()]
     result = {"agreement_f16_vs_llama.cpp": peer_agreement(paths.f16_gguf),
               "agreement_pvq_vs_torch": [torch_agreement(f, paths.hf_dir) for f in files],
+              "pvqrun": [pvqrun_continuation(f) for f in [paths.f16_gguf, *files]],
               "answers": [answer(f) for f in [paths.f16_gguf, *files]]}
     (HERE / "run.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
