@@ -51,6 +51,19 @@ def _left_t(W: torch.Tensor, seed: int | None) -> torch.Tensor:   # Q^T W
     return W if seed is None else random_hadamard_left_t(W, seed)
 
 
+# Rows of a vocabulary matrix rotated at a time: in float64 a whole 151 936 x 1536 matrix is 1.9 GB per copy.
+ROTATE_ROWS = 16384
+
+
+def _right_rows(W: torch.Tensor, seed: int | None, gain: torch.Tensor | None = None) -> torch.Tensor:
+    """W diag(gain) Q (gain: float64, or None) in W's dtype, ROTATE_ROWS rows at a time in float64."""
+    out = torch.empty_like(W)
+    for r in range(0, len(W), ROTATE_ROWS):
+        part = W[r:r + ROTATE_ROWS].to(torch.float64)
+        out[r:r + ROTATE_ROWS] = _right(part if gain is None else part * gain, seed).to(W.dtype)
+    return out
+
+
 def rotate_block(w: dict[str, torch.Tensor], seed: int | None, ffn_hadamard: bool) -> dict[str, torch.Tensor]:
     """Fold the two norms of one block and rotate its linear layers (a new dict; w is untouched).
     seed: the residual rotation's (None: no residual rotation)."""
@@ -78,14 +91,14 @@ def rotate_globals(g: dict[str, torch.Tensor], seed: int | None, tie_head: bool 
     head diag(g) Q, or, with tie_head on a tied model, head_mix = Q^T diag(g) Q (rounded to fp16, as the
     file stores it) in front of the tied head: logits = (n Q) head_mix (E Q)^T = (n diag(g)) E^T."""
     E = g["embed_tokens.weight"]
-    out = {"embed_tokens.weight": _right(E.to(torch.float64), seed).to(E.dtype),
+    out = {"embed_tokens.weight": _right_rows(E, seed),
            "norm.weight": torch.ones_like(g["norm.weight"])}
     gain = g["norm.weight"].to(torch.float64)
     if tie_head and "lm_head.weight" not in g:
         mix = _left_t(_right(torch.diag(gain), seed), seed)   # Q^T diag(g) Q, symmetric
         out["head_mix.weight"] = mix.half().to(E.dtype)
     else:
-        out["lm_head.weight"] = _right(g.get("lm_head.weight", E).to(torch.float64) * gain, seed).to(E.dtype)
+        out["lm_head.weight"] = _right_rows(g.get("lm_head.weight", E), seed, gain).to(E.dtype)
     return out
 
 
