@@ -77,7 +77,8 @@ def pvq_plain(W, lay):
 def test_row_workers_give_the_codes_of_one_process(layer):
     """The converter quantizes a matrix in row blocks in worker processes (row_workers.py): rows are
     independent, so the result must be exactly that of one process, for PVQ and scalar GPTQ, for two
-    matrices sharing the Hessian (a larger and a smaller one) and for a 3-way split."""
+    matrices sharing the Hessian (a larger and a smaller one), for a 3-way split and for blocks of at most 16
+    rows (the bound that keeps a vocabulary matrix's blocks small)."""
     from pvq_convert.quantize import Method, quantize_group
     from pvq_convert.row_workers import RowWorkers
 
@@ -85,8 +86,8 @@ def test_row_workers_give_the_codes_of_one_process(layer):
     Ws = [W, W[:40] * 2]
     for method in (Method("pvq", layout=preset(3.25)), Method("gptq")):
         alone = quantize_group(method, Ws, H, [None, None], None)
-        for n in (2, 3):
-            with RowWorkers(n) as workers:
+        for n, max_rows in ((2, 10**9), (3, 10**9), (2, 16)):
+            with RowWorkers(n, max_rows) as workers:
                 split = quantize_group(method, Ws, H, [None, None], workers)
             for (a, qa), (b, qb) in zip(alone, split):
                 assert torch.equal(a, b)
