@@ -37,14 +37,14 @@ def converted_path(bits: float) -> Path:
     return HERE / f"pvq-{bits}.gguf"
 
 
-def tree_rss_kib(pid: int) -> int:
-    """The resident memory of a process and all its descendants now (the converter and its row workers)."""
+def tree_pss_kib(pid: int) -> int:
+    """The proportional set size of a process and all its descendants now (the converter and its row workers,
+    which share the converter's pages after fork: their RSS would count those pages once per process)."""
     total, todo = 0, [pid]
     while todo:
         p = todo.pop()
         try:
-            status = Path(f"/proc/{p}/status").read_text()
-            total += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+            total += int(re.search(r"Pss:\s+(\d+)", Path(f"/proc/{p}/smaps_rollup").read_text()).group(1))
             for task in Path(f"/proc/{p}/task").iterdir():
                 todo += [int(c) for c in (task / "children").read_text().split()]
         except (OSError, AttributeError):
@@ -56,7 +56,7 @@ def convert(bits: float) -> dict:
     """The converter's defaults (self-generated calibration: no file is shipped for this model) at `bits`, with a
     work directory in the cache so that a run cut short (the conversion takes hours) goes on where it stopped.  Each
     run is a segment of convert-BITS-segments.json, rewritten every few seconds while it runs: its wall time, the
-    converter process's peak RSS (VmHWM, what /usr/bin/time -v reports) and the largest RSS of its process tree
+    converter process's peak RSS (VmHWM, what /usr/bin/time -v reports) and the largest PSS of its process tree
     seen; a segment that was killed keeps what was seen until then."""
     out, work = converted_path(bits), HERE / f"work-{bits}"
     record = HERE / f"convert-{bits}-segments.json"
@@ -64,7 +64,7 @@ def convert(bits: float) -> dict:
     cmd = [sys.executable, "-m", "pvq_convert", str(ensure().hf_dir), "--bits", str(bits), "-o", str(out),
            "--work-dir", str(work)]
     seg = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "wall_s": 0, "peak_rss_kib": 0,
-           "tree_rss_kib": 0, "finished": False}
+           "tree_pss_kib": 0, "finished": False}
     segments.append(seg)
     t = time.time()
     with (HERE / f"convert-{bits}.log").open("w") as err, (HERE / f"convert-{bits}.out").open("w") as log:
@@ -75,7 +75,7 @@ def convert(bits: float) -> dict:
             except (OSError, AttributeError):
                 hwm = 0
             seg |= {"wall_s": round(time.time() - t), "peak_rss_kib": max(seg["peak_rss_kib"], hwm),
-                    "tree_rss_kib": max(seg["tree_rss_kib"], tree_rss_kib(proc.pid))}
+                    "tree_pss_kib": max(seg["tree_pss_kib"], tree_pss_kib(proc.pid))}
             record.write_text(json.dumps(segments, indent=1))
             time.sleep(2)
     seg |= {"wall_s": round(time.time() - t), "finished": proc.returncode == 0}
@@ -85,7 +85,7 @@ def convert(bits: float) -> dict:
     summary = [line for line in (HERE / f"convert-{bits}.out").read_text().splitlines() if line.startswith("whole file")]
     return {"bits": bits, "wall_s": sum(s["wall_s"] for s in segments), "segments": len(segments),
             "peak_rss_kib": max(s["peak_rss_kib"] for s in segments),
-            "tree_rss_kib": max(s["tree_rss_kib"] for s in segments), "bytes": out.stat().st_size, "summary": summary}
+            "tree_pss_kib": max(s.get("tree_pss_kib", 0) for s in segments), "bytes": out.stat().st_size, "summary": summary}
 
 
 def code_block(text: str) -> str:
