@@ -26,7 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-from models.qwen_coder import HERE, ensure
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]      # runtime_clib, as the other benchmarks reach it
+
+from models.qwen_coder import HERE, ensure  # noqa: E402
 
 CODE_QUESTION = "Write a Python function that reverses a string."
 PROMPTS = ("def fibonacci(n):", "The capital of France is", "import numpy as np\n\n# a 3x3 identity matrix\n")
@@ -140,7 +143,6 @@ def torch_agreement(path: Path, hf_dir: Path) -> dict:
     import torch
 
     from pvq_convert.gguf_in import file_model
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from runtime_clib import Model
 
     tm = file_model(path, hf_dir)
@@ -163,7 +165,6 @@ def torch_agreement(path: Path, hf_dir: Path) -> dict:
 
 def pvqrun_continuation(path: Path) -> dict:
     """The command-line runtime on the file: 32 greedy tokens after the first prompt."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from runtime_clib import run_pvqrun
     r = run_pvqrun(["-m", path, "-p", PROMPTS[0], "-n", 32, "--temp", 0, "-t", 2], timeout=600)
     return {"file": path.name, "returncode": r.returncode, "text": r.stdout.decode(errors="replace"),
