@@ -61,7 +61,7 @@ def setup(args):
 def measure_ours(name: str, bits: float, smol, calib_half: str, eval_chunks, args) -> dict:
     from pvq_convert.convert import convert
     from pvq_convert.hf_model import open_model
-    from pvq_convert.pvq_format import Layout
+    from pvq_convert.pvq_format import coded_bits
     from pvq_convert.pvq_presets import preset
     from pvq_convert.quantize import Method, QuantOptions, quantize_checkpoint
     from pvq_convert.torch_model import load_model
@@ -82,12 +82,7 @@ def measure_ours(name: str, bits: float, smol, calib_half: str, eval_chunks, arg
             out = convert(smol.hf_dir, Path(tmp) / "m.gguf", "f16", progress=False, quant=opts, quantized=qm)
             size = out.stat().st_size
     if kind == "pvq":
-        n = bits_total = 0
-        for q in qm.codes.values():
-            R, G = q.index.shape
-            lay = Layout(q.D, q.K, len(q.levels).bit_length() - 1)
-            n += R * G * q.D
-            bits_total += lay.bits_per_weight(G * q.D) * R * G * q.D
+        n, bits_total = coded_bits(qm.codes.values())
         bpw = bits_total / n
     else:
         bpw = method.scalar_bits + 16 / method.scalar_block

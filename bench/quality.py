@@ -24,7 +24,7 @@ from models.smollm2 import ensure
 from pvq_convert.allocate import describe
 from pvq_convert.eval import chunks, hf_tokenizer, score, split_text
 from pvq_convert.hf_model import open_model
-from pvq_convert.pvq_format import Layout
+from pvq_convert.pvq_format import coded_bits
 from pvq_convert.pvq_presets import preset
 from pvq_convert.quantize import Method, QuantOptions, quantize_checkpoint
 from pvq_convert.torch_model import load_model
@@ -43,12 +43,7 @@ CONFIGS = {  # name -> (method, hessian, rotate)
 def bits_per_weight(method: Method, qm) -> float:
     """Exact bits per quantized linear weight, fields and scales included."""
     if method.name == "pvq":
-        n = bits = 0
-        for q in qm.codes.values():
-            R, G = q.index.shape
-            lay = Layout(q.D, q.K, len(q.levels).bit_length() - 1)
-            n += R * G * q.D
-            bits += lay.bits_per_weight(G * q.D) * R * G * q.D
+        n, bits = coded_bits(qm.codes.values())
         return bits / n
     return method.scalar_bits + 16 / method.scalar_block
 

@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]      # runtime_clib, as the other benchmarks reach it
 
+from bench.convert_memory import tree_pss  # noqa: E402
 from models.qwen_coder import HERE, ensure  # noqa: E402
 
 CODE_QUESTION = "Write a Python function that reverses a string."
@@ -38,21 +39,6 @@ N_AGREE = 16
 
 def converted_path(bits: float) -> Path:
     return HERE / f"pvq-{bits}.gguf"
-
-
-def tree_pss_kib(pid: int) -> int:
-    """The proportional set size of a process and all its descendants now (the converter and its row workers,
-    which share the converter's pages after fork: their RSS would count those pages once per process)."""
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            total += int(re.search(r"Pss:\s+(\d+)", Path(f"/proc/{p}/smaps_rollup").read_text()).group(1))
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, AttributeError):
-            pass        # it ended meanwhile
-    return total
 
 
 def convert(bits: float) -> dict:
@@ -78,7 +64,7 @@ def convert(bits: float) -> dict:
             except (OSError, AttributeError):
                 hwm = 0
             seg |= {"wall_s": round(time.time() - t), "peak_rss_kib": max(seg["peak_rss_kib"], hwm),
-                    "tree_pss_kib": max(seg["tree_pss_kib"], tree_pss_kib(proc.pid))}
+                    "tree_pss_kib": max(seg["tree_pss_kib"], tree_pss(proc.pid) // 1024)}
             record.write_text(json.dumps(segments, indent=1))
             time.sleep(2)
     seg |= {"wall_s": round(time.time() - t), "finished": proc.returncode == 0}

@@ -94,8 +94,7 @@ def pvq_gguf(bits: float, extra_args: tuple[str, ...] | None = None) -> Path:
     for arg in extra_args:
         if Path(arg).is_file():
             h.update(Path(arg).read_bytes())
-    for src in sorted(Path(pvq_convert.__file__).parent.glob("*.py")):
-        h.update(src.read_bytes())
+    h.update(pvq_convert.source_digest().encode())
     for f in sorted(paths.hf_dir.iterdir()):
         st = f.stat()
         h.update(f"{f.name}-{st.st_size}-{int(st.st_mtime)}".encode())

@@ -155,28 +155,20 @@ def checkpoint_parameters(m: HFModel) -> int:
 def bits_summary(qm, params: int, out: Path, outtype: str) -> str:
     """Per-tensor PVQ rates and the exact bits per weight of the quantized layers and of the file."""
     from .allocate import describe
-    from .pvq_format import Layout
+    from .pvq_format import coded_bits, layout_of
     from .quantize import VOCAB_TENSORS
 
-    def exact(items) -> tuple[int, float]:  # (weights, bits) of PVQ matrices: fields and fp16 row scales
-        n = bits = 0
-        for q in items:
-            lay, (R, G) = Layout(q.D, q.K, len(q.levels).bit_length() - 1), q.index.shape
-            n, bits = n + R * G * q.D, bits + lay.bits_per_weight(G * q.D) * R * G * q.D
-        return n, bits
-
     lines = []
-    linear = {name: q for name, q in qm.codes.items() if name not in VOCAB_TENSORS}
+    linear = [name for name in qm.codes if name not in VOCAB_TENSORS]
     if linear:
-        rates = qm.rates or {name: round(Layout(q.D, q.K, len(q.levels).bit_length() - 1).field_bits / q.D, 2)
-                             for name, q in linear.items()}
-        n, bits = exact(linear.values())
+        rates = qm.rates or {name: round((lay := layout_of(qm.codes[name])).field_bits / lay.D, 2) for name in linear}
+        n, bits = coded_bits(qm.codes[name] for name in linear)
         lines += ["PVQ rates per tensor (nominal bits per weight):", describe(rates),
                   f"quantized linear weights: {n} weights, {bits / n:.4f} bits per weight "
                   f"(fields and fp16 row scales)"]
     vocab = [name for name in VOCAB_TENSORS if name in qm.codes]
     if vocab:
-        n, bits = exact(qm.codes[name] for name in vocab)
+        n, bits = coded_bits(qm.codes[name] for name in vocab)
         lines.append(f"vocabulary matrices ({', '.join(gguf_tensor_name(v) for v in vocab)}): {n} weights, "
                      f"{bits / n:.4f} bits per weight")
     size = out.stat().st_size

@@ -320,6 +320,15 @@ class Quantized:
         return Quantized(torch.cat([p.index for p in parts]), torch.cat([p.code for p in parts]),
                          torch.cat([p.scale for p in parts]), first.D, first.K, first.levels)
 
+    def state(self) -> dict:
+        """Its tensors and numbers, in the form torch.load(weights_only=True) reads back (Quantized.of_state)."""
+        return {"index": self.index, "code": self.code, "scale": self.scale, "D": self.D, "K": self.K,
+                "levels": self.levels}
+
+    @staticmethod
+    def of_state(s: dict) -> "Quantized":
+        return Quantized(s["index"], s["code"], s["scale"], s["D"], s["K"], s["levels"])
+
     def to(self, device: str | torch.device) -> "Quantized":
         return Quantized(self.index.to(device), self.code.to(device), self.scale.to(device), self.D, self.K,
                          self.levels.to(device))

@@ -87,6 +87,20 @@ def layout(D: int, K: int, gain_bits: int) -> Layout:
     return lay
 
 
+def layout_of(q: Quantized) -> Layout:
+    """The layout of a coded matrix."""
+    return layout(q.D, q.K, len(q.levels).bit_length() - 1)
+
+
+def coded_bits(codes) -> tuple[int, float]:
+    """(weights, bits) of coded matrices as the file stores them: fields and fp16 row scales."""
+    n = bits = 0
+    for q in codes:
+        R, G = q.index.shape
+        n, bits = n + R * G * q.D, bits + layout_of(q).bits_per_weight(G * q.D) * R * G * q.D
+    return n, bits
+
+
 def layout_of_type(type_id: int) -> Layout:
     if (type_id & 0xF0000000) != TYPE_BASE:
         raise ValueError(f"type id {type_id:#x} is not a PVQ type")
@@ -174,7 +188,7 @@ def pvq_entries(name: str, q: Quantized):
     ([(tensor name, numpy data, raw ggml type or None)], {metadata key: float32 list}).
     The packed rows are uint8 (n_out, row_bytes) with raw type PVQ (GGUF shape [n_in, n_out]);
     the scales float16 (n_out,)."""
-    lay = layout(q.D, q.K, len(q.levels).bit_length() - 1)
+    lay = layout_of(q)
     if len(q.levels) != 1 << lay.gain_bits:
         raise ValueError("gain level count must be a power of two")
     tensors = [(name, pack_rows(q.index, q.code, lay), gguf_type(lay)),

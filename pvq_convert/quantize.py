@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from . import ConvertError
+from . import ConvertError, source_digest
 from .allocate import RATES, Tensor, allocate, fixed_rates, tensor_errors
 from .calib import calibration_tokens
 from .gptq import gptq
@@ -96,16 +97,51 @@ class Method:
         return gptq(W, H, scalar, self.damp).float(), None
 
 
+class CodeStore(Mapping):
+    """HF tensor name -> its PVQ codes (pvq.Quantized), parked in a Spill and read back one tensor at a time: in
+    int64 the codes are 16 bytes per group, 2 bytes per weight at 3.25 bpw, more than the model in float16.  A
+    name in `tuned` comes back with its row scales times the factors the scale tuning gave them."""
+
+    def __init__(self, spill: Spill, tuned: dict[str, torch.Tensor]):
+        self.spill, self.tuned, self.names = spill, tuned, []
+
+    def __setitem__(self, name: str, q: Quantized) -> None:
+        self.spill[name] = q.state()
+        self.adopt([name])
+
+    def adopt(self, names: list[str]) -> None:
+        """Names whose codes the spill holds already (a conversion that goes on)."""
+        self.names += [n for n in names if n not in self.names]
+
+    def __getitem__(self, name: str) -> Quantized:
+        if name not in self.names:
+            raise KeyError(name)
+        q = Quantized.of_state(self.spill[name])
+        factor = self.tuned.get(name)
+        if factor is not None:
+            q.scale = (q.scale.float() * factor.to(q.scale.device)).half()
+        return q
+
+    def __contains__(self, name) -> bool:
+        return name in self.names
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
 @dataclass
 class QuantizedModel:
     """The quantized model: `globals` in memory (a coded vocabulary decoded), every block's tensors parked in
-    `spill` under their HF names (the coded weights decoded) and read back a block at a time; `tuned` holds the
-    row factors the scale tuning gave each code (the spill keeps what GPTQ wrote, so that a conversion that goes
-    on after an interruption reads it unchanged)."""
+    `spill` under their HF names (the coded weights decoded) and read back a block at a time, the codes parked
+    too (`codes`); `tuned` holds the row factors the scale tuning gave each code (the spills keep what GPTQ
+    wrote, so that a conversion that goes on after an interruption reads it unchanged)."""
     config: Config
     globals: dict[str, torch.Tensor]
     ffn_hadamard: object = None
-    codes: dict[str, Quantized] = field(default_factory=dict)   # HF tensor name -> PVQ codes
+    codes: CodeStore | None = None      # HF tensor name -> PVQ codes (default: in a spill of `work`)
     metadata: dict = field(default_factory=dict)    # GGUF keys the runtime needs (rotation)
     rates: dict[str, float] = field(default_factory=dict)      # HF tensor name -> PVQ rate, when allocated
     spill: Spill = field(default_factory=Spill)
@@ -113,6 +149,10 @@ class QuantizedModel:
     tuned: dict[str, torch.Tensor] = field(default_factory=dict)   # HF tensor name -> its rows' factors
     block_keys: list[list[str]] = field(default_factory=list)   # each block's tensor names, in its order
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # HF name -> shape, of the blocks' tensors
+
+    def __post_init__(self):
+        if self.codes is None:
+            self.codes = CodeStore(self.work.spill("codes") if self.work else Spill(), self.tuned)
 
     def keep_block(self, block: dict[str, torch.Tensor]) -> None:
         """Park the next block (its tensors as the quantized model has them)."""
@@ -134,7 +174,7 @@ class QuantizedModel:
         return {key: self.tensor(f"model.layers.{i}.{key}") for key in self.block_keys[i]}
 
     def retune(self, name: str, factor: torch.Tensor) -> None:
-        """The codes of `name` got their row scales times `factor` (tune.py)."""
+        """The codes of `name` get their row scales times `factor` (tune.py)."""
         self.tuned[name] = factor.detach()
 
     @property
@@ -168,16 +208,12 @@ class QuantOptions:
 def work_stamp(hf: HFModel, opts: QuantOptions) -> dict:
     """What a work directory's steps depend on: the converter's code, the checkpoint's files, the options, the
     calibration text."""
-    from . import __file__ as package
-    code = hashlib.sha256()
-    for src in sorted(Path(package).parent.glob("*.py")):
-        code.update(src.read_bytes())
     files = {ref.file for ref in hf.tensors.values() if hasattr(ref, "file")} | ({hf.source} if hf.source else set())
     try:
         calib = hashlib.sha256(Path(opts.calib).read_bytes()).hexdigest() if opts.calib else None
     except OSError:
         calib = None        # calibration_tokens says why it cannot be read
-    return {"converter": code.hexdigest(), "checkpoint": {str(Path(f).resolve()): [f.stat().st_size, f.stat().st_mtime_ns]
+    return {"converter": source_digest(), "checkpoint": {str(Path(f).resolve()): [f.stat().st_size, f.stat().st_mtime_ns]
                                                           for f in sorted(files)},
             "options": repr(replace(opts, work_dir=None, calib=Path(opts.calib).resolve() if opts.calib else None)),
             "calibration text": calib}
@@ -223,7 +259,6 @@ def quantize_checkpoint(hf: HFModel, opts: QuantOptions, progress: bool = True) 
     if m.tunes:
         tune_scales(qm, calib, targets, m.tune_epochs, progress=progress, work=work)
     qm.globals = {k: v.to("cpu") for k, v in qm.globals.items()}
-    qm.codes = {name: q.to("cpu") for name, q in qm.codes.items()}
     qm.metadata, qm.rates = metadata, rates
     return qm
 
@@ -302,14 +337,16 @@ def quantize_model(model: Model, calib: torch.Tensor | None, method: Method, pro
         if method.codes_vocab:
             def code_vocab():
                 codes = quantize_vocab(model, head_hessian, method, workers, progress)
-                return {"codes": codes, "weights": {k: model.globals[k.removeprefix("model.")] for k in codes}}
+                for name, q in codes.items():
+                    out.codes[name] = q
+                return {"coded": list(codes), "weights": {k: model.globals[k.removeprefix("model.")] for k in codes}}
             vocab = work.kept("vocabulary", code_vocab)
-            out.codes |= vocab["codes"]
+            out.codes.adopt(vocab["coded"])
             model.globals |= {k.removeprefix("model."): w for k, w in vocab["weights"].items()}
         done = 0
         while work.has(f"block.{done}"):
             kept = work.load(f"block.{done}")
-            out.codes |= kept["codes"]
+            out.codes.adopt(kept["coded"])
             out.block_keys.append(kept["keys"])
             out.shapes |= kept["shapes"]
             done += 1
@@ -332,11 +369,11 @@ def quantize_model(model: Model, calib: torch.Tensor | None, method: Method, pro
                         out.codes[f"model.layers.{i}.{key}"] = codes
                 bar.update()
             xs = [model.block(i, x) for x in xs]
-            codes = {name: q for name, q in out.codes.items() if name.startswith(f"model.layers.{i}.")}
+            coded = [name for name in out.codes if name.startswith(f"model.layers.{i}.")]
             out.keep_block(block)
-            # block i is finished once its marker is written: its tensors and the next block's inputs first
+            # block i is finished once its marker is written: its tensors, codes and the next block's inputs first
             work.save(f"inputs.{i + 1}", xs)
-            work.save(f"block.{i}", {"codes": codes, "keys": out.block_keys[-1],
+            work.save(f"block.{i}", {"coded": coded, "keys": out.block_keys[-1],
                                       "shapes": {k: v for k, v in out.shapes.items() if k.startswith(f"model.layers.{i}.")}})
             work.drop(f"inputs.{i}")
             bar.set_postfix(block=i)

@@ -27,9 +27,18 @@ def save_whole(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _owned(value):
+    """value (a tensor, or a dict of tensors and numbers) with each tensor a copy of its own on the CPU: a view
+    would save its whole storage."""
+    if isinstance(value, dict):
+        return {k: _owned(v) for k, v in value.items()}
+    return value.detach().cpu().clone() if isinstance(value, torch.Tensor) else value
+
+
 class Spill:
-    """Tensors kept in files of a directory instead of memory, by key: spill[key] = tensor, spill[key] reads it
-    back.  In `directory`, a WorkDir's (`owner`, kept alive with the spill), or in a temporary one removed with it."""
+    """Tensors (or dicts of tensors and numbers) kept in files of a directory instead of memory, by key:
+    spill[key] = tensor, spill[key] reads it back.  In `directory`, a WorkDir's (`owner`, kept alive with the
+    spill), or in a temporary one removed with it."""
 
     def __init__(self, directory: Path | None = None, owner: "WorkDir | None" = None):
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="pvq-spill-")
@@ -40,8 +49,8 @@ class Spill:
     def _path(self, key) -> Path:
         return self.dir / f"{key}.pt"
 
-    def __setitem__(self, key, t: torch.Tensor) -> None:
-        save_whole(t.detach().cpu().clone(), self._path(key))   # clone: a view would save its whole storage
+    def __setitem__(self, key, value) -> None:
+        save_whole(_owned(value), self._path(key))
 
     def __getitem__(self, key) -> torch.Tensor:
         return torch.load(self._path(key))

@@ -32,12 +32,11 @@ def tune_scales(qm, calib: torch.Tensor, targets: Sequence[torch.Tensor], epochs
                 progress: bool = True, work: WorkDir | None = None) -> None:
     """Fit the row scales of the blocks' codes of `qm` (quantize.QuantizedModel) to `targets` (log_probs of
     each calibration sequence), block-streamed: each step holds one block's graph (stream.streamed_backward).
-    Updates the codes' scales in place and gives qm the factors (qm.tensor decodes a tuned code when it is
-    asked for, so the weights stay exactly the decoded codes).  After every step the factors and the
+    Gives qm the factors: its codes come back with their scales times them, and qm.tensor decodes a tuned code
+    when it is asked for, so the weights stay exactly the decoded codes.  After every step the factors and the
     optimizer's state are kept in `work`, and a run that finds them there goes on from that step."""
-    codes = {name: q for name, q in qm.codes.items() if name.startswith("model.layers.")}
-    factors = {name: torch.ones(q.scale.shape[0], device=calib.device, requires_grad=True)
-               for name, q in codes.items()}
+    factors = {name: torch.ones(qm.shapes[name][0], device=calib.device, requires_grad=True)
+               for name in qm.codes if name.startswith("model.layers.")}
     opt = torch.optim.Adam(factors.values(), lr=lr)
     done = 0
     if work is not None and work.has("tuning"):
@@ -56,11 +55,14 @@ def tune_scales(qm, calib: torch.Tensor, targets: Sequence[torch.Tensor], epochs
     bar = tqdm(total=epochs * len(calib), initial=done, unit="seq", disable=not progress, desc="tuning scales")
     for step in range(done, epochs * len(calib)):
         k = step % len(calib)
-        p = targets[k].to(calib.device).float()
+        p = targets[k].to(calib.device)     # fp16: each head step widens its own rows
+
+        def kl(logits, rows):   # the mean over tokens of KL(p || q), summed over HEAD_ROWS tokens at a time
+            pr = p[rows].float()
+            return (pr.exp() * (pr - torch.log_softmax(logits.float(), -1))).sum() / len(p)
+
         opt.zero_grad()
-        # the mean over tokens of KL(p || q), summed over HEAD_ROWS tokens at a time
-        kld = streamed_backward(model, calib[k], lambda logits, rows: (p[rows].exp() * (p[rows] - torch.log_softmax(
-            logits.float(), -1))).sum() / len(p), scaled, head_rows=HEAD_ROWS)
+        kld = streamed_backward(model, calib[k], kl, scaled, head_rows=HEAD_ROWS)
         opt.step()
         if work is not None:
             work.save("tuning", {"factors": {n: f.detach() for n, f in factors.items()},
@@ -68,7 +70,5 @@ def tune_scales(qm, calib: torch.Tensor, targets: Sequence[torch.Tensor], epochs
         bar.update()
         bar.set_postfix(kld=f"{float(kld):.4f}")
     bar.close()
-    with torch.no_grad():
-        for name, q in codes.items():
-            q.scale = (q.scale.float() * factors[name]).half()
-            qm.retune(name, factors[name])
+    for name, f in factors.items():
+        qm.retune(name, f)
