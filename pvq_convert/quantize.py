@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from tqdm import tqdm
 from . import ConvertError, source_digest
 from .allocate import RATES, Tensor, allocate, fixed_rates, tensor_errors
 from .calib import calibration_tokens
-from .gptq import gptq
+from .gptq import gptq, inverse_hessian_factor
 from .hf_model import HFModel
 from .pvq import Quantized, dequantize_matrix, quantize_matrix
 from .pvq_format import Layout
@@ -80,21 +81,21 @@ class Method:
     def allocates(self) -> bool:
         return self.name == "pvq" and self.bits is not None
 
-    def quantize(self, W: torch.Tensor, H: torch.Tensor, layout: Layout | None = None
+    def quantize(self, W: torch.Tensor, H: torch.Tensor, layout: Layout | None = None, U: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, Quantized | None]:
-        """-> (the weights as the runtime will see them, the PVQ codes or None)."""
+        """-> (the weights as the runtime will see them, the PVQ codes or None).  U: H's factor (gptq.gptq)."""
         if self.name == "pvq":
             lay = layout or self.layout
             if not self.hessian:
                 q = quantize_matrix(W, lay.D, lay.K, lay.gain_bits)
                 return dequantize_matrix(q), q
             quantizer = PVQQuantizer(W, lay)
-            Wq = gptq(W, H, quantizer, self.damp)
+            Wq = gptq(W, H, quantizer, self.damp, U=U)
             return Wq.float(), quantizer.result()
         scalar = ScalarQuantizer(self.scalar_bits, self.scalar_block)
         if self.name == "rtn":
             return scalar.rtn(W), None
-        return gptq(W, H, scalar, self.damp).float(), None
+        return gptq(W, H, scalar, self.damp, U=U).float(), None
 
 
 class CodeStore(Mapping):
@@ -452,12 +453,22 @@ def quantize_group(method: Method, Ws: list[torch.Tensor], H: torch.Tensor | Non
     if workers is None:
         with one_thread():
             return [method.quantize(W, H, lay) for W, lay in zip(Ws, layouts)]
-    parts = workers.map_rows(method.quantize, Ws, H, layouts)
+    U = None
+    if H is not None and method.needs_hessian:
+        with one_thread():      # the workers' one thread: the same factor, bit for bit, as each would make
+            U = inverse_hessian_factor(H, method.damp)     # once, not once per row block (0.6-2.6 GB each)
+    parts = workers.map_rows(partial(_quantize_rows, method, U), Ws, H, layouts)
     out = []
     for matrix in parts:
         codes = [c for _, c in matrix]
         out.append((torch.cat([w for w, _ in matrix]), None if codes[0] is None else Quantized.cat_rows(codes)))
     return out
+
+
+def _quantize_rows(method: Method, U: torch.Tensor | None, W: torch.Tensor, H: torch.Tensor | None,
+                   layout: Layout | None) -> tuple[torch.Tensor, Quantized | None]:
+    """method.quantize of one row block, in a worker (the factor U and H come through shared memory)."""
+    return method.quantize(W, H, layout, U)
 
 
 class _Captured(Exception):
