@@ -117,32 +117,35 @@ def estimate(blocks: int, n_seq: int, seq_len: int, base: int, workers: int, dim
     """The converter's memory at the three moments that could be its peak, item by item (bytes), for an untied
     checkpoint of `blocks` blocks converted on the CPU with `workers` row workers (docs/pipeline.md explains
     each item).  base: one process with torch imported, before any tensor."""
+    from pvq_convert.rotate import ROTATE_ROWS
+
     block = 2 * dim * dim + 2 * dim * kv + 3 * dim * ffn        # linear weights of one block
     vocab_fp32 = 2 * vocab * dim * 4                            # embedding and output layer, float32
-    codes = lambda weights: weights * 2                         # noqa: E731 (int64 index and gain code per 8 weights)
+    codes = lambda weights: weights * 2                         # noqa: E731 (int64 index and gain code per 8 weights;
+    # the codes of finished matrices wait on disk)
     acts = n_seq * seq_len * dim * 4
     H_down = ffn * ffn * 8
     return [
         ("rotating the vocabulary matrices (rotate.rotate_globals)", [
             ("interpreter and torch", base),
             ("embedding and output layer as read, float32", vocab_fp32),
-            ("one of them in float64, its Hadamard transform and the two products after it", 4 * vocab * dim * 8),
+            (f"{ROTATE_ROWS} of their rows in float64, their Hadamard transform and the two products after it",
+             4 * min(vocab, ROTATE_ROWS) * dim * 8),
             ("the embedding rotated, float32", vocab * dim * 4)]),
         (f"GPTQ of block {blocks - 1}'s down_proj, {workers} row workers", [
             (f"interpreter and torch, {1 + workers} processes", (1 + workers) * base),
             ("embedding and output layer (decoded codes), float32", vocab_fp32),
-            ("codes so far: vocabulary and the blocks before, 2 B per weight", codes(2 * vocab * dim + (blocks - 1) * block
-                                                                                     + block - dim * ffn)),
             ("the block, float32", block * 4),
             ("calibration activations, float32, two lists while a pass moves them", 2 * acts),
             ("down_proj's input Hessian, float64, shared with the workers", H_down),
-            ("in each worker, gptq.inverse_hessian_factor: the damped copy, L, H^-1, U", workers * 4 * H_down),
-            ("in each worker, its rows as W and Q, float64, and their codes", dim * ffn * (8 + 8 + 2))]),
+            ("gptq.inverse_hessian_factor, once, before the workers start: two of the damped copy, L, H^-1, U; "
+             "U then shared", 2 * H_down),
+            ("the workers' rows as W and Q, float64, and their codes", dim * ffn * (8 + 8 + 2))]),
         ("a scale-tuning step (stream.streamed_backward)", [
             ("interpreter and torch", base),
             ("embedding and output layer (decoded codes), float32", vocab_fp32),
-            ("codes of every matrix, 2 B per weight", codes(2 * vocab * dim + blocks * block)),
-            ("one block read back, float32", block * 4),
+            ("one block read back, float32, and its largest matrix's codes (quantize.CodeStore)", block * 4
+             + codes(dim * ffn)),
             ("one block's graph: ~10 dim-wide and 6 FFN-wide tensors per token, attention", seq_len * (10 * dim + 6 * ffn) * 4
              + 32 * seq_len * seq_len * 4 * 2),
             ("logits, log-softmax, target, their products and gradients, float32", 8 * seq_len * vocab * 4)]),

@@ -9,6 +9,10 @@
                                                           on F16 greedy agreement with llama.cpp, on each PVQ file
                                                           the runtime's (--pvq-f32-act) with the converter's torch
                                                           model (16 tokens x 3 prompts)
+    python -m bench.qwen_coder memory [--blocks 2]         the converter's defaults at 3.25 on the model's first
+                                                          blocks (the real weights, vocabulary and tokenizer): the
+                                                          peak RSS and process-tree PSS of each phase, against
+                                                          bench.convert_memory's estimate for this shape
     python -m bench.qwen_coder speed [--reps 3]            pp512 and tg128 of the PVQ files (native) against
                                                           llama.cpp's Q2_K, Q3_K_M and Q4_K_M, 2 threads, each engine
                                                           in a process of its own (its peak RSS), reps alternating
@@ -21,8 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -75,6 +82,78 @@ def convert(bits: float) -> dict:
     return {"bits": bits, "wall_s": sum(s["wall_s"] for s in segments), "segments": len(segments),
             "peak_rss_kib": max(s["peak_rss_kib"] for s in segments),
             "tree_pss_kib": max(s.get("tree_pss_kib", 0) for s in segments), "bytes": out.stat().st_size, "summary": summary}
+
+
+def first_blocks(hf_dir: Path, blocks: int, out: Path) -> Path:
+    """An HF directory of the model cut to its first `blocks` blocks: the same vocabulary matrices, norms and
+    tokenizer, config.json's num_hidden_layers set to `blocks`."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    for f in hf_dir.iterdir():
+        if f.suffix != ".safetensors" and f.name != "config.json":
+            shutil.copy(f, out / f.name)
+    config = json.loads((hf_dir / "config.json").read_text()) | {"num_hidden_layers": blocks}
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    keep = {}
+    with safe_open(str(hf_dir / "model.safetensors"), "pt") as st:
+        for name in st.keys():
+            m = re.match(r"model\.layers\.(\d+)\.", name)
+            if m is None or int(m.group(1)) < blocks:
+                keep[name] = st.get_tensor(name)
+    save_file(keep, out / "model.safetensors")
+    return out
+
+
+PHASE = re.compile(r"([A-Za-z][\w .-]*?):\s+\d+%\|")     # a progress bar's description
+
+
+def memory(blocks: int, bits: float = 3.25) -> dict:
+    """The converter's defaults at `bits` on the first `blocks` blocks: every phase but the self-generated
+    calibration holds one block at a time, so their peaks are those of the whole model's conversion (the
+    generation holds every block: convert's first runs measured it on the whole model).  Per phase (the progress
+    bar running when a sample was taken, every 0.25 s): the converter's largest RSS (VmRSS) and the largest PSS of
+    its process tree, and when it was seen (seconds from the start)."""
+    from bench.convert_memory import baseline_pss, estimate
+    import torch
+
+    with tempfile.TemporaryDirectory(dir=HERE) as tmp:
+        ckpt = first_blocks(ensure().hf_dir, blocks, Path(tmp) / "cut")
+        cmd = [sys.executable, "-m", "pvq_convert", str(ckpt), "--bits", str(bits), "-o", str(Path(tmp) / "m.gguf")]
+        phases, current, t = {}, ["start"], time.time()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+        def follow():   # the bars redraw with \r: the last description seen is the phase
+            for line in proc.stderr:
+                for part in line.split("\r"):
+                    if m := PHASE.search(part):
+                        current[0] = m.group(1)
+
+        reader = threading.Thread(target=follow, daemon=True)
+        reader.start()
+        while proc.poll() is None:
+            try:
+                rss = int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{proc.pid}/status").read_text()).group(1)) * 1024
+            except (OSError, AttributeError):
+                rss = 0
+            ph = phases.setdefault(current[0], {"rss": 0, "tree_pss": 0, "from_s": time.time() - t})
+            ph |= {"rss": max(ph["rss"], rss), "tree_pss": max(ph["tree_pss"], tree_pss(proc.pid)),
+                   "to_s": time.time() - t}
+            time.sleep(0.25)
+        reader.join()
+        if proc.returncode:
+            sys.exit(f"conversion failed (exit {proc.returncode})")
+        wall = time.time() - t
+    cfg = json.loads((ensure().hf_dir / "config.json").read_text())
+    kv = cfg["num_key_value_heads"] * cfg["hidden_size"] // cfg["num_attention_heads"]
+    workers = torch.get_num_threads() if torch.get_num_threads() > 1 else 0
+    est = estimate(blocks, 16, 512, baseline_pss(), workers, dim=cfg["hidden_size"], ffn=cfg["intermediate_size"],
+                   vocab=cfg["vocab_size"], kv=kv)
+    return {"blocks": blocks, "bits": bits, "wall_s": round(wall), "phases": {
+                k: {"rss_gb": round(ph["rss"] / 1e9, 3), "tree_pss_gb": round(ph["tree_pss"] / 1e9, 3),
+                    "seen_s": [round(ph["from_s"]), round(ph["to_s"])]} for k, ph in phases.items()},
+            "estimate_gb": {phase: round(sum(b for _, b in items) / 1e9, 3) for phase, items in est}}
 
 
 def code_block(text: str) -> str:
@@ -196,15 +275,21 @@ def speed(reps: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=("convert", "run", "speed", "speed-once"))
+    ap.add_argument("step", choices=("convert", "memory", "run", "speed", "speed-once"))
     ap.add_argument("files", nargs="*", type=Path, help="run: PVQ files (default: those `convert` made)")
     ap.add_argument("--bits", type=float, nargs="+", default=[3.25, 4.25])
     ap.add_argument("--reps", type=int, default=3, help="speed: repetitions")
+    ap.add_argument("--blocks", type=int, default=2, help="memory: the model's first blocks")
     args = ap.parse_args()
     if args.step == "speed-once":
         print(json.dumps(speed_once(args.files[0])))
         return
     paths = ensure()
+    if args.step == "memory":
+        result = memory(args.blocks)
+        (HERE / "memory.json").write_text(json.dumps(result, indent=1))
+        print(json.dumps(result, indent=1))
+        return
     if args.step == "speed":
         result = speed(args.reps)
         (HERE / "speed.json").write_text(json.dumps(result, indent=1))
