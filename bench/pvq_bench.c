@@ -69,8 +69,11 @@ int main(int argc, char **argv)
     float *x = malloc(n * sizeof *x), *y = malloc(rows * sizeof *y), *buf = malloc(n * sizeof *buf);
     if (!w || !x || !y || !buf) { fprintf(stderr, "out of memory\n"); return 1; }
     for (int64_t r = 0; r < rows; r++)
-        for (int64_t g = 0; g < n / D; g++)
-            put_field(w + r * rb, g, c.field_bits, (next() % c.n_points) << b | (next() & ((1u << b) - 1)));
+        for (int64_t g = 0; g < n / D; g++) {
+            uint64_t index;
+            do index = next() & ((UINT64_C(1) << c.index_bits) - 1); while (!pvq_index_is_point(&c, index));
+            put_field(w + r * rb, g, c.field_bits, index << b | (next() & ((1u << b) - 1)));
+        }
     for (int64_t i = 0; i < n; i++) x[i] = (float)(next() % 1000) / 1000.0f - 0.5f;
     double best = 1e30, sink = 0;
     for (int rep = 0; rep < reps; rep++) {

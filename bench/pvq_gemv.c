@@ -102,8 +102,12 @@ int main(int argc, char **argv) {
         scales[r] = 0x3C00; /* 1.0 */
         uint8_t *row = data + (size_t)r * rb;
         for (int64_t g = 0; g < n / D; g++) {
-            rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
-            uint64_t v = (rng % layout.codec.n_points) << b | (rng >> 40) % (1u << b), bit = (uint64_t)g * W;
+            uint64_t index;
+            do {                /* uniform over the codes that are points: uniform points */
+                rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+                index = rng & ((UINT64_C(1) << layout.codec.index_bits) - 1);
+            } while (!pvq_index_is_point(&layout.codec, index));
+            uint64_t v = index << b | (rng >> 40) % (1u << b), bit = (uint64_t)g * W;
             for (int i = 0; i < W; i++, bit++)
                 if (v >> i & 1) row[bit >> 3] |= (uint8_t)(1u << (bit & 7));
         }

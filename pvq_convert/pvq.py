@@ -1,16 +1,19 @@
 """The PVQ codec: pyramid counts, the index enumeration, the greedy encoder and the decoder.
 
 A group of D weights is stored as a gain and a shape: w ~ g * y / ||y||_2 with y on the pyramid
-P(D, K) = { y in Z^D : sum |y_i| = K }.  The shape is an index in [0, N(D, K)).
+P(D, K) = { y in Z^D : sum |y_i| = K }.  The shape is a B-bit index, B the bit length of N(D, K) - 1.
 
-Enumeration ("halves", docs/format.md): a vector of dimension d >= 2 splits into a first half of
-d1 = d // 2 coordinates and a second half of d2 = d - d1.  With k1 pulses in the first half,
+Enumeration (version 2, docs/format.md "Enumeration of the pyramid"), by dimension:
 
-    index(y) = sum_{j < k1} N(d1, j) * N(d2, k - j)  +  index(first) * N(d2, k - k1)  +  index(second)
-
-and for d = 1: index(0) = 0, index(+k) = 0, index(-k) = 1.  Decoding finds k1 from the cumulative
-counts, then splits the remainder by one division; the leaves are small sub-vectors that the C
-kernels read from lookup tables.
+    d = 1   index 0 is (+k), 1 is (-k)
+    d = 2   index 4t + q is rot^q (t, k - t), rot(a, b) = (-b, a), t < k: four quarter-arcs
+    d = 4   "edges" first (one pair empty, index < 8k), then 16 quarter pairs per 3-subset
+            c1 < c2 < c3 of [0, k] in colex order: pairs (t_P, m, t_Q) = (c1, c2, c3 - c2 - 1)
+    other   halves d1 = d // 2, d2 = d - d1, classes by k1 (pulses of the first half) ascending,
+            index = base(k1) + index(first) * N(d2, k - k1) + index(second); at the top level (d = D)
+            each class starts at a multiple of 2^a (a = B - 7 or B - 8 when that fits the B-bit field,
+            else dense), so that a decoder finds k1 in a 128- or 256-entry table; the codes left between
+            classes are not points
 
 Integer arithmetic is exact: N(D, K) in Python ints, the torch paths in int64 (the format caps an
 index at 56 bits, see pvq_format.MAX_FIELD_BITS).
@@ -18,6 +21,7 @@ index at 56 bits, see pvq_format.MAX_FIELD_BITS).
 from __future__ import annotations
 
 from functools import lru_cache
+from math import comb
 
 import torch
 
@@ -42,7 +46,7 @@ def pyramid_count(d: int, k: int) -> int:
 
 
 def split_dims(d: int) -> tuple[int, int]:
-    """The halves split used by the enumeration: (d // 2, d - d // 2)."""
+    """The halves split used by the enumeration for d = 3 and d >= 5: (d // 2, d - d // 2)."""
     return d // 2, d - d // 2
 
 
@@ -59,35 +63,130 @@ def tree_dims(d: int) -> list[int]:
     return sorted(out, reverse=True)
 
 
+def has_classes(d: int) -> bool:
+    """Whether P(d, k) is enumerated by the halves' classes (d = 3 and d >= 5)."""
+    return d == 3 or d >= 5
+
+
+def _round_up(v: int, bits: int) -> int:
+    return -(-v >> bits) << bits
+
+
+@lru_cache(maxsize=None)
+def class_bases(D: int, K: int) -> tuple[int, ...]:
+    """The first code of each top-level class k1 = 0..K of P(D, K), and the end of the used codes (K + 2
+    values): classes aligned to 2^(B - 7), else 2^(B - 8), when all of them fit the B-bit index, else dense."""
+    d1, d2 = split_dims(D)
+    sizes = [pyramid_count(d1, j) * pyramid_count(d2, K - j) for j in range(K + 1)]
+    B = (pyramid_count(D, K) - 1).bit_length()
+    align = next((a for a in (B - 7, B - 8) if a > 0 and sum(_round_up(x, a) for x in sizes) <= 1 << B), 0)
+    bases = [0]
+    for x in sizes:
+        bases.append(bases[-1] + _round_up(x, align))
+    return tuple(bases)
+
+
 # ---------------------------------------------------------------- exact scalar reference (Python ints)
 
+def pair_point(n: int, t: int, q: int) -> list[int]:
+    """rot^q (t, n - t) with rot(a, b) = (-b, a): point 4t + q of P(2, n)."""
+    a, b = t, n - t
+    for _ in range(q):
+        a, b = -b, a
+    return [a, b]
+
+
+def pair_index(a: int, b: int) -> int:
+    """4t + q of a pair: the inverse of pair_point (0 for (0, 0))."""
+    if a >= 0 and b > 0:
+        return 4 * a
+    if a < 0 and b >= 0:
+        return 4 * b + 1
+    if a <= 0 and b < 0:
+        return -4 * a + 2
+    if a > 0:
+        return -4 * b + 3
+    return 0
+
+
+def unrank3(s: int) -> tuple[int, int, int]:
+    """The 3-subset c1 < c2 < c3 of colex rank s = C(c3, 3) + C(c2, 2) + c1."""
+    c3 = 2
+    while comb(c3 + 1, 3) <= s:
+        c3 += 1
+    s -= comb(c3, 3)
+    c2 = 1
+    while comb(c2 + 1, 2) <= s:
+        c2 += 1
+    return s - comb(c2, 2), c2, c3
+
+
 def index_of(y: list[int]) -> int:
-    """Index of pyramid point y (a list of ints) in the halves enumeration."""
-    d, k = len(y), sum(abs(v) for v in y)
+    """Index of pyramid point y (a list of ints) in the enumeration."""
+    return _index_of(list(y), sum(abs(v) for v in y), True)
+
+
+def _index_of(y: list[int], k: int, top: bool) -> int:
+    d = len(y)
     if d == 1:
         return 0 if y[0] >= 0 else 1
+    if d == 2:
+        return pair_index(*y)
+    if d == 4:
+        m = abs(y[0]) + abs(y[1])
+        if m == 0:
+            return pair_index(*y[2:])
+        if m == k:
+            return 4 * k + pair_index(*y[:2])
+        p, q = pair_index(*y[:2]), pair_index(*y[2:])
+        s = comb(m + 1 + (q >> 2), 3) + comb(m, 2) + (p >> 2)
+        return 8 * k + 16 * s + 4 * (p & 3) + (q & 3)
     d1, d2 = split_dims(d)
     k1 = sum(abs(v) for v in y[:d1])
-    base = sum(pyramid_count(d1, j) * pyramid_count(d2, k - j) for j in range(k1))
-    return base + index_of(y[:d1]) * pyramid_count(d2, k - k1) + index_of(y[d1:])
+    base = (class_bases(d, k)[k1] if top else
+            sum(pyramid_count(d1, j) * pyramid_count(d2, k - j) for j in range(k1)))
+    return base + _index_of(y[:d1], k1, False) * pyramid_count(d2, k - k1) + _index_of(y[d1:], k - k1, False)
 
 
 def point_of(index: int, d: int, k: int) -> list[int]:
-    """Pyramid point of P(d, k) with the given index (inverse of index_of)."""
-    if not 0 <= index < pyramid_count(d, k):
-        raise ValueError(f"index {index} out of range for N({d},{k})={pyramid_count(d, k)}")
+    """Pyramid point of P(d, k) with the given index (inverse of index_of); ValueError for a code that
+    is no point (past N(d, k), or between two aligned classes)."""
+    return _point_of(index, d, k, True)
+
+
+def _point_of(index: int, d: int, k: int, top: bool) -> list[int]:
+    if not has_classes(d) or not top:
+        if not 0 <= index < pyramid_count(d, k):
+            raise ValueError(f"index {index} out of range for N({d},{k})={pyramid_count(d, k)}")
     if d == 1:
         return [k if index == 0 else -k]
+    if d == 2:
+        return pair_point(k, index >> 2, index & 3)
+    if d == 4:
+        if k == 0:
+            return [0, 0, 0, 0]
+        if index < 8 * k:
+            e, q = divmod(index, 4)
+            return [0, 0] + pair_point(k, e, q) if e < k else pair_point(k, e - k, q) + [0, 0]
+        u = index - 8 * k
+        c1, c2, c3 = unrank3(u >> 4)
+        return pair_point(c2, c1, (u >> 2) & 3) + pair_point(k - c2, c3 - c2 - 1, u & 3)
     d1, d2 = split_dims(d)
-    k1 = 0
-    while True:
-        block = pyramid_count(d1, k1) * pyramid_count(d2, k - k1)
-        if index < block:
-            break
-        index -= block
-        k1 += 1
+    if top:
+        bases = class_bases(d, k)
+        if not 0 <= index < bases[-1]:
+            raise ValueError(f"index {index} out of range for the {bases[-1]} codes of P({d},{k})")
+        k1 = max(j for j in range(k + 1) if bases[j] <= index)
+        index -= bases[k1]
+        if index >= pyramid_count(d1, k1) * pyramid_count(d2, k - k1):
+            raise ValueError(f"index {index + bases[k1]} lies between two classes of P({d},{k}): no point")
+    else:
+        k1 = 0
+        while index >= pyramid_count(d1, k1) * pyramid_count(d2, k - k1):
+            index -= pyramid_count(d1, k1) * pyramid_count(d2, k - k1)
+            k1 += 1
     n2 = pyramid_count(d2, k - k1)
-    return point_of(index // n2, d1, k1) + point_of(index % n2, d2, k - k1)
+    return _point_of(index // n2, d1, k1, False) + _point_of(index % n2, d2, k - k1, False)
 
 
 # ---------------------------------------------------------------- vectorised enumeration (torch int64)
@@ -96,8 +195,11 @@ class Tables:
     """Count tables for one (D, K) as int64 tensors on a device, shared by index encode/decode.
 
     count[d][k]   = N(d, k)                                  for every d in the split tree, k <= K
-    cum[d][k][j]  = sum_{i < j} N(d1, i) * N(d2, k - i)      for j <= k + 1; cum[d][k][j] = 2^62
-                    for j > k + 1 (so that a search for "largest j with cum <= r" stops at k)
+    cum[d][k][j]  = sum_{i < j} N(d1, i) * N(d2, k - i)      for j <= k + 1, dimensions with classes;
+                    2^62 for j > k + 1 (a search for "largest j with cum <= r" stops at k)
+    top[j]        = class_bases(D, K), the top level's aligned classes (K + 2 entries), and
+    top_size[j]   = the points of class j
+    binom3[c], binom2[c] = C(c, 3), C(c, 2) for c <= K + 2 (the halves' colex ranks)
     """
 
     def __init__(self, D: int, K: int, device: torch.device | str = "cpu"):
@@ -106,10 +208,13 @@ class Tables:
         self.D, self.K, self.device = D, K, torch.device(device)
         self.count, self.cum = {}, {}
         big = 1 << 62
+
+        def tensor(v):
+            return torch.tensor(v, dtype=torch.int64, device=self.device)
+
         for d in tree_dims(D):
-            self.count[d] = torch.tensor([pyramid_count(d, k) for k in range(K + 1)],
-                                         dtype=torch.int64, device=self.device)
-            if d >= 2:
+            self.count[d] = tensor([pyramid_count(d, k) for k in range(K + 1)])
+            if has_classes(d):
                 d1, d2 = split_dims(d)
                 rows = []
                 for k in range(K + 1):
@@ -119,7 +224,13 @@ class Tables:
                         if j <= k:
                             acc += pyramid_count(d1, j) * pyramid_count(d2, k - j)
                     rows.append(row)
-                self.cum[d] = torch.tensor(rows, dtype=torch.int64, device=self.device)
+                self.cum[d] = tensor(rows)
+        if has_classes(D):
+            d1, d2 = split_dims(D)
+            self.top = tensor(list(class_bases(D, K)))
+            self.top_size = tensor([pyramid_count(d1, j) * pyramid_count(d2, K - j) for j in range(K + 1)])
+        self.binom3 = tensor([comb(c, 3) for c in range(K + 3)])
+        self.binom2 = tensor([comb(c, 2) for c in range(K + 3)])
 
 
 @lru_cache(maxsize=64)
@@ -135,46 +246,113 @@ def encode_index(y: torch.Tensor, K: int) -> torch.Tensor:
     k = y.abs().sum(1)
     if not bool((k == K).all()):
         raise ValueError("encode_index: every row of y must have L1 norm K")
-    return _index_rec(y, k, t)
+    return _index_rec(y, k, t, True)
 
 
-def _index_rec(y: torch.Tensor, k: torch.Tensor, t: Tables) -> torch.Tensor:
+def _pair_index(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """4t + q of pairs (a, b), as pair_index."""
+    return torch.where((a >= 0) & (b > 0), 4 * a,
+           torch.where((a < 0) & (b >= 0), 4 * b + 1,
+           torch.where((a <= 0) & (b < 0), 2 - 4 * a,
+           torch.where(a > 0, 3 - 4 * b, torch.zeros_like(a)))))
+
+
+def _index_rec(y: torch.Tensor, k: torch.Tensor, t: Tables, top: bool) -> torch.Tensor:
     d = y.shape[1]
     if d == 1:
         return (y[:, 0] < 0).to(torch.int64)
+    if d == 2:
+        return _pair_index(y[:, 0], y[:, 1])
+    if d == 4:
+        m = y[:, :2].abs().sum(1)
+        p, q = _pair_index(y[:, 0], y[:, 1]), _pair_index(y[:, 2], y[:, 3])
+        c3 = (m + 1 + (q >> 2)).clamp(max=t.K + 2)
+        inner = 8 * k + 16 * (t.binom3[c3] + t.binom2[m] + (p >> 2)) + 4 * (p & 3) + (q & 3)
+        return torch.where(m == 0, q, torch.where(m == k, 4 * k + p, inner))
     d1, d2 = split_dims(d)
     k1 = y[:, :d1].abs().sum(1)
     k2 = k - k1
-    base = t.cum[d][k, k1]
-    i1 = _index_rec(y[:, :d1], k1, t)
-    i2 = _index_rec(y[:, d1:], k2, t)
-    return base + i1 * t.count[d2][k2] + i2
+    base = t.top[k1] if top else t.cum[d][k, k1]
+    return base + _index_rec(y[:, :d1], k1, t, False) * t.count[d2][k2] + _index_rec(y[:, d1:], k2, t, False)
+
+
+def valid_index(index: torch.Tensor, D: int, K: int) -> torch.Tensor:
+    """Whether each B-bit code is the index of a point of P(D, K) (bool, shape of index)."""
+    index = index.to(torch.int64)
+    if not has_classes(D):
+        return (index >= 0) & (index < pyramid_count(D, K))
+    t = tables(D, K, str(index.device))
+    inside = (index >= 0) & (index < t.top[-1])
+    k1 = (t.top[None, :K + 1] <= index.clamp(min=0)[:, None]).sum(1) - 1
+    return inside & (index - t.top[k1] < t.top_size[k1])
+
+
+def rank_to_index(rank: torch.Tensor, D: int, K: int) -> torch.Tensor:
+    """The index of the rank-th point of P(D, K) in index order (0 <= rank < N(D, K)): uniform ranks give
+    uniform points, and arange(N) every point once."""
+    rank = rank.to(torch.int64)
+    if not has_classes(D):
+        return rank
+    t = tables(D, K, str(rank.device))
+    dense = t.cum[D][K, :K + 1]
+    k1 = (dense[None, :] <= rank[:, None]).sum(1) - 1
+    return rank - dense[k1] + t.top[k1]
 
 
 def decode_index(index: torch.Tensor, D: int, K: int) -> torch.Tensor:
-    """Pyramid points (int64 (G, D)) for indices (int64 (G,)); indices must be in [0, N(D, K))."""
+    """Pyramid points (int64 (G, D)) for indices (int64 (G,)); every index must be a point's
+    (valid_index), else ValueError."""
     t = tables(D, K, str(index.device))
     index = index.to(torch.int64)
-    if bool(((index < 0) | (index >= pyramid_count(D, K))).any()):
-        raise ValueError(f"decode_index: index out of range [0, N({D},{K}))")
+    if not bool(valid_index(index, D, K).all()):
+        raise ValueError(f"decode_index: an index is not a point of P({D},{K})")
     k = torch.full_like(index, K)
     out = torch.empty(index.shape[0], D, dtype=torch.int64, device=index.device)
-    _decode_rec(index, k, D, 0, out, t)
+    _decode_rec(index, k, D, 0, out, t, True)
     return out
 
 
-def _decode_rec(r: torch.Tensor, k: torch.Tensor, d: int, col: int, out: torch.Tensor, t: Tables):
+def _pair_point(n: torch.Tensor, t: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """rot^q (t, n - t), as pair_point, shape (G, 2)."""
+    odd, z = (q & 1) == 1, n - t
+    a, b = torch.where(odd, z, t), torch.where(odd, t, z)
+    a = torch.where((q == 1) | (q == 2), -a, a)
+    b = torch.where(q >= 2, -b, b)
+    return torch.stack([a, b], 1)
+
+
+def _decode_rec(r: torch.Tensor, k: torch.Tensor, d: int, col: int, out: torch.Tensor, t: Tables, top: bool):
     if d == 1:
         out[:, col] = torch.where(r == 0, k, -k)
         return
+    if d == 2:
+        out[:, col:col + 2] = _pair_point(k, r >> 2, r & 3)
+        return
+    if d == 4:
+        edge = (r < 8 * k) | (k == 0)
+        e, side = r >> 2, (r >> 2) >= k
+        u = (r - 8 * k).clamp(min=0)
+        s = u >> 4
+        c3 = torch.searchsorted(t.binom3, s, right=True) - 1
+        s2 = s - t.binom3[c3]
+        c2 = torch.searchsorted(t.binom2, s2, right=True) - 1
+        c1 = s2 - t.binom2[c2]
+        zero = torch.zeros_like(k)
+        n_p = torch.where(edge, torch.where(side, k, zero), c2)
+        t_p = torch.where(edge, torch.where(side, e - k, zero), c1)
+        t_q = torch.where(edge, torch.where(side, zero, e), c3 - c2 - 1)
+        q_p = torch.where(edge, r & 3, (u >> 2) & 3)
+        out[:, col:col + 2] = _pair_point(n_p, t_p, q_p)
+        out[:, col + 2:col + 4] = _pair_point(k - n_p, t_q, r & 3)
+        return
     d1, d2 = split_dims(d)
-    cum = t.cum[d][k]                                   # (G, K + 2)
-    k1 = (cum <= r[:, None]).sum(1) - 1                 # largest j with cum[j] <= r
+    cum = t.top[None, :].expand(r.shape[0], -1) if top else t.cum[d][k]     # (G, K + 2)
+    k1 = (cum[:, :t.K + 1] <= r[:, None]).sum(1) - 1 if top else (cum <= r[:, None]).sum(1) - 1
     k2 = k - k1
     r = r - cum.gather(1, k1[:, None])[:, 0]
     n2 = t.count[d2][k2]
-    _decode_rec(r // n2, k1, d1, col, out, t)
-    _decode_rec(r % n2, k2, d2, col + d1, out, t)
+    _decode_rec(r // n2, k1, d1, col, out, t, False)
+    _decode_rec(r % n2, k2, d2, col + d1, out, t, False)
 
 
 # ---------------------------------------------------------------- encoder: nearest pyramid point

@@ -20,14 +20,14 @@ import gguf
 import numpy as np
 import torch
 
-from .pvq import Quantized, pyramid_count
+from .pvq import Quantized, pyramid_count, valid_index
 
 TYPE_BASE = 0x50000000
 MAX_FIELD_BITS = 56          # an index + gain code field; the C decoder reads it with one 64-bit load
 MAX_D, MAX_K, MAX_GAIN_BITS = 64, 65535, 8
 SCALE_SUFFIX = ".pvq_scale"
 LEVELS_KEY = "pvq.gain_levels."
-VERSION_KEY, VERSION = "pvq.version", 1
+VERSION_KEY, VERSION = "pvq.version", 2   # 2: the enumeration of docs/format.md (1: the plain halves, no longer read)
 
 
 @dataclass(frozen=True)
@@ -240,11 +240,11 @@ def validate(t: PVQTensor) -> None:
         raise ValueError(f"{t.name}: gain levels must be {1 << lay.gain_bits} finite, non-negative, "
                          "increasing float32 values")
     index, code = unpack_rows(t.rows, lay)
-    bad = index >= pyramid_count(lay.D, lay.K)
+    bad = ~valid_index(index.reshape(-1), lay.D, lay.K).reshape(index.shape)
     if bool(bad.any()):
         r, g = (int(v) for v in bad.nonzero()[0])
-        raise ValueError(f"{t.name}: row {r} group {g}: shape index {int(index[r, g])} >= "
-                         f"N({lay.D},{lay.K}) = {pyramid_count(lay.D, lay.K)}")
+        raise ValueError(f"{t.name}: row {r} group {g}: shape index {int(index[r, g])} is no point of "
+                         f"P({lay.D},{lay.K})")
     # Every code in [0, 2^b) names a level: the field width makes an out-of-range code unrepresentable.
 
 
@@ -256,6 +256,13 @@ def read_pvq_tensors(path, check: bool = True) -> dict[str, PVQTensor]:
         cause = e.__context__ if e.__context__ is not None else e
         raise ValueError(f"{path}: {cause}") from e
     tensors = {t.name: t for t in reader.tensors}
+    if any(is_pvq_type(int(t.tensor_type)) for t in reader.tensors):
+        field = reader.fields.get(VERSION_KEY)
+        version = int(field.contents()) if field is not None else None
+        if version != VERSION:
+            raise ValueError(f"{path}: {VERSION_KEY} is {version}, this reader reads {VERSION}" +
+                             (": the file was written by an older converter, convert the model again" if version == 1
+                              else ""))
     out = {}
     for t in reader.tensors:
         if not is_pvq_type(int(t.tensor_type)):

@@ -46,6 +46,7 @@ class Kernels:
         L.pvq_validate_row.restype = I64
         L.pvq_validate_tensor.argtypes = [P, P, ctypes.c_size_t, I64, I64, P, ctypes.c_char_p, ctypes.c_size_t]
         L.pvq_decode_point.argtypes = [P, ctypes.c_uint64, P]
+        L.pvq_index_is_point.argtypes = [P, ctypes.c_uint64]
         for name in ("pvq_dequantize_row_ref", "pvq_dequantize_row_scalar", "pvq_dequantize_row_avx2",
                      "pvq_dequantize_row_avx512"):
             if hasattr(L, name):
@@ -87,6 +88,9 @@ class Codec:
         y = np.zeros(D, dtype=np.int32)
         self.k.lib.pvq_decode_point(self.buf, index, y.ctypes.data)
         return y.tolist()
+
+    def is_point(self, index: int) -> bool:
+        return bool(self.k.lib.pvq_index_is_point(self.buf, index))
 
     def validate(self, rows: np.ndarray, n: int, scales: np.ndarray | None) -> None:
         rows = np.ascontiguousarray(rows, dtype=np.uint8)

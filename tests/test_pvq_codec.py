@@ -41,31 +41,51 @@ def test_counts_exact_beyond_64_bits():
 
 @pytest.mark.parametrize("D,K", SMALL)
 def test_enumeration_is_a_bijection(D, K):
+    """Every code of the B-bit field is a point's index or not, and the points are P(D, K), each once."""
     n = pvq.pyramid_count(D, K)
-    idx = torch.arange(n)
+    codes = torch.arange(1 << (n - 1).bit_length())
+    idx = codes[pvq.valid_index(codes, D, K)]
+    assert len(idx) == n and torch.equal(pvq.rank_to_index(torch.arange(n), D, K), idx)
     y = pvq.decode_index(idx, D, K)
     assert (y.abs().sum(1) == K).all()
     assert len({tuple(r) for r in y.tolist()}) == n
     assert torch.equal(pvq.encode_index(y, K), idx)
     if n <= 2000:   # the Python-int reference agrees with the vectorised one
-        assert [pvq.point_of(i, D, K) for i in range(n)] == y.tolist()
+        assert [pvq.point_of(int(i), D, K) for i in idx] == y.tolist()
+        for i in set(range(len(codes))) - set(idx.tolist()):
+            with pytest.raises(ValueError):
+                pvq.point_of(i, D, K)
         assert sorted(map(tuple, y.tolist())) == sorted(brute_points(D, K)) if D <= 5 else True
+
+
+def test_aligned_classes_keep_the_field():
+    """The presets' top-level classes, aligned for a one-lookup split, still fit the B-bit index of a dense
+    enumeration (the rate is unchanged); 3.75 (K = 22) has no room and stays dense."""
+    for K, align in [(6, 8), (10, 13), (14, 16), (22, 0), (29, 23), (32, 24)]:
+        B = (pvq.pyramid_count(8, K) - 1).bit_length()
+        bases = pvq.class_bases(8, K)
+        assert bases[-1] <= 1 << B
+        assert all(b % (1 << align) == 0 for b in bases) and (align == 0 or align == B - 7)
+        if align == 0:
+            assert bases[-1] == pvq.pyramid_count(8, K)
 
 
 @pytest.mark.parametrize("D,K", [(3, 7), (5, 4), (8, 3), (8, 6), (16, 2)])
 def test_c_enumeration_matches_torch(kernels, D, K):
     c = kernels.codec(pvq_format.layout(D, K, 1).type_id, [0.5, 1.0])
     n = pvq.pyramid_count(D, K)
-    idx = torch.arange(n)
+    codes = torch.arange(1 << (n - 1).bit_length())
+    assert [c.is_point(int(i)) for i in codes] == pvq.valid_index(codes, D, K).tolist()
+    idx = pvq.rank_to_index(torch.arange(n), D, K)
     y = pvq.decode_index(idx, D, K).tolist()
-    assert [c.point(i, D) for i in range(n)] == y
+    assert [c.point(int(i), D) for i in idx] == y
 
 
 def test_large_index_round_trip():
     # D = 16, K = 26: 47-bit indices; random points through encode/decode and the Python-int reference.
     D, K = 16, 26
     g = torch.Generator().manual_seed(1)
-    idx = torch.randint(0, 2 ** 62, (2000,), generator=g) % pvq.pyramid_count(D, K)
+    idx = pvq.rank_to_index(torch.randint(0, 2 ** 62, (2000,), generator=g) % pvq.pyramid_count(D, K), D, K)
     y = pvq.decode_index(idx, D, K)
     assert torch.equal(pvq.encode_index(y, K), idx)
     for i in range(20):
@@ -219,10 +239,25 @@ def patch(path, offset, data):
         f.write(data)
 
 
+def test_version_1_file_refused(tmp_path):
+    """A file of the previous enumeration is refused with the way out, not decoded as version 2."""
+    q = pvq.quantize_matrix(random_matrix(8, 576, 12), 8, 14, 3)
+    path = tmp_path / "v1.gguf"
+    w = gguf.GGUFWriter(str(path), "pvqtest")
+    w.add_uint32(pvq_format.VERSION_KEY, 1)
+    pvq_format.add_pvq_tensor(w, "w", q)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ValueError, match="pvq.version is 1, this reader reads 2: .*convert the model again"):
+        pvq_format.read_pvq_tensors(path)
+
+
 def test_index_out_of_range_rejected(small_file, kernels):
     path, lay, q = small_file
     t = gguf.GGUFReader(str(path)).tensors[0]
-    # Set row 3, group 5's field to all ones: index 2^23 - 1 >= N(8, 14).
+    # Set row 3, group 5's field to all ones: index 2^23 - 1, past the last class of P(8, 14).
     rows = np.array(t.data)
     W = lay.field_bits
     bits = np.unpackbits(rows[3], bitorder="little")

@@ -19,11 +19,12 @@ def kernels():
 
 
 def random_rows(lay, rows, n, rng):
-    """Random valid rows: uniform indices below N(D, K), uniform gain codes."""
+    """Random valid rows: uniform points (their indices), uniform gain codes."""
     import torch
     N = pvq.pyramid_count(lay.D, lay.K)
     G = n // lay.D
-    index = torch.from_numpy(rng.integers(0, N, size=(rows, G), dtype=np.int64))
+    index = pvq.rank_to_index(torch.from_numpy(rng.integers(0, N, size=rows * G, dtype=np.int64)), lay.D,
+                              lay.K).reshape(rows, G)
     code = torch.from_numpy(rng.integers(0, 1 << lay.gain_bits, size=(rows, G), dtype=np.int64))
     return pvq_format.pack_rows(index, code, lay), index, code
 
@@ -127,7 +128,7 @@ def test_every_index_of_the_small_presets(kernels, bits):
     N = pvq.pyramid_count(lay.D, lay.K)
     per_chunk = 128 * 4096 // 8
     for start in range(0, N, per_chunk):
-        assert_indices_decode_alike(kernels, lay, torch.arange(start, start + per_chunk) % N)
+        assert_indices_decode_alike(kernels, lay, pvq.rank_to_index(torch.arange(start, start + per_chunk) % N, 8, lay.K))
 
 
 def test_matvec_q8_with_fp16_scales(kernels):
@@ -183,14 +184,13 @@ def test_every_half_of_the_large_presets(kernels, bits):
     import torch
     lay = pvq_presets.preset(bits)
     K, N = lay.K, pvq.pyramid_count
-    idx, cum = [], 0
+    idx = []
     for k1 in range(K + 1):
-        n1, n2 = N(4, k1), N(4, K - k1)
+        n1, n2, cum = N(4, k1), N(4, K - k1), pvq.class_bases(8, K)[k1]
         i1 = torch.arange(n1)
         idx.append(cum + i1 * n2 + i1 % n2)            # every first half, some second half
         i2 = torch.arange(n2)
         idx.append(cum + (i2 % n1) * n2 + i2)          # every second half
-        cum += n1 * n2
     idx = torch.cat(idx)
     idx = torch.cat([idx, torch.zeros((-len(idx)) % 512, dtype=idx.dtype)])   # whole rows of 4096 weights
     assert_indices_decode_alike(kernels, lay, idx)

@@ -70,12 +70,15 @@ class RandomPVQ:
             L.pvq_select_kernels(ffi.addressof(self.layout, "codec"), isa, ffi.addressof(self.layout.k, isa))
         c = self.layout.codec
         self.n, self.rows, self.row_bytes = n, rows, L.pvq_row_bytes(ffi.addressof(self.layout, "codec"), n)
+        import torch
+        from pvq_convert.pvq import rank_to_index
         W, G = c.field_bits, n // D
         data = bytearray()
         for _ in range(rows):
             v = 0
+            index = rank_to_index(torch.from_numpy(rng.integers(0, c.n_points, G, dtype=np.int64)), D, K).tolist()
             for g in range(G):
-                field = int(rng.integers(0, c.n_points)) << b | int(rng.integers(0, 1 << b))
+                field = index[g] << b | int(rng.integers(0, 1 << b))
                 v |= field << (g * W)
             data += v.to_bytes(self.row_bytes, "little")
         self.data = np.frombuffer(bytes(data), np.uint8).copy()
@@ -550,14 +553,14 @@ def _tiny_pvq(tmp_path, mutate: str | None = None):
 
     from pvq_convert.gguf_out import copy_fields
     from pvq_convert.pvq import quantize_matrix
-    from pvq_convert.pvq_format import pvq_entries
+    from pvq_convert.pvq_format import VERSION, VERSION_KEY, pvq_entries
     from runtime_clib import tiny_gguf
     src = tiny_gguf(tmp_path / "tiny-f16.gguf")
     reader = gguf.GGUFReader(src)
     out = tmp_path / f"tiny-pvq-{mutate}.gguf"
     w = gguf.GGUFWriter(str(out), "llama")
     copy_fields(reader, w, skip={"general.architecture"})
-    w.add_uint32("pvq.version", 1)
+    w.add_uint32(VERSION_KEY, 1 if mutate == "version_1" else VERSION)
     for t in reader.tensors:
         data = np.array(t.data)
         if not (t.name.startswith("blk.") and data.ndim == 2):
@@ -569,7 +572,7 @@ def _tiny_pvq(tmp_path, mutate: str | None = None):
         target = t.name == "blk.1.ffn_down.weight"
         if target and mutate == "bad_index":
             rows = rows.copy()
-            rows[3, :4] = 0xFF  # group 0 of row 3: shape index 2^23 - 1 >= N(8, 14)
+            rows[3, :4] = 0xFF  # group 0 of row 3: shape index 2^23 - 1, past the last class of P(8, 14)
         if target and mutate == "bad_levels":
             levels = levels[::-1]
         if target and mutate == "nan_scale":
@@ -594,10 +597,12 @@ def test_tiny_pvq_model_runs(tmp_path):
 
 
 @pytest.mark.parametrize("mutate, message", [
+    ("version_1", b"blk.0.attn_q.weight is PVQ of pvq.version 1, an enumeration this runtime no longer reads: "
+                  b"convert the model again"),
     ("no_scales", b"has no row scales (tensor blk.1.ffn_down.weight.pvq_scale)"),
     ("no_levels", b"has no gain levels (metadata pvq.gain_levels.blk.1.ffn_down.weight)"),
     ("bad_levels", b"is not finite, non-negative and increasing"),
-    ("bad_index", b"blk.1.ffn_down.weight: PVQ tensor: row 3 group 0: shape index 8388607 >= N(8,14)"),
+    ("bad_index", b"blk.1.ffn_down.weight: PVQ tensor: row 3 group 0: shape index 8388607 is no point of P(8,14)"),
     ("nan_scale", b"blk.1.ffn_down.weight: PVQ tensor: row 5 has a non-finite scale"),
 ])
 def test_hostile_pvq_tensor_is_a_clear_error(tmp_path, mutate, message):

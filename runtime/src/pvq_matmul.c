@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define PVQ_FORMAT_VERSION 1
+#define PVQ_FORMAT_VERSION 2
 
 /* Finds or builds the layout of (type id, levels) in set. */
 static const pvq_layout *layout_for(pvq_layouts *set, uint32_t type_id, const float *levels, size_t n_levels,
@@ -69,9 +69,11 @@ int pvq_weight_load(pvq_weight *pw, pvq_layouts *set, const gguf_file *f, const 
     memset(pw, 0, sizeof *pw);
     char name[256], key[300], why[200];
     snprintf(name, sizeof name, "%.*s", (int)(t->name.len < 200 ? t->name.len : 200), t->name.ptr);
-    uint32_t version;
+    uint32_t version = 0;
     if (gguf_get_u32(f, "pvq.version", &version) || version != PVQ_FORMAT_VERSION)
-        return err_fail(err, err_len, "%s is PVQ but pvq.version is missing or not %d", name, PVQ_FORMAT_VERSION);
+        return err_fail(err, err_len, version == 1 ? "%s is PVQ of pvq.version 1, an enumeration this runtime no longer "
+                                                     "reads: convert the model again (pvq.version %d)"
+                                                   : "%s is PVQ but pvq.version is missing or not %d", name, PVQ_FORMAT_VERSION);
     int64_t n = t->ne[0], rows = t->ne[1];
 
     snprintf(key, sizeof key, "%s.pvq_scale", name);

@@ -108,11 +108,16 @@ static void check_layout(int D, int K, int b, int64_t groups_hint, int rows)
     int8_t *xq = malloc(steps * PVQD_Q8_STEP), *xq_cpu = malloc(steps * PVQD_Q8_STEP);
     float *xs = malloc(steps * sizeof(float)), *xs_cpu = malloc(steps * sizeof(float));
     uint16_t *scales = malloc(rows * sizeof(uint16_t));
+    /* the last point: the end of the last class (k1 = K, N(D/2, K) points) where the top level has classes */
+    uint64_t last = c.class_base ? c.class_base[c.K] + c.count[(c.D / 2) * (c.K + 1) + c.K] - 1 : c.n_points - 1;
+    uint64_t mask = (UINT64_C(1) << c.index_bits) - 1;
     for (int r = 0; r < rows; r++) {
         scales[r] = (uint16_t)(0x2C00 + rnd() % 0x1000);
         for (int64_t g = 0; g < G; g++) {
-            /* extremes of the index range as well as random ones */
-            uint64_t idx = g == 0 ? 0 : g == 1 ? c.n_points - 1 : rnd() % c.n_points;
+            /* the first and last points' indices as well as random ones (uniform points) */
+            uint64_t idx = g == 0 ? 0 : last;
+            if (g > 1)
+                do idx = rnd() & mask; while (!pvq_index_is_point(&c, idx));
             put_field(data + r * rb, g, c.field_bits, idx << b | (rnd() & ((1u << b) - 1)));
         }
     }

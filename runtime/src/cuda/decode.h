@@ -17,6 +17,8 @@
 #define PVQ_HD static inline
 #endif
 
+#include "../kernels/pvq_enum.h"
+
 #define PVQD_MAX_D 64
 
 /* The tables of one layout, as pointers into one blob (host or device memory; plan.h builds it). */
@@ -33,6 +35,7 @@ typedef struct pvqd_tables {
     const uint8_t *bucket_k1;
     const float *inv_sqrt;     /* [K * K + 1]: 1 / sqrtf(q), the GEMV's factor per sum of squares q */
     const uint64_t *count;     /* count[d * (K + 1) + k] = N(d, k): the generic path */
+    const uint64_t *class_base; /* the top level's classes (pvq_codec.class_base), NULL for D = 2, 4 */
     const float *levels;       /* 2^gain_bits gain levels (per tensor) */
 } pvqd_tables;
 
@@ -78,7 +81,8 @@ PVQ_HD int32_t pvqd_sumsq8(uint32_t lo, uint32_t hi)
 
 PVQ_HD int pvqd_coord(uint32_t word, int j) { return (int)(int8_t)(uint8_t)(word >> (8 * j)); }
 
-/* Generic path: the point of any index of P(D, K) by the halves enumeration, with an explicit stack. */
+/* Generic path: the point of any index of P(D, K) (a point's: the reader validated it), with an explicit
+ * stack over the halves' split; below the top level the classes are dense. */
 PVQ_HD void pvqd_point(const pvqd_tables *t, uint64_t idx, int32_t *y)
 {
     struct { int d, k, col; uint64_t r; } st[2 * PVQD_MAX_D];
@@ -90,11 +94,18 @@ PVQ_HD void pvqd_point(const pvqd_tables *t, uint64_t idx, int32_t *y)
         int d = st[top].d, k = st[top].k, col = st[top].col;
         uint64_t r = st[top].r;
         if (d == 1) { y[col] = r == 0 ? k : -k; continue; }
+        if (d == 2) { pvq_pair_point(k, r, y + col); continue; }
+        if (d == 4) { pvq_half_point(k, r, y + col); continue; }
         int d1 = d / 2, d2 = d - d1, k1 = 0;
-        for (;; k1++) {
-            uint64_t block = t->count[d1 * K1 + k1] * t->count[d2 * K1 + k - k1];
-            if (r < block) break;
-            r -= block;
+        if (d == t->D && t->class_base) {
+            while (k1 < t->K && t->class_base[k1 + 1] <= r) k1++;
+            r -= t->class_base[k1];
+        } else {
+            for (;; k1++) {
+                uint64_t block = t->count[d1 * K1 + k1] * t->count[d2 * K1 + k - k1];
+                if (r < block) break;
+                r -= block;
+            }
         }
         uint64_t n2 = t->count[d2 * K1 + k - k1];
         st[top].d = d1; st[top].k = k1; st[top].col = col; st[top].r = r / n2; top++;

@@ -21,10 +21,11 @@ int pvq_cuda_tables_build(pvq_cuda_tables *t, const pvq_codec *c)
     if (s->fast) {
         s->bucket_shift = c->fast->bucket_shift;
         s->exact_div = c->fast->exact_div;
-        s->bucket_len = (uint32_t)(((c->n_points - 1) >> c->fast->bucket_shift) + 1);
+        s->bucket_len = (uint32_t)c->fast->bucket_len;
     }
     size_t off = 0;
     t->off_count = off;   off = align8(off + count_len * sizeof(uint64_t));
+    t->off_class_base = off; off = align8(off + (c->class_base ? (size_t)c->K + 2 : 0) * sizeof(uint64_t));
     t->off_cum = off;     off = align8(off + ntab * sizeof(uint32_t));
     t->off_n2 = off;      off = align8(off + ntab * sizeof(uint32_t));
     t->off_base_lo = off; off = align8(off + ntab * sizeof(uint32_t));
@@ -37,6 +38,8 @@ int pvq_cuda_tables_build(pvq_cuda_tables *t, const pvq_codec *c)
     t->bytes = off;
     if (!(t->blob = calloc(1, t->bytes))) return -1;
     memcpy(t->blob + t->off_count, c->count, count_len * sizeof(uint64_t));
+    if (c->class_base) memcpy(t->blob + t->off_class_base, c->class_base, ((size_t)c->K + 2) * sizeof(uint64_t));
+    t->has_class_base = c->class_base != NULL;
     if (s->fast) {
         memcpy(t->blob + t->off_cum, c->fast->cum, ntab * sizeof(uint32_t));
         memcpy(t->blob + t->off_n2, c->fast->n2, ntab * sizeof(uint32_t));
@@ -64,6 +67,7 @@ pvqd_tables pvq_cuda_tables_bind(const pvq_cuda_tables *t, const void *base, con
     const uint8_t *b = base;
     pvqd_tables s = t->shape;
     s.count = (const uint64_t *)(b + t->off_count);
+    s.class_base = t->has_class_base ? (const uint64_t *)(b + t->off_class_base) : NULL;
     s.levels = levels;
     s.cum = (const uint32_t *)(b + t->off_cum);
     s.n2 = (const uint32_t *)(b + t->off_n2);

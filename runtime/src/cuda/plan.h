@@ -20,7 +20,8 @@ extern "C" {
 typedef struct pvq_cuda_tables {
     pvqd_tables shape;         /* D, K, b, W, fast, ntab; pointers unset (see pvq_cuda_tables_bind) */
     size_t off_cum, off_n2, off_base_lo, off_base_hi, off_lut4, off_count, off_inv_n2, off_inv_n2d, off_bucket,
-        off_inv_sqrt;
+        off_inv_sqrt, off_class_base;
+    int has_class_base;
     size_t bytes;
     uint8_t *blob;             /* host copy, malloc'd */
 } pvq_cuda_tables;

@@ -1,13 +1,14 @@
 /* AVX-512 (F, BW, VL, VBMI, VNNI) kernels of the PVQ type for D == 8 and K <= PVQ_ARITH_MAX_K
  * (closed_form; other layouts run the table-driven scalar kernels): sixteen groups per step, one
- * per 32-bit lane, no scalar work.
+ * per 32-bit lane, no scalar work, no gather.
  *
  * Fields: one masked load and one vpermb place each field's bytes in its lane (a dword when every
  * field fits one after its bit offset, else a qword per field, eight per chunk), then a variable
- * shift and a mask.  The split k1 is a binary search in the cumulative table held in registers
- * (vpermd / vpermi2d), every per-k1 constant is a register permute, the division is a float
- * reciprocal product with one correction (quotients < 2^16), the halves come from the enumeration's
- * closed forms in word and byte lanes (halves16: no point table, no gather), ||y||^2 is two vpdpbusd;
+ * shift and a mask.  The class k1 is one byte-table lookup of the index's top bits (the classes are
+ * aligned; a binary search in the cumulative table where they are dense), every per-k1 constant is a
+ * register permute, the division is a float reciprocal product (corrected once unless exact); the
+ * halves split by two lookups of their colex ranks in word lanes and their pairs are quarter-arcs in
+ * byte lanes (halves16, docs/format.md); ||y||^2 is two vpdpbusd;
  * float dots take 1/||y|| from rsqrt14 and a Newton step instead of the format's sqrt and divide.
  * Outputs: floats (dequantize: bit-identical to pvq_ref.c), a float dot (up to summation order), or
  * an integer dot with Q8 activations (pvq_quantize_x_q8), where the point bytes meet the activation
@@ -19,7 +20,7 @@
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline))
 
-/* Whether these kernels decode the codec's halves by their closed forms (pvq_fast8.tri ... halves_hi). */
+/* Whether these kernels decode the codec (pvq_fast8's AVX-512 tables: a half's index fits 16 bits). */
 static int closed_form(const pvq_codec *c) { return c->fast && c->K <= PVQ_ARITH_MAX_K; }
 
 /* A table of ntab (16 or 32) 32-bit entries in registers. */
@@ -40,12 +41,12 @@ TARGET INLINE __m512i lookup(const table *t, __m512i k, int ntab)
 }
 
 typedef struct {
-    table cum, n2, inv, levels;
+    table cum, n2, inv, levels, k_pair;
     __m512i perm, shift, field_mask, perm32, shift32, field_mask32, code_mask;
-    __m512i K, tri, sq, recip, pair_bytes, lo_bytes, hi_bytes;
+    __m512i bucket_a, bucket_b, bucket_c, bucket_d, c3_a, c3_b, c3_c, c3_d, c2_a, c2_b;
+    __m512i binom3_next, binom3, binom2_next, binom2, pair_sel, lo_sel, hi_sel;
     const float *level_list;
-    const uint16_t *cum4;
-    int W, b;
+    int W, b, bucket_bits, align;
 } kernel;
 
 TARGET INLINE void kernel_init(kernel *k, const pvq_codec *c)
@@ -64,16 +65,28 @@ TARGET INLINE void kernel_init(kernel *k, const pvq_codec *c)
     k->field_mask32 = _mm512_set1_epi32((int)((UINT64_C(1) << (c->field_bits & 31)) - 1 +
                                               (c->field_bits == 32 ? UINT64_C(0xFFFFFFFF) : 0)));
     k->code_mask = _mm512_set1_epi32((1 << c->gain_bits) - 1);
-    k->K = _mm512_set1_epi32(c->K);
-    k->tri = _mm512_loadu_si512(f->tri);
-    k->sq = _mm512_loadu_si512(f->sq);
-    k->recip = _mm512_loadu_si512(f->recip);
-    k->cum4 = f->cum4;
-    k->pair_bytes = _mm512_loadu_si512(f->halves_pair);
-    k->lo_bytes = _mm512_loadu_si512(f->halves_lo);
-    k->hi_bytes = _mm512_loadu_si512(f->halves_hi);
+    k->k_pair = table_load(f->k_pair, 32);
+    k->bucket_a = _mm512_loadu_si512(f->class_of_bucket);
+    k->bucket_b = _mm512_loadu_si512(f->class_of_bucket + 64);
+    k->bucket_c = _mm512_loadu_si512(f->class_of_bucket + 128);
+    k->bucket_d = _mm512_loadu_si512(f->class_of_bucket + 192);
+    k->c3_a = _mm512_loadu_si512(f->c3_of_key);
+    k->c3_b = _mm512_loadu_si512(f->c3_of_key + 64);
+    k->c3_c = _mm512_loadu_si512(f->c3_of_key + 128);
+    k->c3_d = _mm512_loadu_si512(f->c3_of_key + 192);
+    k->c2_a = _mm512_loadu_si512(f->c2_of_key);
+    k->c2_b = _mm512_loadu_si512(f->c2_of_key + 64);
+    k->binom3_next = _mm512_loadu_si512(f->binom3_next);
+    k->binom3 = _mm512_loadu_si512(f->binom3);
+    k->binom2_next = _mm512_loadu_si512(f->binom2_next);
+    k->binom2 = _mm512_loadu_si512(f->binom2);
+    k->pair_sel = _mm512_loadu_si512(f->pair_sel);
+    k->lo_sel = _mm512_loadu_si512(f->lo_sel);
+    k->hi_sel = _mm512_loadu_si512(f->hi_sel);
     k->W = c->field_bits;
     k->b = c->gain_bits;
+    k->bucket_bits = f->bucket_bits;
+    k->align = c->class_align;
 }
 
 /* Mask of the first nb bytes (nb clamped to [0, 64]). */
@@ -121,97 +134,102 @@ TARGET INLINE void fields16(const kernel *k, const uint8_t *p, int64_t nb, int n
                                                 _mm512_cvtepi64_epi32(f1), 1), k->code_mask);
 }
 
-/* Words t[idx] of a table of T words (16, 32, 64 or 128) at t, idx < T. */
-TARGET INLINE __m512i table_words(const uint16_t *t, int T, __m512i idx)
-{
-    if (T <= 32) return _mm512_permutexvar_epi16(idx, _mm512_loadu_si512(t));
-    __m512i v = _mm512_permutex2var_epi16(_mm512_loadu_si512(t), idx, _mm512_loadu_si512(t + 32));
-    if (T == 64) return v;
-    __m512i w = _mm512_permutex2var_epi16(_mm512_loadu_si512(t + 64), idx, _mm512_loadu_si512(t + 96));
-    return _mm512_mask_mov_epi16(v, _mm512_test_epi16_mask(idx, _mm512_set1_epi16(64)), w);
-}
-
 /* Each statement so marked runs for the U (1 or 2) steps side by side. */
 #define EACH for (int u = 0; u < U; u++)
 
-/* The halves of U steps of sixteen groups from their pulse counts and indices (k1, i1 = q, i2 = rem; dword
- * lanes) by the enumeration's closed forms, as int8 x 4 per lane (lo: coordinates 0-3, hi: 4-7).  The halves
- * work in 32 word lanes (2g + h: half h of group g), their pairs in 64 byte lanes (w: a half's first pair,
- * 32 + w: its second).  ntab: pvq_fast8.ntab (16 or 32). */
-
-TARGET INLINE void halves16(const kernel *k, int U, const __m512i *k1, const __m512i *i1, const __m512i *i2, int ntab,
+/* The points of U steps of sixteen groups from their classes and halves' indices (k1, hA, hB; dword lanes),
+ * as int8 x 4 per lane (lo: coordinates 0-3, hi: 4-7).  The halves work in 32 word lanes (2g + h: half h of
+ * group g), their pairs in 64 byte lanes (pair j of group g in byte 4g + j).  small: K <= 14 (ntab 16). */
+TARGET INLINE void halves16(const kernel *k, int U, const __m512i *k1, const __m512i *hA, const __m512i *hB, int small,
                             __m512i *lo, __m512i *hi)
 {
-    const __m512i zero = _mm512_setzero_si512();
-    __m512i kh[2], i[2], m[2], cum[2], r[2], d[2], x[2], ja[2], jr[2], jb[2], n[2], j[2], t[2], a[2], y1[2], y2[2];
-    EACH kh[u] = _mm512_or_si512(k1[u], _mm512_slli_epi32(_mm512_sub_epi32(k->K, k1[u]), 16));   /* pulses */
-    EACH i[u] = _mm512_or_si512(i1[u], _mm512_slli_epi32(i2[u], 16));                            /* index */
-    /* m, the first pair's pulses: the largest m <= k with cum4(k, m) <= i (binary, from the pvq_fast8.cum4
-     * tables, then from cum4(k, m) = 4k + 16 (k tri[m] - sq[m]) for 1 <= m <= k) */
-    EACH m[u] = cum[u] = zero;
-    const uint16_t *tab = k->cum4;
-#pragma GCC unroll 5
-    for (int js = 0, step = ntab / 2; step; js++, step >>= 1) {
-        __m512i cand[2], c[2];
-        __mmask32 ok[2];
-        EACH cand[u] = _mm512_add_epi16(m[u], _mm512_set1_epi16((short)step));
-        if ((ntab << js) <= 128) {                 /* the steps pvq_fast8.cum4 has tables for */
-            EACH c[u] = table_words(tab, ntab << js, _mm512_or_si512(_mm512_slli_epi16(m[u], js), kh[u]));
-            EACH ok[u] = _mm512_cmple_epu16_mask(c[u], i[u]);
-            tab += ntab << js;
-        } else {
-            EACH c[u] = _mm512_sub_epi16(_mm512_mullo_epi16(kh[u], _mm512_permutexvar_epi16(cand[u], k->tri)),
-                                         _mm512_permutexvar_epi16(cand[u], k->sq));
-            EACH c[u] = _mm512_add_epi16(_mm512_slli_epi16(kh[u], 2), _mm512_slli_epi16(c[u], 4));
-            EACH ok[u] = _mm512_mask_cmple_epu16_mask(_mm512_cmple_epu16_mask(cand[u], kh[u]), c[u], i[u]);
+    const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi16(1), low_byte = _mm512_set1_epi16(0xFF);
+    __m512i kw[2], hw[2], k8[2], u8[2], s[2], c3[2], s2[2], c2[2], c1[2], e[2], nP[2], tP[2], tQ[2], qP[2];
+    __mmask32 edge[2], side[2];
+    EACH kw[u] = lookup(&k->k_pair, k1[u], 32);                                   /* pulses of the halves */
+    EACH hw[u] = _mm512_or_si512(hA[u], _mm512_slli_epi32(hB[u], 16));           /* their indices */
+    /* edges (one pair empty) below 8k; a half of no pulses is one too */
+    EACH k8[u] = _mm512_slli_epi16(kw[u], 3);
+    EACH edge[u] = _mm512_cmplt_epu16_mask(hw[u], _mm512_max_epu16(k8[u], one));
+    EACH u8[u] = _mm512_sub_epi16(hw[u], k8[u]);
+    EACH s[u] = _mm512_srli_epi16(u8[u], 4);                                      /* the colex rank */
+    /* c3 - 2: the key's entry or one more (entry 0 is 0, so the high byte of a word stays clear) */
+    if (small) {
+        EACH c3[u] = _mm512_permutex2var_epi8(k->c3_a, _mm512_min_epu16(s[u], _mm512_add_epi16(_mm512_srli_epi16(s[u], 4),
+                                                                                            _mm512_set1_epi16(60))), k->c3_b);
+    } else {
+        EACH {
+            __m512i key = _mm512_min_epu16(s[u], _mm512_add_epi16(_mm512_srli_epi16(s[u], 5), _mm512_set1_epi16(124)));
+            c3[u] = _mm512_and_si512(_mm512_mask_blend_epi8(_mm512_movepi8_mask(key),
+                                                            _mm512_permutex2var_epi8(k->c3_a, key, k->c3_b),
+                                                            _mm512_permutex2var_epi8(k->c3_c, key, k->c3_d)), low_byte);
         }
-        EACH m[u] = _mm512_mask_mov_epi16(m[u], ok[u], cand[u]);
-        EACH cum[u] = _mm512_mask_mov_epi16(cum[u], ok[u], c[u]);
     }
-    EACH r[u] = _mm512_sub_epi16(i[u], cum[u]);
-    /* r = ja N(2, d) + jb for the second pair's d = k - m pulses: N(2, 0) = 1, else 4d, so for d >= 1
-     * ja = (r >> 2) / d and jb = 4 ((r >> 2) % d) + (r & 3) */
-    EACH d[u] = _mm512_sub_epi16(kh[u], m[u]);
-    EACH x[u] = _mm512_srli_epi16(r[u], 2);
-    EACH ja[u] = _mm512_mulhi_epu16(x[u], _mm512_permutexvar_epi16(d[u], k->recip));  /* floor(x / d) or one less */
-    EACH jr[u] = _mm512_sub_epi16(x[u], _mm512_mullo_epi16(ja[u], d[u]));
+    EACH c3[u] = _mm512_mask_add_epi16(c3[u], _mm512_cmpge_epu16_mask(s[u], _mm512_permutexvar_epi16(c3[u], k->binom3_next)),
+                                       c3[u], one);
+    EACH s2[u] = _mm512_sub_epi16(s[u], _mm512_permutexvar_epi16(c3[u], k->binom3));
+    if (small) {                                /* s2 < C(14, 2) = 91: the 2-subset in one byte */
+        EACH {
+            __m512i both = _mm512_and_si512(_mm512_permutex2var_epi8(k->c2_a, s2[u], k->c2_b), low_byte);
+            c2[u] = _mm512_srli_epi16(both, 4);
+            c1[u] = _mm512_and_si512(both, _mm512_set1_epi16(15));
+        }
+    } else {
+        EACH {
+            __m512i key = _mm512_min_epu16(s2[u], _mm512_add_epi16(_mm512_srli_epi16(s2[u], 3), _mm512_set1_epi16(28)));
+            c2[u] = _mm512_and_si512(_mm512_permutex2var_epi8(k->c2_a, key, k->c2_b), low_byte);
+            c2[u] = _mm512_mask_add_epi16(c2[u], _mm512_cmpge_epu16_mask(s2[u], _mm512_permutexvar_epi16(c2[u], k->binom2_next)),
+                                          c2[u], one);
+            c1[u] = _mm512_sub_epi16(s2[u], _mm512_permutexvar_epi16(c2[u], k->binom2));
+        }
+    }
+    /* the pairs' pulses, offsets and quarters: (c2, c1, (u >> 2) & 3) and (k - c2, c3 - c2 - 1, u & 3); an edge
+     * e = h >> 2 < k is (0, pair(k, e, q)), else (pair(k, e - k, q), 0) with q = h & 3 (= u & 3) */
+    EACH e[u] = _mm512_srli_epi16(hw[u], 2);
+    EACH side[u] = _mm512_cmpge_epu16_mask(e[u], kw[u]);
+    EACH nP[u] = _mm512_mask_mov_epi16(c2[u], edge[u], _mm512_maskz_mov_epi16(side[u], kw[u]));
+    EACH tP[u] = _mm512_mask_mov_epi16(c1[u], edge[u], _mm512_maskz_sub_epi16(side[u], e[u], kw[u]));
+    EACH tQ[u] = _mm512_mask_mov_epi16(_mm512_add_epi16(_mm512_sub_epi16(c3[u], c2[u]), one), edge[u],
+                                       _mm512_maskz_mov_epi16(~side[u], e[u]));
+    EACH qP[u] = _mm512_mask_mov_epi16(_mm512_srli_epi16(u8[u], 2), edge[u], hw[u]);
+    /* the pairs rot^q (t, n - t) in byte lanes (only the two low bits of q count), signed, laid out */
     EACH {
-        __mmask32 over = _mm512_cmpge_epu16_mask(jr[u], d[u]), dz = _mm512_testn_epi16_mask(d[u], d[u]);
-        ja[u] = _mm512_mask_mov_epi16(_mm512_mask_add_epi16(ja[u], over, ja[u], _mm512_set1_epi16(1)), dz, r[u]);
-        jr[u] = _mm512_mask_sub_epi16(jr[u], over, jr[u], d[u]);
-        jb[u] = _mm512_maskz_mov_epi16(~dz, _mm512_or_si512(_mm512_slli_epi16(jr[u], 2),
-                                                            _mm512_and_si512(r[u], _mm512_set1_epi16(3))));
+        __m512i n = _mm512_permutex2var_epi8(nP[u], k->pair_sel, _mm512_sub_epi16(kw[u], nP[u]));
+        __m512i t = _mm512_permutex2var_epi8(tP[u], k->pair_sel, tQ[u]);
+        __m512i q = _mm512_permutex2var_epi8(qP[u], k->pair_sel, hw[u]);
+        __m512i z = _mm512_sub_epi8(n, t);
+        __mmask64 odd = _mm512_test_epi8_mask(q, _mm512_set1_epi8(1));
+        __mmask64 neg1 = _mm512_test_epi8_mask(_mm512_add_epi8(q, _mm512_set1_epi8(1)), _mm512_set1_epi8(2));
+        __mmask64 neg2 = _mm512_test_epi8_mask(q, _mm512_set1_epi8(2));
+        __m512i first = _mm512_mask_blend_epi8(odd, t, z), second = _mm512_mask_blend_epi8(odd, z, t);
+        first = _mm512_mask_sub_epi8(first, neg1, zero, first);
+        second = _mm512_mask_sub_epi8(second, neg2, zero, second);
+        lo[u] = _mm512_permutex2var_epi8(first, k->lo_sel, second);
+        hi[u] = _mm512_permutex2var_epi8(first, k->hi_sel, second);
     }
-    /* the point of P(2, n) with index j - 2: t = j >> 2 pulses first and a = n - t second; signs j & 2 and
-     * j & 1, except that (t, 0) takes its sign from j & 1 (index < 2: (0, +-n); (+-n, 0) last) */
-    EACH n[u] = _mm512_permutex2var_epi8(m[u], k->pair_bytes, d[u]);
-    EACH j[u] = _mm512_add_epi8(_mm512_permutex2var_epi8(ja[u], k->pair_bytes, jb[u]), _mm512_set1_epi8(2));
-    EACH t[u] = _mm512_and_si512(_mm512_srli_epi16(j[u], 2), _mm512_set1_epi8(0x3F));
-    EACH a[u] = _mm512_sub_epi8(n[u], t[u]);
-    EACH {
-        __mmask64 s2 = _mm512_test_epi8_mask(j[u], _mm512_set1_epi8(1));
-        __mmask64 s1 = _mm512_test_epi8_mask(j[u], _mm512_set1_epi8(2)) | (s2 & _mm512_testn_epi8_mask(a[u], a[u]));
-        y1[u] = _mm512_mask_sub_epi8(t[u], s1, zero, t[u]);
-        y2[u] = _mm512_mask_sub_epi8(a[u], s2, zero, a[u]);
-    }
-    EACH lo[u] = _mm512_permutex2var_epi8(y1[u], k->lo_bytes, y2[u]);
-    EACH hi[u] = _mm512_permutex2var_epi8(y1[u], k->hi_bytes, y2[u]);
 }
 
-/* The split of sixteen groups' indices at p into halves: k1 (pulses of the first half), their indices q and rem,
- * and the gain codes. */
+/* The split of sixteen groups' indices at p: the class k1 (pulses of the first half), the halves' indices
+ * (q, rem: the quotient and remainder by N(4, K - k1)), and the gain codes. */
 TARGET INLINE void split16(const kernel *k, const uint8_t *p, int64_t nb, int ntab, int narrow, int exact_div,
                            __m512i *k1_out, __m512i *q_out, __m512i *rem_out, __m512i *code)
 {
-    __m512i idx;
+    __m512i idx, k1;
     fields16(k, p, nb, narrow, &idx, code);
-    /* k1 = largest j with cum[j] <= idx (cum[0] = 0; entries past K exceed every index). */
-    __m512i k1 = _mm512_setzero_si512();
+    if (k->bucket_bits) {           /* aligned classes: the top bits name the class (bytes 1-3 look up class 0) */
+        __m512i bucket = _mm512_srli_epi32(idx, k->align);
+        k1 = _mm512_permutex2var_epi8(k->bucket_a, bucket, k->bucket_b);
+        if (k->bucket_bits == 8)
+            k1 = _mm512_mask_blend_epi8(_mm512_movepi8_mask(bucket), k1,
+                                        _mm512_permutex2var_epi8(k->bucket_c, bucket, k->bucket_d));
+    } else {                        /* dense: the largest j with cum[j] <= idx (entries past K exceed every index) */
+        k1 = _mm512_setzero_si512();
 #pragma GCC unroll 8
-    for (int step = ntab / 2; step; step /= 2) {
-        __m512i cand = _mm512_add_epi32(k1, _mm512_set1_epi32(step));
-        __mmask16 ok = _mm512_cmple_epi32_mask(lookup(&k->cum, cand, ntab), idx);
-        k1 = _mm512_mask_mov_epi32(k1, ok, cand);
+        for (int step = ntab / 2; step; step /= 2) {
+            __m512i cand = _mm512_add_epi32(k1, _mm512_set1_epi32(step));
+            __mmask16 ok = _mm512_cmple_epi32_mask(lookup(&k->cum, cand, ntab), idx);
+            k1 = _mm512_mask_mov_epi32(k1, ok, cand);
+        }
     }
     __m512i r = _mm512_sub_epi32(idx, lookup(&k->cum, k1, ntab));
     __m512i n2 = lookup(&k->n2, k1, ntab);
@@ -260,7 +278,7 @@ TARGET INLINE void decode16(const kernel *k, int U, const uint8_t *p, int64_t nb
 {
     __m512i k1[2], q[2], rem[2], code[2];
     EACH split16(k, p + 2 * k->W * u, nb - 2 * k->W * u, ntab, narrow, exact_div, &k1[u], &q[u], &rem[u], &code[u]);
-    halves16(k, U, k1, q, rem, ntab, lo, hi);
+    halves16(k, U, k1, q, rem, ntab == 16, lo, hi);
     EACH {
         alo[u] = _mm512_abs_epi8(lo[u]);                              /* |y| <= 127 */
         ahi[u] = _mm512_abs_epi8(hi[u]);

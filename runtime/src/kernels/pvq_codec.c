@@ -1,5 +1,6 @@
 /* PVQ layouts: type ids, exact count tables, the D == 8 fast-path tables, validation. */
 #include "pvq_codec.h"
+#include "pvq_enum.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -74,7 +75,10 @@ static uint64_t *count_table(int D, int K, int max_bits)
 
 static uint64_t N(const pvq_codec *c, int d, int k) { return c->count[d * (c->K + 1) + k]; }
 
-/* Point of P(d, k) with index r (the halves enumeration), iterative over the split tree:
+/* Whether P(d, k) is enumerated by the halves' classes (d = 3, d >= 5); d = 1, 2, 4 have closed forms. */
+static int has_classes(int d) { return d == 3 || d >= 5; }
+
+/* Point of P(d, k) with index r below the top level (classes dense), iterative over the split tree:
  * a stack of (dimension, pulses, first coordinate, index). */
 static void decode_sub(const pvq_codec *c, uint64_t r, int d, int k, int32_t *y)
 {
@@ -86,6 +90,8 @@ static void decode_sub(const pvq_codec *c, uint64_t r, int d, int k, int32_t *y)
         d = st[top].d; k = st[top].k; r = st[top].r;
         int col = st[top].col;
         if (d == 1) { y[col] = r == 0 ? k : -k; continue; }
+        if (d == 2) { pvq_pair_point(k, r, y + col); continue; }
+        if (d == 4) { pvq_half_point(k, r, y + col); continue; }
         int d1 = d / 2, d2 = d - d1, k1 = 0;
         for (;; k1++) {
             uint64_t block = N(c, d1, k1) * N(c, d2, k - k1);
@@ -98,9 +104,52 @@ static void decode_sub(const pvq_codec *c, uint64_t r, int d, int k, int32_t *y)
     }
 }
 
+/* The top-level class of a code below class_base[K + 1]: the largest k1 with class_base[k1] <= index. */
+static int top_class(const pvq_codec *c, uint64_t index)
+{
+    int lo = 0, hi = c->K;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (c->class_base[mid] <= index) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
+
+int pvq_index_is_point(const pvq_codec *c, uint64_t index)
+{
+    if (!c->class_base) return index < c->n_points;
+    if (index >= c->class_base[c->K + 1]) return 0;
+    int k1 = top_class(c, index), d1 = c->D / 2;
+    return index - c->class_base[k1] < N(c, d1, k1) * N(c, c->D - d1, c->K - k1);
+}
+
 void pvq_decode_point(const pvq_codec *c, uint64_t index, int32_t *y)
 {
-    decode_sub(c, index, c->D, c->K, y);
+    if (!c->class_base) { decode_sub(c, index, c->D, c->K, y); return; }
+    int k1 = top_class(c, index), d1 = c->D / 2, d2 = c->D - d1;
+    uint64_t r = index - c->class_base[k1], n2 = N(c, d2, c->K - k1);
+    decode_sub(c, r / n2, d1, k1, y);
+    decode_sub(c, r % n2, d2, c->K - k1, y + d1);
+}
+
+/* The top level's classes: aligned to 2^(B - 7), else 2^(B - 8), when all of them fit the B-bit
+ * index, else dense (docs/format.md).  NULL without memory. */
+static uint64_t *class_bases(const pvq_codec *c, int *align)
+{
+    int d1 = c->D / 2, d2 = c->D - d1, B = c->index_bits;
+    uint64_t *base = malloc((size_t)(c->K + 2) * sizeof *base);
+    if (!base) return NULL;
+    *align = 0;
+    for (int a = B - 7; a >= B - 8 && a > 0 && !*align; a--) {
+        uint64_t total = 0, unit = UINT64_C(1) << a;
+        for (int k1 = 0; k1 <= c->K; k1++) total += (N(c, d1, k1) * N(c, d2, c->K - k1) + unit - 1) / unit * unit;
+        if (total <= UINT64_C(1) << B) *align = a;
+    }
+    uint64_t unit = UINT64_C(1) << *align;
+    base[0] = 0;
+    for (int k1 = 0; k1 <= c->K; k1++)
+        base[k1 + 1] = base[k1] + (N(c, d1, k1) * N(c, d2, c->K - k1) + unit - 1) / unit * unit;
+    return base;
 }
 
 static void free_fast(pvq_fast8 *f)
@@ -108,6 +157,41 @@ static void free_fast(pvq_fast8 *f)
     if (!f) return;
     free(f->cum); free(f->n2); free(f->inv_n2); free(f->base_lo); free(f->base_hi); free(f->lut4); free(f->bucket_k1);
     free(f);
+}
+
+/* The AVX-512 decoder's tables (pvq_fast8: class_of_bucket ... binom2). */
+static void build_halves16(const pvq_codec *c, pvq_fast8 *f)
+{
+    const int K = c->K, small = K <= 14;
+    f->bucket_bits = c->class_align ? c->index_bits - c->class_align : 0;
+    for (int i = 0; c->class_align && i < 256; i++) {
+        uint64_t code = (uint64_t)i << c->class_align;
+        int k = 0;
+        while (k < K && c->class_base[k + 1] <= code) k++;
+        f->class_of_bucket[i] = (uint8_t)k;
+    }
+    for (int j = 0; j < 32; j++) {
+        f->k_pair[j] = j <= K ? (uint32_t)j | (uint32_t)(K - j) << 16 : 0;
+        f->binom3_next[j] = (uint16_t)pvq_binom3((uint64_t)j + 3); f->binom3[j] = (uint16_t)pvq_binom3((uint64_t)j + 2);
+        f->binom2_next[j] = (uint16_t)pvq_binom2((uint64_t)j + 1); f->binom2[j] = (uint16_t)pvq_binom2((uint64_t)j);
+    }
+    for (int key = 0; key < 256; key++) {
+        uint64_t s = small ? (key < 64 ? (uint64_t)key : (uint64_t)(key - 60) * 16)
+                           : (key < 128 ? (uint64_t)key : (uint64_t)(key - 124) * 32);
+        f->c3_of_key[key] = (uint8_t)(pvq_unrank_binom(3, s, 2, 40) - 2);
+    }
+    for (int key = 0; key < 128; key++) {
+        uint64_t s = small || key < 32 ? (uint64_t)key : (uint64_t)(key - 28) * 8, c2 = pvq_unrank_binom(2, s, 1, 40);
+        f->c2_of_key[key] = (uint8_t)(small ? c2 << 4 | (s - pvq_binom2(c2)) : c2);
+    }
+    for (int g = 0; g < 16; g++) {
+        f->pair_sel[4 * g] = (uint8_t)(4 * g); f->pair_sel[4 * g + 1] = (uint8_t)(64 + 4 * g);
+        f->pair_sel[4 * g + 2] = (uint8_t)(4 * g + 2); f->pair_sel[4 * g + 3] = (uint8_t)(64 + 4 * g + 2);
+        for (int i = 0; i < 8; i++) {      /* coordinate i: pair i / 2, its first or second value */
+            uint8_t *sel = i < 4 ? f->lo_sel : f->hi_sel;
+            sel[4 * g + i % 4] = (uint8_t)(64 * (i & 1) + 4 * g + i / 2);
+        }
+    }
 }
 
 /* Fast path for D == 8: halves of 4, indices below 2^31 (signed 32-bit compares), |y_i| <= 127. */
@@ -139,7 +223,7 @@ static pvq_fast8 *build_fast8(const pvq_codec *c)
                                     (uint32_t)(uint8_t)y[2] << 16 | (uint32_t)(uint8_t)y[3] << 24;
         }
     }
-    uint64_t acc = 0, widest = 0;
+    uint64_t widest = 0;
     for (int j = 0; j <= K; j++)
         if (N(c, 4, j) * N(c, 4, K - j) + N(c, 4, K - j) > widest) widest = N(c, 4, j) * N(c, 4, K - j) + N(c, 4, K - j);
     /* (r + 1/2) / n2 lies at least 1/(2 n2) from an integer; the float product errs by less than
@@ -147,21 +231,20 @@ static pvq_fast8 *build_fast8(const pvq_codec *c)
     f->exact_div = widest < (UINT64_C(1) << 22);
     for (int j = 0; j < f->ntab; j++) {
         if (j <= K) {
-            f->cum[j] = (uint32_t)acc;
+            f->cum[j] = (uint32_t)c->class_base[j];
             f->n2[j] = (uint32_t)N(c, 4, K - j);
             f->inv_n2[j] = 1.0f / (float)f->n2[j];
             f->base_lo[j] = base4[j];
             f->base_hi[j] = base4[K - j];
-            acc += N(c, 4, j) * N(c, 4, K - j);
         } else {
             f->cum[j] = 0x7FFFFFFFu;      /* above every index (indices < 2^31) */
         }
     }
     uint64_t narrowest = UINT64_MAX;
     for (int j = 0; j <= K; j++)
-        if (N(c, 4, j) * N(c, 4, K - j) < narrowest) narrowest = N(c, 4, j) * N(c, 4, K - j);
-    f->bucket_shift = bit_length(narrowest) - 1;
-    size_t nb = (size_t)((c->n_points - 1) >> f->bucket_shift) + 1;
+        if (c->class_base[j + 1] - c->class_base[j] < narrowest) narrowest = c->class_base[j + 1] - c->class_base[j];
+    f->bucket_shift = c->class_align ? c->class_align : bit_length(narrowest) - 1;
+    size_t nb = f->bucket_len = (size_t)((c->class_base[K + 1] - 1) >> f->bucket_shift) + 1;
     f->bucket_k1 = malloc(nb);
     if (!f->bucket_k1) goto fail;
     for (size_t bkt = 0, k1 = 0; bkt < nb; bkt++) {
@@ -189,30 +272,7 @@ static pvq_fast8 *build_fast8(const pvq_codec *c)
         f->field_shift32[j] = (uint32_t)shift;
         for (int t = 0; t < 4; t++) f->field_perm32[4 * j + t] = (uint8_t)(byte + t < 64 ? byte + t : 63);
     }
-    for (int m = 0; m < 32; m++) {
-        f->tri[m] = (uint16_t)(m * (m - 1) / 2);
-        f->sq[m] = (uint16_t)((m - 1) * m * (2 * m - 1) / 6);
-        f->recip[m] = (uint16_t)(m == 0 ? 0 : m == 1 ? 65535 : 65536 / m);
-    }
-    for (int j = 0, off = 0; K <= PVQ_ARITH_MAX_K && f->ntab << j <= 128; j++, off += f->ntab << (j - 1)) {
-        int step = f->ntab / 2 >> j;
-        for (int pm = 0; pm < 1 << j; pm++)
-            for (int k = 0; k < f->ntab; k++) {
-                int cand = pm * 2 * step + step;
-                int valid = cand <= k && k <= K;
-                uint64_t cum = 0;
-                for (int m = 0; valid && m < cand; m++) cum += N(c, 2, m) * N(c, 2, k - m);
-                f->cum4[off + pm * f->ntab + k] = (uint16_t)(valid ? cum : 0xFFFF);
-            }
-    }
-    for (int p = 0; p < 64; p++) f->halves_pair[p] = (uint8_t)(p < 32 ? 2 * p : 64 + 2 * (p - 32));
-    for (int g = 0; g < 16; g++)
-        for (int h = 0; h < 2; h++) {
-            uint8_t *o = h ? f->halves_hi : f->halves_lo;
-            int w = 2 * g + h;      /* the half's word lane; its pairs' coordinates sit in bytes w and 32 + w */
-            o[4 * g] = (uint8_t)w; o[4 * g + 1] = (uint8_t)(64 + w);
-            o[4 * g + 2] = (uint8_t)(32 + w); o[4 * g + 3] = (uint8_t)(96 + w);
-        }
+    build_halves16(c, f);
     free(base4);
     return f;
 fail:
@@ -249,6 +309,10 @@ int pvq_codec_init(pvq_codec *c, uint32_t type_id, const float *levels, size_t n
     }
     c->block_groups = block_groups(c->field_bits);
     memcpy(c->levels, levels, n_levels * sizeof(float));
+    if (has_classes(D) && !(c->class_base = class_bases(c, &c->class_align))) {
+        pvq_codec_free(c);
+        return fail(err, errlen, "PVQ D=%d K=%d b=%d: out of memory", D, K, b);
+    }
     c->fast = build_fast8(c);
     return 0;
 }
@@ -256,6 +320,7 @@ int pvq_codec_init(pvq_codec *c, uint32_t type_id, const float *levels, size_t n
 void pvq_codec_free(pvq_codec *c)
 {
     free(c->count);
+    free(c->class_base);
     free_fast(c->fast);
     memset(c, 0, sizeof *c);
 }
@@ -284,7 +349,7 @@ int64_t pvq_validate_row(const pvq_codec *c, const uint8_t *row, int64_t n)
 {
     int64_t G = n / c->D;
     for (int64_t g = 0; g < G; g++)
-        if ((pvq_read_field(row, g, c->field_bits) >> c->gain_bits) >= c->n_points) return g;
+        if (!pvq_index_is_point(c, pvq_read_field(row, g, c->field_bits) >> c->gain_bits)) return g;
     return -1;
 }
 
@@ -303,10 +368,10 @@ int pvq_validate_tensor(const pvq_codec *c, const uint8_t *data, size_t nbytes, 
             return fail(err, errlen, "PVQ tensor: row %lld has a non-finite scale", (long long)r);
         int64_t g = pvq_validate_row(c, data + (size_t)r * rb, n);
         if (g >= 0)
-            return fail(err, errlen, "PVQ tensor: row %lld group %lld: shape index %llu >= N(%d,%d) = %llu",
+            return fail(err, errlen, "PVQ tensor: row %lld group %lld: shape index %llu is no point of P(%d,%d)",
                         (long long)r, (long long)g,
                         (unsigned long long)(pvq_read_field(data + (size_t)r * rb, g, c->field_bits) >> c->gain_bits),
-                        c->D, c->K, (unsigned long long)c->n_points);
+                        c->D, c->K);
     }
     return 0;
 }

@@ -26,7 +26,7 @@
  * it, the AVX-512 ones decode the halves by their closed forms instead). */
 typedef struct pvq_fast8 {
     int ntab;                 /* table entries: the power of two >= max(16, K + 2) */
-    uint32_t *cum;            /* cum[k1]  = sum_{j < k1} N(4,j) N(4,K-j);  cum[j > K] = 2^31 - 1 */
+    uint32_t *cum;            /* cum[k1]  = class_base[k1], the class's first code;  cum[j > K] = 2^31 - 1 */
     uint32_t *n2;             /* n2[k1]   = N(4, K - k1) */
     float *inv_n2;            /* 1 / n2[k1] */
     uint32_t *base_lo;        /* base_lo[k1] = offset of P(4, k1) in lut4 */
@@ -36,6 +36,7 @@ typedef struct pvq_fast8 {
     /* k1 of an index without a search (the scalar kernel): every class [cum[k1], cum[k1+1]) is at
      * least 2^bucket_shift wide, so the class of idx is bucket_k1[idx >> bucket_shift] or the next. */
     uint8_t *bucket_k1;
+    size_t bucket_len;        /* entries of bucket_k1: every code below class_base[K + 1] has one */
     int bucket_shift;
     /* AVX-512 field extraction.  Wide: qword j of an 8-group chunk gathers bytes j*W/8 + t (t < 8),
      * shifted right by (j*W) % 8.  Narrow (every field of a 16-group step fits a dword after its
@@ -53,18 +54,19 @@ typedef struct pvq_fast8 {
     int avx2_narrow, avx2_base1;
     uint8_t avx2_shuf[32];
     uint32_t avx2_shift[8];
-    /* The halves by their closed forms (the AVX-512 kernels, K <= PVQ_ARITH_MAX_K: every count of a half fits
-     * 16 bits).  A half of k pulses with index i splits into pairs of m and k - m pulses, where m is the
-     * largest with cum4(k, m) <= i: cum4(k, 0) = 0, cum4(k, m) = 4k + 16 (k tri[m] - sq[m]) for 1 <= m <= k;
-     * recip[d] = floor(2^16 / d) (65535 for d = 1) divides by d with one correction.  The search for m is
-     * binary, its first steps from tables: step j (candidate m + (ntab / 2 >> j)) while ntab << j <= 128 reads
-     * table j of ntab << j words at offset ntab (2^j - 1), indexed by (m << j) | k, whose entry is
-     * cum4(k, candidate), or 0xFFFF where the candidate exceeds k; later steps evaluate the formula.
-     * halves_pair: byte p of the pairs' vectors is word p of the first pairs (p < 32) or of the second ones;
-     * halves_lo / halves_hi: the points' bytes of half 0 / 1 of each group from the pairs' coordinates. */
-    uint16_t tri[32], sq[32], recip[32];
-    uint16_t cum4[240];
-    uint8_t halves_pair[64], halves_lo[64], halves_hi[64];
+    /* The AVX-512 decoder (K <= PVQ_ARITH_MAX_K: a half's index fits 16 bits).  class_of_bucket: k1 of the
+     * codes idx >> (B - bucket_bits) when the classes are aligned (bucket_bits 7 or 8, else 0: a search);
+     * k_pair[k1] = k1 | (K - k1) << 16; a half's colex rank s gives c3 - 2 = c3_of_key[key(s)] or one more
+     * (K <= 14: key = min(s, 60 + s / 16), else min(s, 124 + s / 32)) checked against binom3_next, and
+     * s - C(c3, 3) gives the 2-subset: for K <= 14 c2 << 4 | c1 = c2_of_key[s2], else c2 = c2_of_key[min(s2,
+     * 28 + s2 / 8)] or one more; binom3 / binom3_next are indexed by c3 - 2, binom2 / binom2_next by c2.
+     * pair_sel: word lanes (halves) to byte lanes (pair j of group g in byte 4g + j); lo_sel / hi_sel: the
+     * pairs' first (bytes 0-63) and second (64-127) values to coordinates 0-3 / 4-7 of each group. */
+    int bucket_bits;
+    uint8_t class_of_bucket[256], c3_of_key[256], c2_of_key[128];
+    uint8_t pair_sel[64], lo_sel[64], hi_sel[64];
+    uint32_t k_pair[32];
+    uint16_t binom3_next[32], binom3[32], binom2_next[32], binom2[32];
 } pvq_fast8;
 #define PVQ_ARITH_MAX_K 29
 
@@ -75,6 +77,9 @@ typedef struct pvq_codec {
     uint64_t n_points;        /* N(D, K) */
     uint64_t *count;          /* count[d * (K + 1) + k] = N(d, k) for d <= D, k <= K */
     float levels[1 << PVQ_MAX_GAIN_BITS];
+    uint64_t *class_base;     /* D = 3 or >= 5: first code of each top-level class k1 <= K, and the end of
+                               * the used codes (K + 2 entries); NULL for D = 2, 4 (every code < N is a point) */
+    int class_align;          /* the classes start at multiples of 2^class_align (0: dense) */
     pvq_fast8 *fast;          /* NULL unless D == 8 and the index fits 31 bits */
 } pvq_codec;
 
@@ -102,7 +107,10 @@ int64_t pvq_validate_row(const pvq_codec *c, const uint8_t *row, int64_t n);
 int pvq_validate_tensor(const pvq_codec *c, const uint8_t *data, size_t nbytes, int64_t n,
                         int64_t rows, const uint16_t *scales_f16, char *err, size_t errlen);
 
-/* Pyramid point of one shape index (index < N(D,K)); the scalar reference of the enumeration. */
+/* Whether a shape index is a point's: below N(D, K) for D = 2, 4; inside a top-level class otherwise. */
+int pvq_index_is_point(const pvq_codec *c, uint64_t index);
+
+/* Pyramid point of one shape index (pvq_index_is_point); the scalar reference of the enumeration. */
 void pvq_decode_point(const pvq_codec *c, uint64_t index, int32_t *y);
 
 /* One group of a row: its point y (D values) and its weight scale s = scale * level / ||y|| rounded as the
