@@ -95,13 +95,12 @@ INLINE __mmask64 first_bytes(int64_t nb)
     return nb >= 64 ? ~UINT64_C(0) : nb <= 0 ? 0 : (UINT64_C(1) << nb) - 1;
 }
 
-/* The `need` bytes at p, of which nb exist before the row's end (missing ones read as zero).  A
- * masked load, which reads no further than it must, except where its 64-byte window crosses a page:
- * there masked-off bytes on the next page cost a microcode assist, so when the row goes on for 64
- * bytes a plain load (whose extra bytes the callers ignore) is cheaper. */
+/* The `need` bytes at p, of which nb exist before the row's end (missing ones read as zero): a plain load
+ * where the row goes on for 64 bytes (the callers ignore the extra bytes), a masked load only at the row's
+ * end, which reads no further than it must. */
 TARGET INLINE __m512i load_bytes(const uint8_t *p, int64_t need, int64_t nb)
 {
-    if (nb >= 64 && ((uintptr_t)p & 4095) > 4096 - 64) return _mm512_loadu_si512(p);
+    if (nb >= 64) return _mm512_loadu_si512(p);
     if (nb <= 0) return _mm512_setzero_si512();
     return _mm512_maskz_loadu_epi8(first_bytes(nb < need ? nb : need), p);
 }
