@@ -10,7 +10,7 @@ from tests.pvq_clib import Kernels
 # fields of 10 and 6 bits (several fields per byte).
 LAYOUTS = [(pvq_presets.preset(b).K, pvq_presets.preset(b).gain_bits) for b in sorted(pvq_presets.PRESETS)] + \
           [(13, 4), (20, 5), (12, 6), (31, 2), (3, 1), (1, 2)]
-ROW_LENGTHS = [576, 1536, 192, 160, 224]    # 72, 192, 24, 20, 28 groups: steps of 16 and tails of 8, 4, 12
+ROW_LENGTHS = [576, 1536, 4096, 14336, 192, 160, 224]   # steps of 16 (SmolLM2, 7B widths) and tails of 8, 4, 12
 
 
 @pytest.fixture(scope="module")
