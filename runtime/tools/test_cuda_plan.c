@@ -136,6 +136,16 @@ static void check_layout(int D, int K, int b, int64_t groups_hint, int rows)
     pvq_cuda_tables tab;
     if (pvq_cuda_tables_build(&tab, &c)) { check(0, "tables: out of memory"); return; }
     pvqd_tables t = pvq_cuda_tables_bind(&tab, tab.blob, c.levels);
+    /* the random matrices' rank-to-index map: every rank a point's index, in increasing order */
+    int ranks_ok = 1;
+    for (uint64_t i = 0, prev = 0; i < 4096; i++) {        /* the first 2048 ranks in order, then random ones */
+        uint64_t rank = i < 2048 ? i % c.n_points : rnd() % c.n_points, idx = pvqd_index_of_rank(&t, rank);
+        ranks_ok &= pvq_index_is_point(&c, idx) && (i == 0 || i >= 2048 || rank == 0 || idx > prev);
+        prev = idx;
+    }
+    ranks_ok &= pvqd_index_of_rank(&t, c.n_points - 1) == last;
+    snprintf(what, sizeof what, "D=%d K=%d b=%d: ranks of the random matrices map to points' indices", D, K, b);
+    check(ranks_ok, what);
     pvq_gemv_plan gp = pvq_gemv_plan_make(&t, t.fast, rows, 0);
     int exact = 1, exact_generic = 1, fits = 1, dot_ok = 1, gemv_ok = 1;
     for (int r = 0; r < rows; r++) {

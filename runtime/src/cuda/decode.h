@@ -113,6 +113,20 @@ PVQ_HD void pvqd_point(const pvqd_tables *t, uint64_t idx, int32_t *y)
     }
 }
 
+/* The index of the rank-th point of P(D, K) in index order (0 <= rank < N(D, K)): uniform ranks give uniform
+ * points (the random matrices of the benchmarks and the self test). */
+PVQ_HD uint64_t pvqd_index_of_rank(const pvqd_tables *t, uint64_t rank)
+{
+    if (!t->class_base) return rank;
+    const int K1 = t->K + 1, d1 = t->D / 2, d2 = t->D - d1;
+    uint64_t cum = 0;
+    for (int k1 = 0;; k1++) {
+        const uint64_t size = t->count[d1 * K1 + k1] * t->count[d2 * K1 + t->K - k1];
+        if (rank < cum + size || k1 == t->K) return t->class_base[k1] + (rank - cum);
+        cum += size;
+    }
+}
+
 /* The weight scale of a group: s = scale * level[code] / sqrt(sum y^2), rounded as the format says. */
 PVQ_HD float pvqd_group_scale(const pvqd_tables *t, uint64_t field, float row_scale, int32_t sumsq)
 {

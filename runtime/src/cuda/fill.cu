@@ -11,17 +11,18 @@ __device__ __forceinline__ uint64_t mix64(uint64_t z)
     return z ^ (z >> 31);
 }
 
-/* One thread per block of block_groups groups (whole bytes); blocks never straddle rows. */
-__global__ void fill_pvq_kernel(uint8_t *data, uint64_t n_blocks, int D, int b, int W, int block_groups,
-                                uint64_t n_points, uint64_t seed)
+/* One thread per block of block_groups groups (whole bytes); blocks never straddle rows.  Uniform points:
+ * a uniform rank below N(D, K), mapped to its index (the format's classes may leave codes between them). */
+__global__ void fill_pvq_kernel(uint8_t *data, uint64_t n_blocks, pvqd_tables t, int block_groups, uint64_t n_points,
+                                uint64_t seed)
 {
     const uint64_t blk = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (blk >= n_blocks) return;
-    const int bytes = block_groups * W / 8;
+    const int W = t.field_bits, b = t.gain_bits, bytes = block_groups * W / 8;
     uint8_t buf[64] = {0};
     for (int j = 0; j < block_groups; j++) {
         const uint64_t r = mix64(seed ^ (blk * block_groups + j) * 0xD1B54A32D192ED03ull);
-        const uint64_t field = (r % n_points) << b | (mix64(r) & ((1u << b) - 1));
+        const uint64_t field = pvqd_index_of_rank(&t, r % n_points) << b | (mix64(r) & ((1u << b) - 1));
         for (int i = 0; i < W; i++)
             if ((field >> i) & 1) buf[(j * W + i) >> 3] |= (uint8_t)(1u << ((j * W + i) & 7));
     }
@@ -29,12 +30,11 @@ __global__ void fill_pvq_kernel(uint8_t *data, uint64_t n_blocks, int D, int b, 
     for (int i = 0; i < bytes; i++) dst[i] = buf[i];
 }
 
-extern "C" cudaError_t pvqk_fill_random(uint8_t *data, int64_t rows, size_t row_bytes, int D, int gain_bits,
-                                        int field_bits, int block_groups, uint64_t n_points, uint64_t seed)
+extern "C" cudaError_t pvqk_fill_random(uint8_t *data, int64_t rows, size_t row_bytes, const pvqd_tables *t,
+                                        int block_groups, uint64_t n_points, uint64_t seed)
 {
-    const uint64_t n_blocks = (uint64_t)rows * row_bytes / (uint64_t)(block_groups * field_bits / 8);
-    fill_pvq_kernel<<<(unsigned)((n_blocks + 255) / 256), 256>>>(data, n_blocks, D, gain_bits, field_bits, block_groups,
-                                                                 n_points, seed);
+    const uint64_t n_blocks = (uint64_t)rows * row_bytes / (uint64_t)(block_groups * t->field_bits / 8);
+    fill_pvq_kernel<<<(unsigned)((n_blocks + 255) / 256), 256>>>(data, n_blocks, *t, block_groups, n_points, seed);
     return pvqk_launched("fill_pvq_kernel");
 }
 

@@ -86,9 +86,9 @@ cudaError_t k_add_bias(float *x, const float *b, int T, int n);
  * out must not overlap x.  k_hadamard_prepare once per n = h * p, before any launch. */
 cudaError_t k_hadamard_prepare(int n);
 cudaError_t k_hadamard(const float *x, float *out, int T, int h, int p, float scale, const int8_t *base);
-/* fill.cu: random valid PVQ rows (benchmarks and the self test): every shape index < N(D, K). */
-cudaError_t pvqk_fill_random(uint8_t *data, int64_t rows, size_t row_bytes, int D, int gain_bits, int field_bits,
-                             int block_groups, uint64_t n_points, uint64_t seed);
+/* fill.cu: random valid PVQ rows (benchmarks and the self test): uniform points, tables bound to device memory. */
+cudaError_t pvqk_fill_random(uint8_t *data, int64_t rows, size_t row_bytes, const pvqd_tables *t, int block_groups,
+                             uint64_t n_points, uint64_t seed);
 /* fill.cu: n uniform values in [lo, hi) as float32 or as fp16 bits. */
 cudaError_t k_fill_uniform_f32(float *out, size_t n, float lo, float hi, uint64_t seed);
 cudaError_t k_fill_uniform_f16(uint16_t *out, size_t n, float lo, float hi, uint64_t seed);
