@@ -394,7 +394,9 @@ TARGET INLINE void rows_kernel(const pvq_codec *c, const uint8_t *data, size_t r
             for (; g0 < whole; g0 += 16)
                 step(&k, 1, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, whole - g0 < 16 ? 8 : 16, sc, x, xq, xs, o, ntab,
                      nlev, narrow, exact_div, op, &acc0, &acc1, &acc8);
-            y[r] = sum_lanes8(acc8) + pvq_dot_groups_q8_ref(c, row, whole, G, sc, xq, xs);
+            y[r] = sum_lanes8(acc8);
+            if (__builtin_expect(whole < G, 0))   /* a call in the loop would spill every table register each row */
+                y[r] += pvq_dot_groups_q8_ref(c, row, whole, G, sc, xq, xs);
             continue;
         }
         int64_t g0 = 0;
