@@ -257,9 +257,9 @@ def test_batch_product_against_reference(layout, shape, isa):
 @pytest.mark.parametrize("shape", [(4, 576), (6, 1536), (2, 96), (4, 4096)], ids=lambda s: "%dx%d" % s)
 @pytest.mark.skipif("avx2" not in open("/proc/cpuinfo").read(), reason="no AVX2")
 def test_repacked_tile_kernels_against_reference(layout, shape):
-    """The AVX2 repacking is the reference's bytes; the AVX2 2 x 4 tile equals the scalar reference dot of
-    each (row, token) pair bit for bit (the same integer dots of int8 points and int8 activations, the same
-    float order), and pvq_dot_repacked_avx2."""
+    """The AVX2 repacking is the reference's bytes; the AVX2 2 x 4 tile (and the AVX-512 VNNI one, where the CPU
+    runs it) equals the scalar reference dot of each (row, token) pair bit for bit (the same integer dots of
+    int8 points and int8 activations, the same float order), and pvq_dot_repacked_avx2."""
     rows, n = shape
     t = RandomPVQ(*layout, rows, n, seed=7 * n + rows)
     ffi, L = t.ffi, t.L
@@ -272,13 +272,14 @@ def test_repacked_tile_kernels_against_reference(layout, shape):
     absterms = np.abs(x.astype(np.float64)) @ np.abs(W).T
     for r in range(0, rows, 2):
         got = {}
-        for kind in ("ref", "avx2"):
+        for kind in ("ref", "avx2") + (("avx512",) if "avx512" in cpu_isas() else ()):
             out = np.full((4, 2), np.nan, np.float32)
             getattr(L, f"pvq_tile_repacked_{kind}")(
                 _f(ffi, packed[r], "uint8_t *"), packed.shape[1], n, _f(ffi, xq, "int8_t *"),
                 ffi.cast("float *", _f(ffi, xq, "uint8_t *") + (n + 127) // 128 * 128), xq.shape[1], _f(ffi, out), 2)
             got[kind] = out
-        np.testing.assert_array_equal(got["avx2"].view(np.uint32), got["ref"].view(np.uint32))
+        for kind in got:
+            np.testing.assert_array_equal(got[kind].view(np.uint32), got["ref"].view(np.uint32), kind)
         dots = np.array([[L.pvq_dot_repacked_avx2(_f(ffi, packed[r + i], "uint8_t *"), n, _f(ffi, xq[u], "int8_t *"),
                                                   _f(ffi, xs[u])) for i in range(2)] for u in range(4)], np.float32)
         np.testing.assert_array_equal(got["avx2"].view(np.uint32), dots.view(np.uint32))

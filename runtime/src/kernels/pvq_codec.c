@@ -119,7 +119,13 @@ int pvq_index_is_point(const pvq_codec *c, uint64_t index)
 {
     if (!c->class_base) return index < c->n_points;
     if (index >= c->class_base[c->K + 1]) return 0;
-    int k1 = top_class(c, index), d1 = c->D / 2;
+    int k1, d1 = c->D / 2;
+    if (c->fast) {         /* every class is at least a bucket wide: the bucket's class or the next */
+        k1 = c->fast->bucket_k1[index >> c->fast->bucket_shift];
+        k1 += c->fast->cum[k1 + 1] <= index;
+    } else {
+        k1 = top_class(c, index);
+    }
     return index - c->class_base[k1] < N(c, d1, k1) * N(c, c->D - d1, c->K - k1);
 }
 
@@ -389,7 +395,7 @@ void pvq_select_kernels(const pvq_codec *c, isa_id isa, pvq_kernels *k)
     int avx2 = isa >= ISA_AVX2;
     k->repack = avx2 ? pvq_repack_row_avx2 : pvq_repack_row;
     k->dot_repacked = avx2 ? pvq_dot_repacked_avx2 : pvq_dot_repacked_ref;
-    k->tile_repacked = avx2 ? pvq_tile_repacked_avx2 : pvq_tile_repacked_ref;
+    k->tile_repacked = isa == ISA_AVX512 ? pvq_tile_repacked_avx512 : avx2 ? pvq_tile_repacked_avx2 : pvq_tile_repacked_ref;
     if (isa == ISA_AVX512) {
         k->name = "avx512";
         k->dequantize = pvq_dequantize_row_avx512;

@@ -200,6 +200,8 @@ void pvq_tile_repacked_ref(const uint8_t *prow, size_t prow_stride, int64_t n, c
                            size_t x_stride, float *out, size_t out_stride);
 void pvq_tile_repacked_avx2(const uint8_t *prow, size_t prow_stride, int64_t n, const int8_t *xq, const float *xs,
                             size_t x_stride, float *out, size_t out_stride);
+void pvq_tile_repacked_avx512(const uint8_t *prow, size_t prow_stride, int64_t n, const int8_t *xq, const float *xs,
+                              size_t x_stride, float *out, size_t out_stride);   /* the AVX2 tile's results, VNNI */
 
 /* IEEE half (as stored in F16 tensors) to float, exactly. */
 float pvq_half_to_float(uint16_t h);
@@ -207,7 +209,7 @@ float pvq_half_to_float(uint16_t h);
 /* The kernels of a kernel set for a codec: the reference when no fast path applies (D != 8 or a
  * 32-bit index), else AVX-512, AVX2 or the portable table-driven ones.  matvec_q8 is NULL when
  * D != 8 (use dot with float activations then); the repacked layout's kernels are NULL without a fast
- * path (a batch then decodes rows to float).  AVX-512 CPUs repack and run tiles with the AVX2 kernels. */
+ * path (a batch then decodes rows to float).  AVX-512 CPUs repack with the AVX2 kernel and run the VNNI tile. */
 typedef void (*pvq_dequantize_fn)(const pvq_codec *, const uint8_t *, float, int64_t, float *);
 typedef float (*pvq_dot_fn)(const pvq_codec *, const uint8_t *, float, int64_t, const float *);
 typedef void (*pvq_matvec_q8_fn)(const pvq_codec *, const uint8_t *, const uint16_t *, int64_t, int64_t,
