@@ -115,18 +115,22 @@ TARGET INLINE __m512i fields8(const kernel *k, const uint8_t *p, int64_t nb)
 }
 
 /* Index and gain code of the sixteen groups at p (nb bytes exist from p to the row's end: a row's
- * last step reads only its own bytes, and missing fields read as zeros, a valid index). */
-TARGET INLINE void fields16(const kernel *k, const uint8_t *p, int64_t nb, int narrow, __m512i *idx, __m512i *code)
+ * last step reads only its own bytes, and missing fields read as zeros, a valid index).  p2: where groups
+ * 8-15 are when they are not the W bytes after p (two rows' last chunks in one step), else NULL. */
+TARGET INLINE void fields16(const kernel *k, const uint8_t *p, const uint8_t *p2, int64_t nb, int narrow, __m512i *idx,
+                            __m512i *code)
 {
     if (narrow) {
-        __m512i bytes = load_bytes(p, 2 * k->W, nb);
+        __m512i bytes = p2 ? _mm512_or_si512(_mm512_maskz_loadu_epi8(first_bytes(k->W), p),
+                                             _mm512_maskz_loadu_epi8(first_bytes(2 * k->W) & ~first_bytes(k->W), p2 - k->W))
+                           : load_bytes(p, 2 * k->W, nb);
         __m512i f = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi8(k->perm32, bytes), k->shift32),
                                      k->field_mask32);
         *idx = _mm512_srli_epi32(f, k->b);
         *code = _mm512_and_si512(f, k->code_mask);
         return;
     }
-    __m512i f0 = fields8(k, p, nb), f1 = fields8(k, p + k->W, nb - k->W);
+    __m512i f0 = fields8(k, p, p2 ? k->W : nb), f1 = p2 ? fields8(k, p2, k->W) : fields8(k, p + k->W, nb - k->W);
     *idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_srli_epi64(f0, k->b))),
                               _mm512_cvtepi64_epi32(_mm512_srli_epi64(f1, k->b)), 1);
     *code = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(f0)),
@@ -210,11 +214,11 @@ TARGET INLINE void halves16(const kernel *k, int U, const __m512i *k1, const __m
 
 /* The split of sixteen groups' indices at p: the class k1 (pulses of the first half), the halves' indices
  * (q, rem: the quotient and remainder by N(4, K - k1)), and the gain codes. */
-TARGET INLINE void split16(const kernel *k, const uint8_t *p, int64_t nb, int ntab, int narrow, int exact_div,
-                           __m512i *k1_out, __m512i *q_out, __m512i *rem_out, __m512i *code)
+TARGET INLINE void split16(const kernel *k, const uint8_t *p, const uint8_t *p2, int64_t nb, int ntab, int narrow,
+                           int exact_div, __m512i *k1_out, __m512i *q_out, __m512i *rem_out, __m512i *code)
 {
     __m512i idx, k1;
-    fields16(k, p, nb, narrow, &idx, code);
+    fields16(k, p, p2, nb, narrow, &idx, code);
     if (k->bucket_bits) {           /* aligned classes: the top bits name the class (bytes 1-3 look up class 0) */
         __m512i bucket = _mm512_srli_epi32(idx, k->align);
         k1 = _mm512_permutex2var_epi8(k->bucket_a, bucket, k->bucket_b);
@@ -252,13 +256,13 @@ TARGET INLINE void split16(const kernel *k, const uint8_t *p, int64_t nb, int nt
     *rem_out = rem;
 }
 
-/* The weight scales s of sixteen groups from their points' absolute values and gain codes. */
-TARGET INLINE __m512 scales16(const kernel *k, __m512i alo, __m512i ahi, __m512i code, float scale, int nlev, int exact)
+/* The weight scales s of sixteen groups from their points' absolute values, gain codes and rows' scales. */
+TARGET INLINE __m512 scales16(const kernel *k, __m512i alo, __m512i ahi, __m512i code, __m512 scale, int nlev, int exact)
 {
     __m512i sq = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), alo, alo), ahi, ahi);
     __m512 level = nlev <= 32 ? _mm512_castsi512_ps(lookup(&k->levels, code, nlev))
                               : _mm512_i32gather_ps(code, k->level_list, 4);     /* b >= 6: not a preset */
-    __m512 gain = _mm512_mul_ps(_mm512_set1_ps(scale), level);
+    __m512 gain = _mm512_mul_ps(scale, level);
     __m512 qf = _mm512_cvtepi32_ps(sq);
     if (exact)                       /* the format's rounding: gain / sqrtf(q) */
         return _mm512_div_ps(gain, _mm512_sqrt_ps(qf));
@@ -276,12 +280,12 @@ TARGET INLINE void decode16(const kernel *k, int U, const uint8_t *p, int64_t nb
                             __m512 *s)
 {
     __m512i k1[2], q[2], rem[2], code[2];
-    EACH split16(k, p + 2 * k->W * u, nb - 2 * k->W * u, ntab, narrow, exact_div, &k1[u], &q[u], &rem[u], &code[u]);
+    EACH split16(k, p + 2 * k->W * u, NULL, nb - 2 * k->W * u, ntab, narrow, exact_div, &k1[u], &q[u], &rem[u], &code[u]);
     halves16(k, U, k1, q, rem, ntab == 16, lo, hi);
     EACH {
         alo[u] = _mm512_abs_epi8(lo[u]);                              /* |y| <= 127 */
         ahi[u] = _mm512_abs_epi8(hi[u]);
-        s[u] = scales16(k, alo[u], ahi[u], code[u], scale, nlev, exact);
+        s[u] = scales16(k, alo[u], ahi[u], code[u], _mm512_set1_ps(scale), nlev, exact);
     }
 }
 
@@ -366,6 +370,40 @@ TARGET INLINE void step(const kernel *k, int U, const uint8_t *p, int64_t avail,
     }
 }
 
+/* Groups [0, end) of a row of G into acc (integer dot, the reference's order): steps of 16, two side by side. */
+TARGET INLINE void chunks_q8(const kernel *k, const uint8_t *row, int64_t G, int64_t end, float sc, const int8_t *xq,
+                             const float *xs, int ntab, int nlev, int narrow, int exact_div, __m256 *acc)
+{
+    int64_t g0 = 0;
+    for (; g0 + 32 <= end; g0 += 32)
+        step(k, 2, row + g0 / 8 * k->W, (G - g0) * k->W / 8, g0, 16, sc, NULL, xq, xs, NULL, ntab, nlev, narrow, exact_div,
+             DOT_Q8, NULL, NULL, acc);
+    for (; g0 < end; g0 += 16)
+        step(k, 1, row + g0 / 8 * k->W, (G - g0) * k->W / 8, g0, end - g0 < 16 ? 8 : 16, sc, NULL, xq, xs, NULL, ntab,
+             nlev, narrow, exact_div, DOT_Q8, NULL, NULL, acc);
+}
+
+/* The last chunks of 8 groups of two rows, at pa and pb (their row scales sa, sb), as one step: lanes 0-7 the
+ * first row's, 8-15 the second's, each meeting the same 8 groups of activations (step xp, scale xs) and added
+ * to its row's lanes as its last chunk, in the reference's order. */
+TARGET INLINE void tail_pair_q8(const kernel *k, const uint8_t *pa, const uint8_t *pb, float sa, float sb,
+                                const int8_t *xp, float xs, int ntab, int nlev, int narrow, int exact_div,
+                                __m256 *acc_a, __m256 *acc_b)
+{
+    __m512i k1, q, rem, code, lo, hi;
+    split16(k, pa, pb, k->W, ntab, narrow, exact_div, &k1, &q, &rem, &code);
+    halves16(k, 1, &k1, &q, &rem, ntab == 16, &lo, &hi);
+    __m512i alo = _mm512_abs_epi8(lo), ahi = _mm512_abs_epi8(hi);
+    __m512 s = scales16(k, alo, ahi, code, _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(sa), _mm512_set1_ps(sb)), nlev, 1);
+    __m512i xlo = _mm512_loadu_si512(xp), xhi = _mm512_loadu_si512(xp + 64);
+    xlo = _mm512_shuffle_i64x2(xlo, xlo, 0x44), xhi = _mm512_shuffle_i64x2(xhi, xhi, 0x44);  /* groups 0-7 twice */
+    __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), alo, sign_of(xlo, lo));
+    d = _mm512_dpbusd_epi32(d, ahi, sign_of(xhi, hi));
+    __m512 df = _mm512_cvtepi32_ps(d), m = _mm512_mul_ps(s, _mm512_set1_ps(xs));
+    *acc_a = _mm256_fmadd_ps(_mm512_castps512_ps256(df), _mm512_castps512_ps256(m), *acc_a);
+    *acc_b = _mm256_fmadd_ps(upper8(df), upper8(m), *acc_b);
+}
+
 /* Rows of a matrix (row r at data + r * row_bytes, its scale scales_f16[r], or `scale` for a single
  * row when scales_f16 is NULL); ntab, nlev, narrow, exact_div and op are constants after inlining.
  * Results: y[r] for dots, out + r * n for dequantize.  Two steps per iteration give the core two
@@ -387,13 +425,26 @@ TARGET INLINE void rows_kernel(const pvq_codec *c, const uint8_t *data, size_t r
         __m256 acc8 = _mm256_setzero_ps();
         if (op == DOT_Q8) { /* whole chunks of 8 in steps, the rest as the reference adds it */
             const int64_t whole = G / 8 * 8;
-            int64_t g0 = 0;
-            for (; g0 + 32 <= whole; g0 += 32)
-                step(&k, 2, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, 16, sc, x, xq, xs, o, ntab, nlev, narrow,
-                     exact_div, op, &acc0, &acc1, &acc8);
-            for (; g0 < whole; g0 += 16)
-                step(&k, 1, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, whole - g0 < 16 ? 8 : 16, sc, x, xq, xs, o, ntab,
-                     nlev, narrow, exact_div, op, &acc0, &acc1, &acc8);
+            if (whole % 16 == 8 && r + 1 < nrows) {
+                /* an odd number of chunks: two rows' last chunks make one step instead of two half-empty ones */
+                const uint8_t *row2 = row + row_bytes;
+                const float sc2 = _cvtsh_ss(scales_f16[r + 1]);
+                const int64_t end = whole - 8;
+                __m256 acc2 = _mm256_setzero_ps();
+                chunks_q8(&k, row, G, end, sc, xq, xs, ntab, nlev, narrow, exact_div, &acc8);
+                chunks_q8(&k, row2, G, end, sc2, xq, xs, ntab, nlev, narrow, exact_div, &acc2);
+                tail_pair_q8(&k, row + end / 8 * k.W, row2 + end / 8 * k.W, sc, sc2, xq + 8 * end, xs[end / 16], ntab,
+                             nlev, narrow, exact_div, &acc8, &acc2);
+                y[r] = sum_lanes8(acc8);
+                y[r + 1] = sum_lanes8(acc2);
+                if (__builtin_expect(whole < G, 0)) {
+                    y[r] += pvq_dot_groups_q8_ref(c, row, whole, G, sc, xq, xs);
+                    y[r + 1] += pvq_dot_groups_q8_ref(c, row2, whole, G, sc2, xq, xs);
+                }
+                r++;
+                continue;
+            }
+            chunks_q8(&k, row, G, whole, sc, xq, xs, ntab, nlev, narrow, exact_div, &acc8);
             y[r] = sum_lanes8(acc8);
             if (__builtin_expect(whole < G, 0))   /* a call in the loop would spill every table register each row */
                 y[r] += pvq_dot_groups_q8_ref(c, row, whole, G, sc, xq, xs);
