@@ -151,6 +151,21 @@ TARGET static inline __attribute__((always_inline)) void tile_chunk(const uint8_
     }
 }
 
+/* A tile's last, odd chunk of 8 (half a step), its lanes summed, and the groups past the last chunk. */
+TARGET static inline __attribute__((always_inline)) void tile_finish(const uint8_t *prow, size_t prow_stride, int64_t n,
+                                                                    const int8_t *xq, const float *xs, size_t x_stride,
+                                                                    __m256 acc[PVQ_TILE_R][PVQ_TILE_T], float *out,
+                                                                    size_t out_stride)
+{
+    const int64_t G = n / 8, chunks = G / 8;
+    if (chunks % 2) tile_chunk(prow, prow_stride, xq, xs, x_stride, chunks / 2, 0, acc);
+    UNROLL for (int r = 0; r < PVQ_TILE_R; r++)
+        UNROLL for (int t = 0; t < PVQ_TILE_T; t++)
+            out[t * out_stride + r] = hsum8(acc[r][t]) +
+                dot_repacked_groups(prow + r * prow_stride, G / 8 * 8, G, (const int8_t *)((const uint8_t *)xq + t * x_stride),
+                                    (const float *)((const uint8_t *)xs + t * x_stride));
+}
+
 TARGET void pvq_tile_repacked_avx2(const uint8_t *prow, size_t prow_stride, int64_t n, const int8_t *xq,
                                    const float *xs, size_t x_stride, float *out, size_t out_stride)
 {
@@ -162,12 +177,7 @@ TARGET void pvq_tile_repacked_avx2(const uint8_t *prow, size_t prow_stride, int6
         tile_chunk(prow, prow_stride, xq, xs, x_stride, st, 0, acc);
         tile_chunk(prow, prow_stride, xq, xs, x_stride, st, 1, acc);
     }
-    if (chunks % 2) tile_chunk(prow, prow_stride, xq, xs, x_stride, chunks / 2, 0, acc);
-    UNROLL for (int r = 0; r < PVQ_TILE_R; r++)
-        UNROLL for (int t = 0; t < PVQ_TILE_T; t++)
-            out[t * out_stride + r] = hsum8(acc[r][t]) +
-                dot_repacked_groups(prow + r * prow_stride, G / 8 * 8, G, (const int8_t *)((const uint8_t *)xq + t * x_stride),
-                                    (const float *)((const uint8_t *)xs + t * x_stride));
+    tile_finish(prow, prow_stride, n, xq, xs, x_stride, acc, out, out_stride);
 }
 
 /* The same tile with AVX-512 VNNI: a whole step of 16 groups per (row, token) in two vpdpbusd of the
@@ -207,10 +217,5 @@ TARGET512 void pvq_tile_repacked_avx512(const uint8_t *prow, size_t prow_stride,
             }
         }
     }
-    if (chunks % 2) tile_chunk(prow, prow_stride, xq, xs, x_stride, chunks / 2, 0, acc);
-    UNROLL for (int r = 0; r < PVQ_TILE_R; r++)
-        UNROLL for (int t = 0; t < PVQ_TILE_T; t++)
-            out[t * out_stride + r] = hsum8(acc[r][t]) +
-                dot_repacked_groups(prow + r * prow_stride, G / 8 * 8, G, (const int8_t *)((const uint8_t *)xq + t * x_stride),
-                                    (const float *)((const uint8_t *)xs + t * x_stride));
+    tile_finish(prow, prow_stride, n, xq, xs, x_stride, acc, out, out_stride);
 }
