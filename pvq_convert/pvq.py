@@ -266,7 +266,7 @@ def _index_rec(y: torch.Tensor, k: torch.Tensor, t: Tables, top: bool) -> torch.
     if d == 4:
         m = y[:, :2].abs().sum(1)
         p, q = _pair_index(y[:, 0], y[:, 1]), _pair_index(y[:, 2], y[:, 3])
-        c3 = (m + 1 + (q >> 2)).clamp(max=t.K + 2)
+        c3 = m + 1 + (q >> 2)                              # <= k + 1 on every branch
         inner = 8 * k + 16 * (t.binom3[c3] + t.binom2[m] + (p >> 2)) + 4 * (p & 3) + (q & 3)
         return torch.where(m == 0, q, torch.where(m == k, 4 * k + p, inner))
     d1, d2 = split_dims(d)
@@ -347,7 +347,7 @@ def _decode_rec(r: torch.Tensor, k: torch.Tensor, d: int, col: int, out: torch.T
         return
     d1, d2 = split_dims(d)
     cum = t.top[None, :].expand(r.shape[0], -1) if top else t.cum[d][k]     # (G, K + 2)
-    k1 = (cum[:, :t.K + 1] <= r[:, None]).sum(1) - 1 if top else (cum <= r[:, None]).sum(1) - 1
+    k1 = (cum[:, :t.K + 1] <= r[:, None]).sum(1) - 1    # entry K + 1 is past every code of its class
     k2 = k - k1
     r = r - cum.gather(1, k1[:, None])[:, 0]
     n2 = t.count[d2][k2]

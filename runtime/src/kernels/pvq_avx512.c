@@ -453,16 +453,16 @@ TARGET INLINE void rows_kernel(const pvq_codec *c, const uint8_t *data, size_t r
         int64_t g0 = 0;
         for (; g0 + 32 <= G; g0 += 32) {
             step(&k, 1, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, 16, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div, op,
-                 &acc0, &acc1, &acc8);
+                 &acc0, &acc1, NULL);
             step(&k, 1, row + (g0 + 16) / 8 * k.W, (G - g0 - 16) * k.W / 8, g0 + 16, 16, sc, x, xq, xs, o, ntab, nlev, narrow,
-                 exact_div, op, &acc1, &acc0, &acc8);
+                 exact_div, op, &acc1, &acc0, NULL);
         }
         for (; g0 + 16 <= G; g0 += 16)
             step(&k, 1, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, 16, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div, op,
-                 &acc0, &acc1, &acc8);
+                 &acc0, &acc1, NULL);
         if (g0 < G)
             step(&k, 1, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, G - g0, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div, op,
-                 &acc0, &acc1, &acc8);
+                 &acc0, &acc1, NULL);
         if (op != DEQUANTIZE) y[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
     }
 }
