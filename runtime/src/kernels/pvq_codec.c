@@ -165,7 +165,7 @@ static void free_fast(pvq_fast8 *f)
     free(f);
 }
 
-/* The AVX-512 decoder's tables (pvq_fast8: class_of_bucket ... binom2). */
+/* The closed-form decoders' tables (pvq_fast8: avx2_cum ... avx2_binom2, class_of_bucket ... binom2). */
 static void build_halves16(const pvq_codec *c, pvq_fast8 *f)
 {
     const int K = c->K, small = K <= 14;
@@ -176,7 +176,20 @@ static void build_halves16(const pvq_codec *c, pvq_fast8 *f)
         while (k < K && c->class_base[k + 1] <= code) k++;
         f->class_of_bucket[i] = (uint8_t)k;
     }
+    for (int j = 1; j <= K && K <= PVQ_ARITH_MAX_K; j++)
+        for (int l = 0; l < 8; l++) f->avx2_cum[j][l] = (uint32_t)c->class_base[j] - 1;
     for (int j = 0; j < 32; j++) {
+        uint64_t b3 = pvq_binom3((uint64_t)j + 2), b2 = pvq_binom2((uint64_t)j);
+        for (int l = 0; l < 2; l++) {
+            f->avx2_binom3[2 * (j >> 4)][16 * l + (j & 15)] = (uint8_t)b3;
+            f->avx2_binom3[2 * (j >> 4) + 1][16 * l + (j & 15)] = (uint8_t)(b3 >> 8);
+            f->avx2_binom2[2 * (j >> 4)][16 * l + (j & 15)] = (uint8_t)b2;
+            f->avx2_binom2[2 * (j >> 4) + 1][16 * l + (j & 15)] = (uint8_t)(b2 >> 8);
+        }
+        for (int l = 0; l < 16; l++) {
+            f->avx2_thr3[j][l] = (int16_t)(pvq_binom3((uint64_t)j) - 1);
+            f->avx2_thr2[j][l] = (int16_t)(pvq_binom2((uint64_t)j) - 1);
+        }
         f->k_pair[j] = j <= K ? (uint32_t)j | (uint32_t)(K - j) << 16 : 0;
         f->binom3_next[j] = (uint16_t)pvq_binom3((uint64_t)j + 3); f->binom3[j] = (uint16_t)pvq_binom3((uint64_t)j + 2);
         f->binom2_next[j] = (uint16_t)pvq_binom2((uint64_t)j + 1); f->binom2[j] = (uint16_t)pvq_binom2((uint64_t)j);
@@ -270,6 +283,15 @@ static pvq_fast8 *build_fast8(const pvq_codec *c)
         if (shift + W > 32 || byte + 3 >= 16) f->avx2_narrow = 0;
         f->avx2_shift[j] = (uint32_t)shift;
         for (int t = 0; t < 4; t++) f->avx2_shuf[4 * j + t] = (uint8_t)((byte + t) & 15);
+    }
+    for (int l = 0; l < 4; l++) {      /* lanes: fields 0, 1 | 4, 5 of the first register, 2, 3 | 6, 7 of the second */
+        int first = (l & 1) * 4 + (l >> 1) * 2, base = first * W / 8;
+        f->avx2_wide_base[l] = base;
+        for (int i = 0; i < 2; i++) {
+            int j = first + i, slot = (l >> 1) * 4 + (l & 1) * 2 + i;     /* qword slot of the two registers */
+            f->avx2_wide_shift[slot] = (uint64_t)(j * W % 8);
+            for (int t = 0; t < 8; t++) f->avx2_wide_shuf[8 * slot + t] = (uint8_t)(j * W / 8 - base + t);
+        }
     }
     f->narrow = c->field_bits <= 32;
     for (int j = 0; j < 16; j++) {

@@ -24,6 +24,7 @@
 /* Tables of the D == 8 fast path: the split of a group into halves of 4, and every point of
  * P(4, k), k <= K, as four int8 in one uint32 (byte j = coordinate j; the AVX2 and scalar kernels read
  * it, the AVX-512 ones decode the halves by their closed forms instead). */
+#define PVQ_ARITH_MAX_K 29     /* the closed-form decoders' largest K: a half's index fits 16 bits */
 typedef struct pvq_fast8 {
     int ntab;                 /* table entries: the power of two >= max(16, K + 2) */
     uint32_t *cum;            /* cum[k1]  = class_base[k1], the class's first code;  cum[j > K] = 2^31 - 1 */
@@ -48,12 +49,24 @@ typedef struct pvq_fast8 {
                                * (int)((r + 0.5) * (1/n2)) in float32 without correction */
     uint8_t field_perm32[64];
     uint32_t field_shift32[16];
-    /* AVX2 field extraction of an 8-group chunk when every field fits a dword after its offset:
+    /* AVX2 field extraction of an 8-group chunk.  Narrow (every field fits a dword after its offset):
      * 16 bytes at the chunk and 16 at byte avx2_base1 form the two lanes, vpshufb with avx2_shuf
-     * gathers field j's bytes in dword j, then a shift by avx2_shift[j]. */
+     * gathers field j's bytes in dword j, then a shift by avx2_shift[j].  Else qwords: the 16 bytes at
+     * avx2_wide_base[l] form lane l of the registers (fields 0, 1 | 4, 5) and (2, 3 | 6, 7), vpshufb with
+     * avx2_wide_shuf gathers each field's 8 bytes, then a shift by avx2_wide_shift. */
     int avx2_narrow, avx2_base1;
     uint8_t avx2_shuf[32];
     uint32_t avx2_shift[8];
+    int avx2_wide_base[4];
+    uint8_t avx2_wide_shuf[64];
+    uint64_t avx2_wide_shift[8];
+    /* The AVX2 decoder (K <= PVQ_ARITH_MAX_K): avx2_cum[j] = cum[j] - 1 in every dword (the class count's
+     * thresholds, j = 1..K), avx2_thr3 / avx2_thr2 the 3-subset's; avx2_binom3 / avx2_binom2: C(j + 2, 3) and C(j, 2) for j < 32 as vpshufb
+     * tables (low bytes of j < 16, high bytes of j < 16, then the same of 16 <= j < 32; 16 bytes twice). */
+    uint32_t avx2_cum[PVQ_ARITH_MAX_K + 1][8];
+    uint8_t avx2_binom3[4][32], avx2_binom2[4][32];
+    int16_t avx2_thr3[32][16], avx2_thr2[32][16];   /* C(c, 3) - 1 and C(c, 2) - 1 in every word (from memory:
+                                                     * a constant's broadcast is three instructions) */
     /* The AVX-512 decoder (K <= PVQ_ARITH_MAX_K: a half's index fits 16 bits).  class_of_bucket: k1 of the
      * codes idx >> (B - bucket_bits) when the classes are aligned (bucket_bits 7 or 8, else 0: a search);
      * k_pair[k1] = k1 | (K - k1) << 16; a half's colex rank s gives c3 - 2 = c3_of_key[key(s)] or one more
@@ -68,7 +81,6 @@ typedef struct pvq_fast8 {
     uint32_t k_pair[32];
     uint16_t binom3_next[32], binom3[32], binom2_next[32], binom2[32];
 } pvq_fast8;
-#define PVQ_ARITH_MAX_K 29
 
 typedef struct pvq_codec {
     int D, K, gain_bits;
