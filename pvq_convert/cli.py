@@ -135,6 +135,9 @@ def quant_options(args):
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from .convert import convert  # after parsing, so that --help is instant
+    from .heap import release_freed_tensors
+
+    release_freed_tensors()
 
     try:
         out = convert(args.model, args.outfile, args.outtype, args.vocab_pre, progress=not args.quiet,
