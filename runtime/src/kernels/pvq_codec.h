@@ -145,7 +145,7 @@ void pvq_dequantize_row_scalar(const pvq_codec *c, const uint8_t *row, float sca
 float pvq_dot_row_scalar(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, const float *x);
 
 /* AVX2 kernels (pvq_avx2.c) and AVX-512 VBMI kernels (pvq_avx512.c) for codecs with a fast path
- * (c->fast != NULL; without one they run the reference; the AVX-512 ones need K <= PVQ_ARITH_MAX_K too,
+ * (c->fast != NULL; without one they run the reference; both need K <= PVQ_ARITH_MAX_K too,
  * else they run the table-driven scalar kernels); same results as the reference:
  * dequantize bit-identical, dot up to rounding.  The CPU must run their kernel set (isa_cpu_supports). */
 void pvq_dequantize_row_avx2(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, float *out);
