@@ -49,25 +49,41 @@ def tree_pss(root: int) -> int:
     return total
 
 
+# Starts a command and reports its children's peak RSS, for peak_memory.  Linux carries a process's high-water
+# mark across exec from the image it replaced, and a child starts as a copy of its parent: started straight from
+# a large process (pytest with torch loaded: 2.1 GB) even `python -c "print(1)"` reports the parent's size.  The
+# children of this small launcher start from its size instead.
+LAUNCHER = """import resource, subprocess, sys
+rc = subprocess.call(sys.argv[2:])
+with open(sys.argv[1], "w") as f:
+    f.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(rc)
+"""
+
+
 def peak_memory(cmd: list[str], interval: float = 0.25, **kw) -> tuple[int, int, subprocess.CompletedProcess]:
     """Run cmd -> (its peak resident set size as /usr/bin/time -v reports it (the largest of the process and
-    its waited-for children, bytes), the peak of tree_pss sampled every `interval` s, the finished process)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
-    peak, done = [0], threading.Event()
+    its waited-for children, bytes), the peak of tree_pss sampled every `interval` s (the launcher's few MB
+    included), the finished process)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "maxrss"
+        proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(report), *cmd], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, **kw)
+        peak, done = [0], threading.Event()
 
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], tree_pss(proc.pid))
-            done.wait(interval)
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], tree_pss(proc.pid))
+                done.wait(interval)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    done.set()
-    sampler.join()
-    return usage.ru_maxrss * 1024, peak[0], subprocess.CompletedProcess(cmd, proc.returncode, out)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        out = proc.stdout.read()
+        proc.wait()
+        done.set()
+        sampler.join()
+        maxrss_kib = int(report.read_text()) if report.is_file() else 0
+    return maxrss_kib * 1024, peak[0], subprocess.CompletedProcess(cmd, proc.returncode, out)
 
 
 def synthetic_checkpoint(out: Path, blocks: int, dim: int = 4096, ffn: int = 11008, vocab: int = 32000,

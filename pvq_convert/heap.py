@@ -7,7 +7,8 @@ tensors of a few MiB (a block's weights, one sequence's activations) then come a
 leave them fragmented: memory that is free but still resident.  A fixed threshold gives every tensor of
 1 MiB or more its own mapping, returned to the system when it is freed, and two heaps are enough for a
 process whose threads are torch's (glibc would open up to 8 per core).  On SmolLM2's memory test the
-largest process fell from 1.11-1.17 to 0.90 GB (docs/pipeline.md, "Peak memory").  Other C libraries:
+largest process fell from 1.11-1.17 to 0.90 GB, measured from outside pytest (docs/pipeline.md, "Peak
+memory").  Other C libraries:
 nothing is changed.
 """
 from __future__ import annotations
