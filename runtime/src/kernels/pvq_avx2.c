@@ -1,4 +1,4 @@
-/* AVX2 kernels of the PVQ type for D == 8 and K <= PVQ_ARITH_MAX_K (closed_form; other layouts run the
+/* AVX2 kernels of the PVQ type for D == 8 and K <= PVQ_ARITH_MAX_K (pvq_closed_form; other layouts run the
  * table-driven scalar kernels): eight groups per step, one per 32-bit lane, no gather (a gather is 39 uops
  * on Zen 3 and the 4-dim table of the version 1 decoder lived in L2).
  *
@@ -22,9 +22,6 @@
 
 #define TARGET __attribute__((target("avx2,fma")))
 #define INLINE static inline __attribute__((always_inline))
-
-/* Whether these kernels decode the codec (a half's index and the binomials fit 16 bits). */
-static int closed_form(const pvq_codec *c) { return c->fast && c->K <= PVQ_ARITH_MAX_K; }
 
 /* stmt with K a constant for the presets' K (pvq_presets.py: 6, 10, 14, 22, 29), else the codec's. */
 #define BY_K(c, stmt) do {                                             \
@@ -367,21 +364,21 @@ TARGET INLINE float dot_row_q8(const pvq_codec *c, const uint8_t *row, float sca
  * with K a constant where it is a preset's. */
 TARGET void pvq_dequantize_row_avx2(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, float *out)
 {
-    if (!closed_form(c)) pvq_dequantize_row_scalar(c, row, scale, n, out);
+    if (!pvq_closed_form(c)) pvq_dequantize_row_scalar(c, row, scale, n, out);
     else BY_K(c, dequantize_row(c, row, scale, n, out, K));
 }
 
 TARGET float pvq_dot_row_avx2(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, const float *x)
 {
     float r = 0.0f;
-    if (!closed_form(c)) return pvq_dot_row_scalar(c, row, scale, n, x);
+    if (!pvq_closed_form(c)) return pvq_dot_row_scalar(c, row, scale, n, x);
     BY_K(c, r = dot_row(c, row, scale, n, x, K));
     return r;
 }
 
 TARGET void pvq_repack_row_avx2(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, uint8_t *out)
 {
-    if (!closed_form(c)) pvq_repack_row(c, row, scale, n, out);
+    if (!pvq_closed_form(c)) pvq_repack_row(c, row, scale, n, out);
     else BY_K(c, repack_row(c, row, scale, n, out, K));
 }
 
@@ -389,7 +386,7 @@ TARGET float pvq_dot_row_q8_avx2(const pvq_codec *c, const uint8_t *row, float s
                                  const int8_t *xq, const float *xs)
 {
     float r = 0.0f;
-    if (!closed_form(c)) return pvq_dot_row_q8_scalar(c, row, scale, n, xq, xs);
+    if (!pvq_closed_form(c)) return pvq_dot_row_q8_scalar(c, row, scale, n, xq, xs);
     BY_K(c, r = dot_row_q8(c, row, scale, n, xq, xs, K));
     return r;
 }

@@ -1,5 +1,5 @@
 /* AVX-512 (F, BW, VL, VBMI, VNNI) kernels of the PVQ type for D == 8 and K <= PVQ_ARITH_MAX_K
- * (closed_form; other layouts run the table-driven scalar kernels): sixteen groups per step, one
+ * (pvq_closed_form; other layouts run the table-driven scalar kernels): sixteen groups per step, one
  * per 32-bit lane, no scalar work, no gather.
  *
  * Fields: one masked load and one vpermb place each field's bytes in its lane (a dword when every
@@ -19,9 +19,6 @@
 
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline))
-
-/* Whether these kernels decode the codec (pvq_fast8's AVX-512 tables: a half's index fits 16 bits). */
-static int closed_form(const pvq_codec *c) { return c->fast && c->K <= PVQ_ARITH_MAX_K; }
 
 /* A table of ntab (16 or 32) 32-bit entries in registers. */
 typedef struct { __m512i a, b; } table;
@@ -501,14 +498,14 @@ TARGET static void rows_any(const pvq_codec *c, const uint8_t *data, size_t row_
 
 void pvq_dequantize_row_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, float *out)
 {
-    if (!closed_form(c)) pvq_dequantize_row_scalar(c, row, scale, n, out);
+    if (!pvq_closed_form(c)) pvq_dequantize_row_scalar(c, row, scale, n, out);
     else rows_any(c, row, 0, 1, NULL, scale, n, NULL, NULL, NULL, out, NULL, DEQUANTIZE);
 }
 
 float pvq_dot_row_avx512(const pvq_codec *c, const uint8_t *row, float scale, int64_t n, const float *x)
 {
     float y;
-    if (!closed_form(c)) return pvq_dot_row_scalar(c, row, scale, n, x);
+    if (!pvq_closed_form(c)) return pvq_dot_row_scalar(c, row, scale, n, x);
     rows_any(c, row, 0, 1, NULL, scale, n, x, NULL, NULL, NULL, &y, DOT);
     return y;
 }
@@ -517,7 +514,7 @@ float pvq_dot_row_q8_avx512(const pvq_codec *c, const uint8_t *row, float scale,
                             const int8_t *xq, const float *xs)
 {
     float y;
-    if (!closed_form(c)) return pvq_dot_row_q8_scalar(c, row, scale, n, xq, xs);
+    if (!pvq_closed_form(c)) return pvq_dot_row_q8_scalar(c, row, scale, n, xq, xs);
     rows_any(c, row, 0, 1, NULL, scale, n, NULL, xq, xs, NULL, &y, DOT_Q8);
     return y;
 }
@@ -525,6 +522,6 @@ float pvq_dot_row_q8_avx512(const pvq_codec *c, const uint8_t *row, float scale,
 void pvq_matvec_q8_avx512(const pvq_codec *c, const uint8_t *data, const uint16_t *scales_f16, int64_t rows,
                           int64_t n, const int8_t *xq, const float *xs, float *y)
 {
-    if (!closed_form(c)) pvq_matvec_q8_scalar(c, data, scales_f16, rows, n, xq, xs, y);
+    if (!pvq_closed_form(c)) pvq_matvec_q8_scalar(c, data, scales_f16, rows, n, xq, xs, y);
     else rows_any(c, data, pvq_row_bytes(c, n), rows, scales_f16, 0.0f, n, NULL, xq, xs, NULL, y, DOT_Q8);
 }

@@ -176,7 +176,7 @@ static void build_halves16(const pvq_codec *c, pvq_fast8 *f)
         while (k < K && c->class_base[k + 1] <= code) k++;
         f->class_of_bucket[i] = (uint8_t)k;
     }
-    for (int j = 1; j <= K && K <= PVQ_ARITH_MAX_K; j++)
+    for (int j = 1; K <= PVQ_ARITH_MAX_K && j <= K; j++)      /* the table's rows: the closed form's K only */
         for (int l = 0; l < 8; l++) f->avx2_cum[j][l] = (uint32_t)c->class_base[j] - 1;
     for (int j = 0; j < 32; j++) {
         uint64_t b3 = pvq_binom3((uint64_t)j + 2), b2 = pvq_binom2((uint64_t)j);

@@ -22,8 +22,8 @@
 #define PVQ_MAX_FIELD_BITS  56
 
 /* Tables of the D == 8 fast path: the split of a group into halves of 4, and every point of
- * P(4, k), k <= K, as four int8 in one uint32 (byte j = coordinate j; the AVX2 and scalar kernels read
- * it, the AVX-512 ones decode the halves by their closed forms instead). */
+ * P(4, k), k <= K, as four int8 in one uint32 (byte j = coordinate j; the scalar kernels and the CUDA
+ * decoder read it, the AVX2 and AVX-512 ones decode the halves by their closed forms instead). */
 #define PVQ_ARITH_MAX_K 29     /* the closed-form decoders' largest K: a half's index fits 16 bits */
 typedef struct pvq_fast8 {
     int ntab;                 /* table entries: the power of two >= max(16, K + 2) */
@@ -94,6 +94,9 @@ typedef struct pvq_codec {
     int class_align;          /* the classes start at multiples of 2^class_align (0: dense) */
     pvq_fast8 *fast;          /* NULL unless D == 8 and the index fits 31 bits */
 } pvq_codec;
+
+/* Whether the closed-form decoders (AVX2, AVX-512) apply: a fast path and K <= PVQ_ARITH_MAX_K. */
+static inline int pvq_closed_form(const pvq_codec *c) { return c->fast && c->K <= PVQ_ARITH_MAX_K; }
 
 /* Layout parameters of a PVQ type id (id = 0x50000000 | D << 20 | b << 16 | K).
  * Returns 0, or -1 with a message in err when the id is not PVQ or any parameter is out of range. */
