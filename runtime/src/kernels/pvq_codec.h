@@ -95,9 +95,6 @@ typedef struct pvq_codec {
     pvq_fast8 *fast;          /* NULL unless D == 8 and the index fits 31 bits */
 } pvq_codec;
 
-/* Whether the closed-form decoders (AVX2, AVX-512) apply: a fast path and K <= PVQ_ARITH_MAX_K. */
-static inline int pvq_closed_form(const pvq_codec *c) { return c->fast && c->K <= PVQ_ARITH_MAX_K; }
-
 /* Layout parameters of a PVQ type id (id = 0x50000000 | D << 20 | b << 16 | K).
  * Returns 0, or -1 with a message in err when the id is not PVQ or any parameter is out of range. */
 int pvq_type_params(uint32_t type_id, int *D, int *K, int *gain_bits, char *err, size_t errlen);
@@ -241,6 +238,9 @@ typedef struct pvq_kernels {
     pvq_tile_repacked_fn tile_repacked;
 } pvq_kernels;
 void pvq_select_kernels(const pvq_codec *c, isa_id isa, pvq_kernels *k);
+
+/* Whether the closed-form decoders (AVX2, AVX-512) apply: a fast path and K <= PVQ_ARITH_MAX_K. */
+static inline int pvq_closed_form(const pvq_codec *c) { return c->fast && c->K <= PVQ_ARITH_MAX_K; }
 
 /* The eight lanes of an int8 product as AVX2's horizontal sum adds them: ((0+4) + (2+6)) + ((1+5) + (3+7)). */
 static inline float pvq_sum_lanes8(const float lane[8])
