@@ -135,7 +135,7 @@ TARGET INLINE void fields16(const kernel *k, const uint8_t *p, const uint8_t *p2
 }
 
 /* Each statement so marked runs for the U (1 or 2) steps side by side. */
-#define EACH for (int u = 0; u < U; u++)
+#define EACH _Pragma("GCC unroll 2") for (int u = 0; u < U; u++)
 
 /* The points of U steps of sixteen groups from their classes and halves' indices (k1, hA, hB; dword lanes),
  * as int8 x 4 per lane (lo: coordinates 0-3, hi: 4-7).  The halves work in 32 word lanes (2g + h: half h of
