@@ -24,6 +24,7 @@ void dot_f16_avx512x4(int64_t n, const void *w, const void *x, float *out) {
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     int64_t i = 0;
     for (; i + 64 <= n; i += 64)
+#pragma GCC unroll 4
         for (int j = 0; j < 4; j++)
             acc[j] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(a + i + 16 * j))),
                                      _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(b + i + 16 * j))), acc[j]);
@@ -39,20 +40,27 @@ void dot_f16_avx512x4(int64_t n, const void *w, const void *x, float *out) {
  * sums): out[t * out_stride + r]. */
 void tile_f16_avx512(int64_t n, const void *w, size_t w_stride, const void *x, size_t x_stride, float *out,
                      size_t out_stride) {
-    __m512 acc[2][4];
+    __m512 acc[2][4];     /* in registers only if every loop over r and t is unrolled (GCC -O2 does not by itself) */
+#pragma GCC unroll 2
     for (int r = 0; r < 2; r++)
+#pragma GCC unroll 4
         for (int t = 0; t < 4; t++) acc[r][t] = _mm512_setzero_ps();
     const uint8_t *wb = w, *xb = x;
     for (int64_t i = 0; i + 16 <= n; i += 16) {
         __m512 wv[2], xv;
+#pragma GCC unroll 2
         for (int r = 0; r < 2; r++)
             wv[r] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)(wb + r * w_stride) + i)));
+#pragma GCC unroll 4
         for (int t = 0; t < 4; t++) {
             xv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)(xb + t * x_stride) + i)));
+#pragma GCC unroll 2
             for (int r = 0; r < 2; r++) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
         }
     }
+#pragma GCC unroll 2
     for (int r = 0; r < 2; r++)
+#pragma GCC unroll 4
         for (int t = 0; t < 4; t++) out[t * out_stride + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 #endif
