@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 
 import torch
@@ -34,12 +35,18 @@ class RowWorkers:
         self.pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_start_worker, initargs=(os.getpid(),))
 
-    def map_rows(self, fn, Ws: list[torch.Tensor], shared, each: list) -> list[list]:
-        """[[fn(rows, shared, each[m]) for each row block of Ws[m]] for each matrix m]: n blocks, or more of
-        max_rows rows, all submitted at once, so that a worker done with one block goes on to the next."""
+    def map_rows(self, fn, Ws: list[torch.Tensor], shared, each: list) -> list[Iterator]:
+        """For each matrix m, an iterator over fn(rows, shared, each[m]) for each row block of Ws[m] in order: n
+        blocks, or more of max_rows rows, all submitted at once, so that a worker done with one block goes on to
+        the next.  Each result is let go once given, so a caller that takes them in turn holds one at a time."""
         futures = [[self.pool.submit(fn, rows, shared, arg) for rows in W.split(min(-(-len(W) // self.n), self.max_rows))]
                    for W, arg in zip(Ws, each)]
-        return [[f.result() for f in parts] for parts in futures]
+
+        def results(parts: list) -> Iterator:
+            parts.reverse()
+            while parts:
+                yield parts.pop().result()
+        return [results(parts) for parts in futures]
 
     def __enter__(self) -> "RowWorkers":
         return self
