@@ -1,7 +1,9 @@
 /* Decode throughput of the PVQ kernels: one thread, a matrix of random valid rows larger than the
  * caches, y = W x row by row (dot) or each row decoded to floats (dequantize).
- * usage: pvq_bench D K gain_bits n rows kernel(ref|scalar|avx2|avx512) op(dot|dot_q8|dequantize) repeats
- * dot_q8 quantizes x once (pvq_quantize_x_q8, timed) and runs the integer matvec (ref, avx2 or avx512). */
+ * usage: pvq_bench D K gain_bits n rows kernel(ref|scalar|avx2|avx512[-gather|-closed]) op(dot|dot_q8|dequantize)
+ *                  repeats
+ * dot_q8 quantizes x once (pvq_quantize_x_q8, timed) and runs the integer matvec (ref, avx2 or avx512).
+ * avx2 and avx512 decode the halves as this CPU prefers (pvq_fast8.gather_halves); a suffix forces one way. */
 #define _POSIX_C_SOURCE 199309L
 #include "pvq_codec.h"
 
@@ -30,12 +32,15 @@ static void put_field(uint8_t *row, int64_t g, int W, uint64_t v)
 int main(int argc, char **argv)
 {
     if (argc != 9) {
-        fprintf(stderr, "usage: %s D K gain_bits n rows ref|scalar|avx2|avx512 dot|dot_q8|dequantize repeats\n", argv[0]);
+        fprintf(stderr, "usage: %s D K gain_bits n rows ref|scalar|avx2|avx512[-gather|-closed] dot|dot_q8|dequantize "
+                "repeats\n", argv[0]);
         return 2;
     }
     int D = atoi(argv[1]), K = atoi(argv[2]), b = atoi(argv[3]), reps = atoi(argv[8]);
     int64_t n = atoll(argv[4]), rows = atoll(argv[5]);
-    const char *kind = argv[6], *op = argv[7];
+    char kind[16];
+    const char *op = argv[7], *suffix = strchr(argv[6], '-');
+    snprintf(kind, sizeof kind, "%.*s", suffix ? (int)(suffix - argv[6]) : 15, argv[6]);
     float levels[256];
     for (int i = 0; i < (1 << b); i++) levels[i] = 0.05f + 0.01f * i;
     pvq_codec c;
@@ -44,6 +49,7 @@ int main(int argc, char **argv)
     if (pvq_codec_init(&c, id, levels, (size_t)1 << b, err, sizeof err)) { fprintf(stderr, "%s\n", err); return 1; }
     size_t rb = pvq_row_bytes(&c, n);
     if (!rb) { fprintf(stderr, "bad row length\n"); pvq_codec_free(&c); return 1; }
+    if (suffix) pvq_codec_set_gather_halves(&c, !strcmp(suffix, "-gather"));
     pvq_dequantize_fn deq = pvq_dequantize_row_ref;
     pvq_dot_fn dot = pvq_dot_row_ref;
     void (*matvec_q8)(const pvq_codec *, const uint8_t *, const uint16_t *, int64_t, int64_t, const int8_t *,

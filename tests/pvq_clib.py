@@ -55,9 +55,16 @@ class Kernels:
             if hasattr(L, name):
                 getattr(L, name).argtypes = [P, P, F, I64, P]
                 getattr(L, name).restype = F
+        L.pvq_codec_set_gather_halves.argtypes = [P, ctypes.c_int]
         # the kernel sets this CPU runs (kernels/isa.h: ISA_SCALAR, ISA_AVX2, ISA_AVX512)
         self.scalar = True
         self.avx2, self.avx512 = bool(L.isa_cpu_supports(1)), bool(L.isa_cpu_supports(2))
+        # the optimized kernels this CPU runs, by name: the SIMD ones with each of their halves decoders
+        self.kinds = ["scalar"] + [f"{isa}-{halves}" for isa in ("avx2", "avx512") if getattr(self, isa)
+                                   for halves in ("closed", "gather")]
+
+    def runs(self, kind: str) -> bool:
+        return kind in ("ref", "scalar") or getattr(self, kind.split("-")[0])
 
     def codec(self, type_id: int, levels) -> "Codec":
         return Codec(self, type_id, levels)
@@ -100,8 +107,16 @@ class Codec:
                                           None if sc is None else sc.ctypes.data, err, 256):
             raise CodecError(err.value.decode())
 
+    def kernel(self, op: str, kind: str):
+        """The C function pvq_<op>_<kind> (op: dequantize_row, dot_row, dot_row_q8, matvec_q8, ...); for a kind
+        such as avx512-closed or avx2-gather, the avx512 or avx2 one with the codec set to that halves decoder."""
+        kind, _, halves = kind.partition("-")
+        if halves:
+            self.k.lib.pvq_codec_set_gather_halves(self.buf, halves == "gather")
+        return getattr(self.k.lib, f"pvq_{op}_{kind}")
+
     def dequantize(self, rows: np.ndarray, scales: np.ndarray, n: int, kind: str = "ref") -> np.ndarray:
-        fn = getattr(self.k.lib, f"pvq_dequantize_row_{kind}")
+        fn = self.kernel("dequantize_row", kind)
         rows = np.ascontiguousarray(rows, dtype=np.uint8)
         out = np.empty((rows.shape[0], n), dtype=np.float32)
         for r in range(rows.shape[0]):
@@ -109,7 +124,7 @@ class Codec:
         return out
 
     def dot(self, rows: np.ndarray, scales: np.ndarray, n: int, x: np.ndarray, kind: str = "ref") -> np.ndarray:
-        fn = getattr(self.k.lib, f"pvq_dot_row_{kind}")
+        fn = self.kernel("dot_row", kind)
         rows = np.ascontiguousarray(rows, dtype=np.uint8)
         x = np.ascontiguousarray(x, dtype=np.float32)
         return np.array([fn(self.buf, rows[r].ctypes.data, float(np.float32(scales[r])), n, x.ctypes.data)

@@ -30,9 +30,9 @@ def random_rows(lay, rows, n, rng):
 
 
 @pytest.mark.parametrize("K,b", LAYOUTS)
-@pytest.mark.parametrize("kind", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("kind", ["scalar", "avx2-closed", "avx2-gather", "avx512-closed", "avx512-gather"])
 def test_simd_matches_reference(kernels, K, b, kind):
-    if not getattr(kernels, kind):
+    if not kernels.runs(kind):
         pytest.skip(f"this CPU lacks {kind}")
     rng = np.random.default_rng(K * 10 + b)
     for n in ROW_LENGTHS:
@@ -64,7 +64,7 @@ def q8_dot(c, rows, scales, n, x, kind):
     L.pvq_quantize_x_q8.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
     x = np.ascontiguousarray(x, dtype=np.float32)
     L.pvq_quantize_x_q8(x.ctypes.data, n, xq.ctypes.data, xs.ctypes.data)
-    fn = getattr(L, f"pvq_dot_row_q8_{kind}")
+    fn = c.kernel("dot_row_q8", kind)
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_int64, ctypes.c_void_p,
                    ctypes.c_void_p]
     fn.restype = ctypes.c_float
@@ -101,7 +101,7 @@ def test_q8_dot(kernels, K, b):
         # and W x up to the activation rounding (|x - xd| <= xs / 2 per element)
         assert np.all(np.abs(exact - w @ x) <= np.abs(w) @ np.repeat(xs / 2, 128)[:n] * 1.0001)
         # every kernel set follows the reference's float order (pvq_codec.h): the same bits
-        for kind in [k for k in ("scalar", "avx2", "avx512") if getattr(kernels, k)]:
+        for kind in kernels.kinds:
             got, _, _ = q8_dot(c, rows, scales, n, x, kind)
             assert np.array_equal(got.astype(np.float32).view(np.uint32), ref.astype(np.float32).view(np.uint32)), kind
 
@@ -115,7 +115,7 @@ def assert_indices_decode_alike(kernels, lay, idx, n=4096):
     c = kernels.codec(lay.type_id, pvq_gain.gain_levels(n, 8, lay.gain_bits).numpy())
     scales = np.ones(rows, dtype=np.float16)
     ref = c.dequantize(packed, scales, n, "ref")
-    for k in [k for k in ("scalar", "avx2", "avx512") if getattr(kernels, k)]:
+    for k in kernels.kinds:
         assert np.array_equal(c.dequantize(packed, scales, n, k).view(np.uint32), ref.view(np.uint32)), k
 
 
@@ -143,8 +143,8 @@ def test_matvec_q8_with_fp16_scales(kernels):
     x = rng.standard_normal(n).astype(np.float32)
     per_row, xq, xs = q8_dot(c, packed, scales, n, x, "ref")
     L = c.k.lib
-    for kind in ["ref", "scalar"] + [k for k in ("avx2", "avx512") if getattr(kernels, k)]:
-        fn = getattr(L, f"pvq_matvec_q8_{kind}")
+    for kind in ["ref"] + kernels.kinds:
+        fn = c.kernel("matvec_q8", kind)
         fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3
         y = np.zeros(rows, dtype=np.float32)
         data = np.ascontiguousarray(packed)

@@ -29,6 +29,15 @@ int isa_cpu_supports(isa_id isa) {
 #endif
 }
 
+int isa_fast_gathers(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel");
+#else
+    return 0;
+#endif
+}
+
 isa_id isa_best(void) {
     isa_id best = ISA_SCALAR;
     for (int i = 1; i < ISA_COUNT; i++)

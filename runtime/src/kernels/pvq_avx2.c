@@ -129,6 +129,13 @@ TARGET INLINE void points8(const pvq_codec *c, int U, const __m256i *idx, const 
             rem[u] = _mm256_sub_epi32(rem[u], _mm256_and_si256(over, n2));
         }
     }
+    if (f->gather_halves) {     /* the points from lut4 (pvq_fast8.gather_halves) */
+        EACH {
+            lo[u] = _mm256_i32gather_epi32((const int *)f->lut4, _mm256_add_epi32(lookup(f->base_lo, ntab, k1[u]), q[u]), 4);
+            hi[u] = _mm256_i32gather_epi32((const int *)f->lut4, _mm256_add_epi32(lookup(f->base_hi, ntab, k1[u]), rem[u]), 4);
+        }
+        return;
+    }
     /* the halves in word lanes (lane l of 128: groups 4l..4l+3's first halves, then their second halves):
      * h their indices, k their pulses */
     const __m256i one = _mm256_set1_epi16(1);

@@ -50,7 +50,9 @@ typedef struct {
     __m512i perm, shift, field_mask, perm32, shift32, field_mask32, code_mask;
     __m512i bucket_a, bucket_b, bucket_c, bucket_d, c3_a, c3_b, c3_c, c3_d, c2_a, c2_b;
     __m512i binom3_next, binom3, binom2_next, binom2, pair_sel, lo_sel, hi_sel;
+    table base_lo, base_hi;     /* the gathered halves: offsets of P(4, k1) and P(4, K - k1) in lut4 */
     const float *level_list;
+    const int *lut4;
     int W, b, bucket_bits, align;
 } kernel;
 
@@ -62,6 +64,9 @@ TARGET INLINE void kernel_init(kernel *k, const pvq_codec *c)
     k->inv = table_load(f->inv_n2, f->ntab);
     k->levels = table_load(c->levels, 1 << c->gain_bits < 16 ? 16 : 1 << c->gain_bits);
     k->level_list = c->levels;
+    k->base_lo = table_load(f->base_lo, f->ntab);
+    k->base_hi = table_load(f->base_hi, f->ntab);
+    k->lut4 = (const int *)f->lut4;
     k->perm = _mm512_loadu_si512(f->field_perm);
     k->shift = _mm512_loadu_si512(f->field_shift);
     k->field_mask = _mm512_set1_epi64((long long)((UINT64_C(1) << c->field_bits) - 1));
@@ -135,11 +140,11 @@ TARGET INLINE void fields16(const kernel *k, const uint8_t *p, const uint8_t *p2
         *code = _mm512_and_si512(f, k->code_mask);
         return;
     }
+    /* the low dwords of both chunks' qwords in one permute (narrowing each chunk costs two uops, then an insert) */
+    const __m512i low_dwords = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     __m512i f0 = fields8(k, p, p2 ? k->W : nb), f1 = p2 ? fields8(k, p2, k->W) : fields8(k, p + k->W, nb - k->W);
-    *idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_srli_epi64(f0, k->b))),
-                              _mm512_cvtepi64_epi32(_mm512_srli_epi64(f1, k->b)), 1);
-    *code = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(f0)),
-                                                _mm512_cvtepi64_epi32(f1), 1), k->code_mask);
+    *idx = _mm512_permutex2var_epi32(_mm512_srli_epi64(f0, k->b), low_dwords, _mm512_srli_epi64(f1, k->b));
+    *code = _mm512_and_si512(_mm512_permutex2var_epi32(f0, low_dwords, f1), k->code_mask);
 }
 
 /* Each statement so marked runs for the U (1 or 2) steps side by side. */
@@ -217,6 +222,20 @@ TARGET INLINE void halves16(const kernel *k, int U, const __m512i *k1, const __m
     }
 }
 
+/* The same points from lut4, one gather per half (gather: pvq_fast8.gather_halves), else halves16. */
+TARGET INLINE void halves(const kernel *k, int U, const __m512i *k1, const __m512i *hA, const __m512i *hB, int ntab,
+                          int gather, __m512i *lo, __m512i *hi)
+{
+    if (!gather) {
+        halves16(k, U, k1, hA, hB, ntab == 16, lo, hi);
+        return;
+    }
+    EACH {
+        lo[u] = _mm512_i32gather_epi32(_mm512_add_epi32(lookup(&k->base_lo, k1[u], ntab), hA[u]), k->lut4, 4);
+        hi[u] = _mm512_i32gather_epi32(_mm512_add_epi32(lookup(&k->base_hi, k1[u], ntab), hB[u]), k->lut4, 4);
+    }
+}
+
 /* The split of sixteen groups' indices at p: the class k1 (pulses of the first half), the halves' indices
  * (q, rem: the quotient and remainder by N(4, K - k1)), and the gain codes. */
 TARGET INLINE void split16(const kernel *k, const uint8_t *p, const uint8_t *p2, int64_t nb, int ntab, int narrow,
@@ -281,12 +300,12 @@ TARGET INLINE __m512 scales16(const kernel *k, __m512i alo, __m512i ahi, __m512i
 /* U (1 or 2) steps of sixteen groups, the u-th at p + 2 W u: halves lo/hi (int8 x 4 per lane), their absolute
  * values, weight scales s.  Two steps decode side by side, so that the core has two independent chains. */
 TARGET INLINE void decode16(const kernel *k, int U, const uint8_t *p, int64_t nb, float scale, int ntab, int nlev,
-                            int narrow, int exact_div, int exact, __m512i *lo, __m512i *hi, __m512i *alo, __m512i *ahi,
-                            __m512 *s)
+                            int narrow, int exact_div, int gather, int exact, __m512i *lo, __m512i *hi, __m512i *alo,
+                            __m512i *ahi, __m512 *s)
 {
     __m512i k1[2], q[2], rem[2], code[2];
     EACH split16(k, p + 2 * k->W * u, NULL, nb - 2 * k->W * u, ntab, narrow, exact_div, &k1[u], &q[u], &rem[u], &code[u]);
-    halves16(k, U, k1, q, rem, ntab == 16, lo, hi);
+    halves(k, U, k1, q, rem, ntab, gather, lo, hi);
     EACH {
         alo[u] = _mm512_abs_epi8(lo[u]);                              /* |y| <= 127 */
         ahi[u] = _mm512_abs_epi8(hi[u]);
@@ -340,12 +359,12 @@ TARGET INLINE float sum_lanes8(__m256 acc)
  * 16, into acc8, or U = 2 steps of 16; the others into acc0, acc1). */
 TARGET INLINE void step(const kernel *k, int U, const uint8_t *p, int64_t avail, int64_t g0, int64_t ng, float scale,
                         const float *x, const int8_t *xq, const float *xs, float *out,
-                        int ntab, int nlev, int narrow, int exact_div, enum op op, __m512 *acc0, __m512 *acc1,
+                        int ntab, int nlev, int narrow, int exact_div, int gather, enum op op, __m512 *acc0, __m512 *acc1,
                         __m256 *acc8)
 {
     __m512i lo[2], hi[2], alo[2], ahi[2];
     __m512 s[2];
-    decode16(k, U, p, avail, scale, ntab, nlev, narrow, exact_div, op != DOT, lo, hi, alo, ahi, s);
+    decode16(k, U, p, avail, scale, ntab, nlev, narrow, exact_div, gather, op != DOT, lo, hi, alo, ahi, s);
     if (op == DOT_Q8) {
         EACH {
             const int8_t *xp = xq + (g0 + 16 * u) * 8;
@@ -377,29 +396,29 @@ TARGET INLINE void step(const kernel *k, int U, const uint8_t *p, int64_t avail,
 
 /* Groups [0, end) of a row of G into acc (integer dot, the reference's order): steps of 16, two side by side. */
 TARGET INLINE void chunks_q8(const kernel *k, const uint8_t *row, int64_t G, int64_t end, float sc, const int8_t *xq,
-                             const float *xs, int ntab, int nlev, int narrow, int exact_div, __m256 *acc)
+                             const float *xs, int ntab, int nlev, int narrow, int exact_div, int gather, __m256 *acc)
 {
     int64_t g0 = 0;
     for (; g0 + 32 <= end; g0 += 32) {
         prefetch_ahead(row + g0 / 8 * k->W, 4 * k->W);       /* the 4 W bytes of this iteration */
         step(k, 2, row + g0 / 8 * k->W, (G - g0) * k->W / 8, g0, 16, sc, NULL, xq, xs, NULL, ntab, nlev, narrow, exact_div,
-             DOT_Q8, NULL, NULL, acc);
+             gather, DOT_Q8, NULL, NULL, acc);
     }
     for (; g0 < end; g0 += 16)
         step(k, 1, row + g0 / 8 * k->W, (G - g0) * k->W / 8, g0, end - g0 < 16 ? 8 : 16, sc, NULL, xq, xs, NULL, ntab,
-             nlev, narrow, exact_div, DOT_Q8, NULL, NULL, acc);
+             nlev, narrow, exact_div, gather, DOT_Q8, NULL, NULL, acc);
 }
 
 /* The last chunks of 8 groups of two rows, at pa and pb (their row scales sa, sb), as one step: lanes 0-7 the
  * first row's, 8-15 the second's, each meeting the same 8 groups of activations (step xp, scale xs) and added
  * to its row's lanes as its last chunk, in the reference's order. */
 TARGET INLINE void tail_pair_q8(const kernel *k, const uint8_t *pa, const uint8_t *pb, float sa, float sb,
-                                const int8_t *xp, float xs, int ntab, int nlev, int narrow, int exact_div,
+                                const int8_t *xp, float xs, int ntab, int nlev, int narrow, int exact_div, int gather,
                                 __m256 *acc_a, __m256 *acc_b)
 {
     __m512i k1, q, rem, code, lo, hi;
     split16(k, pa, pb, k->W, ntab, narrow, exact_div, &k1, &q, &rem, &code);
-    halves16(k, 1, &k1, &q, &rem, ntab == 16, &lo, &hi);
+    halves(k, 1, &k1, &q, &rem, ntab, gather, &lo, &hi);
     __m512i alo = _mm512_abs_epi8(lo), ahi = _mm512_abs_epi8(hi);
     __m512 s = scales16(k, alo, ahi, code, _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(sa), _mm512_set1_ps(sb)), nlev, 1);
     __m512i xlo = _mm512_loadu_si512(xp), xhi = _mm512_loadu_si512(xp + 64);
@@ -412,14 +431,14 @@ TARGET INLINE void tail_pair_q8(const kernel *k, const uint8_t *pa, const uint8_
 }
 
 /* Rows of a matrix (row r at data + r * row_bytes, its scale scales_f16[r], or `scale` for a single
- * row when scales_f16 is NULL); ntab, nlev, narrow, exact_div and op are constants after inlining.
+ * row when scales_f16 is NULL); ntab, nlev, narrow, exact_div, gather and op are constants after inlining.
  * Results: y[r] for dots, out + r * n for dequantize.  Two steps per iteration give the core two
  * independent dependency chains; the last step of a row whose group count is not a multiple of 16
  * loads only its bytes and masks what it writes or reads. */
 TARGET INLINE void rows_kernel(const pvq_codec *c, const uint8_t *data, size_t row_bytes, int64_t nrows,
                                const uint16_t *scales_f16, float scale, int64_t n, const float *x,
                                const int8_t *xq, const float *xs, float *out, float *y,
-                               int ntab, int nlev, int narrow, int exact_div, enum op op)
+                               int ntab, int nlev, int narrow, int exact_div, int gather, enum op op)
 {
     kernel k;
     kernel_init(&k, c);
@@ -438,10 +457,10 @@ TARGET INLINE void rows_kernel(const pvq_codec *c, const uint8_t *data, size_t r
                 const float sc2 = _cvtsh_ss(scales_f16[r + 1]);
                 const int64_t end = whole - 8;
                 __m256 acc2 = _mm256_setzero_ps();
-                chunks_q8(&k, row, G, end, sc, xq, xs, ntab, nlev, narrow, exact_div, &acc8);
-                chunks_q8(&k, row2, G, end, sc2, xq, xs, ntab, nlev, narrow, exact_div, &acc2);
+                chunks_q8(&k, row, G, end, sc, xq, xs, ntab, nlev, narrow, exact_div, gather, &acc8);
+                chunks_q8(&k, row2, G, end, sc2, xq, xs, ntab, nlev, narrow, exact_div, gather, &acc2);
                 tail_pair_q8(&k, row + end / 8 * k.W, row2 + end / 8 * k.W, sc, sc2, xq + 8 * end, xs[end / 16], ntab,
-                             nlev, narrow, exact_div, &acc8, &acc2);
+                             nlev, narrow, exact_div, gather, &acc8, &acc2);
                 y[r] = sum_lanes8(acc8);
                 y[r + 1] = sum_lanes8(acc2);
                 if (__builtin_expect(whole < G, 0)) {
@@ -451,7 +470,7 @@ TARGET INLINE void rows_kernel(const pvq_codec *c, const uint8_t *data, size_t r
                 r++;
                 continue;
             }
-            chunks_q8(&k, row, G, whole, sc, xq, xs, ntab, nlev, narrow, exact_div, &acc8);
+            chunks_q8(&k, row, G, whole, sc, xq, xs, ntab, nlev, narrow, exact_div, gather, &acc8);
             y[r] = sum_lanes8(acc8);
             if (__builtin_expect(whole < G, 0))   /* a call in the loop would spill every table register each row */
                 y[r] += pvq_dot_groups_q8_ref(c, row, whole, G, sc, xq, xs);
@@ -459,17 +478,17 @@ TARGET INLINE void rows_kernel(const pvq_codec *c, const uint8_t *data, size_t r
         }
         int64_t g0 = 0;
         for (; g0 + 32 <= G; g0 += 32) {
-            step(&k, 1, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, 16, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div, op,
-                 &acc0, &acc1, NULL);
+            step(&k, 1, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, 16, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div,
+                 gather, op, &acc0, &acc1, NULL);
             step(&k, 1, row + (g0 + 16) / 8 * k.W, (G - g0 - 16) * k.W / 8, g0 + 16, 16, sc, x, xq, xs, o, ntab, nlev, narrow,
-                 exact_div, op, &acc1, &acc0, NULL);
+                 exact_div, gather, op, &acc1, &acc0, NULL);
         }
         for (; g0 + 16 <= G; g0 += 16)
-            step(&k, 1, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, 16, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div, op,
-                 &acc0, &acc1, NULL);
+            step(&k, 1, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, 16, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div,
+                 gather, op, &acc0, &acc1, NULL);
         if (g0 < G)
-            step(&k, 1, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, G - g0, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div, op,
-                 &acc0, &acc1, NULL);
+            step(&k, 1, row + g0 / 8 * k.W, (G - g0) * k.W / 8, g0, G - g0, sc, x, xq, xs, o, ntab, nlev, narrow, exact_div,
+                 gather, op, &acc0, &acc1, NULL);
         if (op != DEQUANTIZE) y[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
     }
 }
@@ -480,29 +499,31 @@ TARGET static void rows_any(const pvq_codec *c, const uint8_t *data, size_t row_
                             const uint16_t *scales_f16, float scale, int64_t n, const float *x,
                             const int8_t *xq, const float *xs, float *out, float *y, enum op op)
 {
-#define ROWS(NTAB, NLEV, NARROW, EXACT)                                                                      \
+#define ROWS(NTAB, NLEV, NARROW, EXACT, GATHER)                                                              \
     do {                                                                                                     \
         if (op == DEQUANTIZE)                                                                                \
             rows_kernel(c, data, row_bytes, nrows, scales_f16, scale, n, x, xq, xs, out, y, NTAB, NLEV,      \
-                        NARROW, EXACT, DEQUANTIZE);                                                          \
+                        NARROW, EXACT, GATHER, DEQUANTIZE);                                                  \
         else if (op == DOT)                                                                                  \
             rows_kernel(c, data, row_bytes, nrows, scales_f16, scale, n, x, xq, xs, out, y, NTAB, NLEV,      \
-                        NARROW, EXACT, DOT);                                                                 \
+                        NARROW, EXACT, GATHER, DOT);                                                         \
         else                                                                                                 \
             rows_kernel(c, data, row_bytes, nrows, scales_f16, scale, n, x, xq, xs, out, y, NTAB, NLEV,      \
-                        NARROW, EXACT, DOT_Q8);                                                              \
+                        NARROW, EXACT, GATHER, DOT_Q8);                                                      \
         return;                                                                                              \
     } while (0)
     const pvq_fast8 *f = c->fast;
     int ntab = f->ntab, nlev = 1 << c->gain_bits;
-    if (ntab == 16 && nlev <= 16 && f->narrow && f->exact_div) ROWS(16, 16, 1, 1);
-    if (ntab == 16 && nlev <= 16 && f->narrow) ROWS(16, 16, 1, 0);
-    if (ntab == 32 && nlev <= 16 && f->narrow) ROWS(32, 16, 1, 0);
-    if (ntab == 32 && nlev <= 16) ROWS(32, 16, 0, 0);
-    if (ntab == 16 && nlev <= 32) ROWS(16, 32, 0, 0);
-    if (ntab == 32 && nlev <= 32) ROWS(32, 32, 0, 0);
-    if (ntab == 16) ROWS(16, 256, 0, 0);
-    ROWS(32, 256, 0, 0);
+    /* the gathered halves only in the class of the presets up to K = 14 (lut4 <= 128 KB has K <= 14) */
+    if (ntab == 16 && nlev <= 16 && f->narrow && f->exact_div && f->gather_halves) ROWS(16, 16, 1, 1, 1);
+    if (ntab == 16 && nlev <= 16 && f->narrow && f->exact_div) ROWS(16, 16, 1, 1, 0);
+    if (ntab == 16 && nlev <= 16 && f->narrow) ROWS(16, 16, 1, 0, 0);
+    if (ntab == 32 && nlev <= 16 && f->narrow) ROWS(32, 16, 1, 0, 0);
+    if (ntab == 32 && nlev <= 16) ROWS(32, 16, 0, 0, 0);
+    if (ntab == 16 && nlev <= 32) ROWS(16, 32, 0, 0, 0);
+    if (ntab == 32 && nlev <= 32) ROWS(32, 32, 0, 0, 0);
+    if (ntab == 16) ROWS(16, 256, 0, 0, 0);
+    ROWS(32, 256, 0, 0, 0);
 #undef ROWS
 }
 

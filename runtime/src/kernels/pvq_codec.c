@@ -213,6 +213,9 @@ static void build_halves16(const pvq_codec *c, pvq_fast8 *f)
     }
 }
 
+/* Whether the AVX-512 kernel may gather the halves from lut4: at most 128 KB, which stays in L2 beside the rows. */
+static int lut4_gathers(const pvq_fast8 *f) { return f->lut4_len * sizeof(uint32_t) <= (128 << 10); }
+
 /* Fast path for D == 8: halves of 4, indices below 2^31 (signed 32-bit compares), |y_i| <= 127. */
 static pvq_fast8 *build_fast8(const pvq_codec *c)
 {
@@ -242,6 +245,7 @@ static pvq_fast8 *build_fast8(const pvq_codec *c)
                                     (uint32_t)(uint8_t)y[2] << 16 | (uint32_t)(uint8_t)y[3] << 24;
         }
     }
+    f->gather_halves = lut4_gathers(f) && isa_fast_gathers();
     uint64_t widest = 0;
     for (int j = 0; j <= K; j++)
         if (N(c, 4, j) * N(c, 4, K - j) + N(c, 4, K - j) > widest) widest = N(c, 4, j) * N(c, 4, K - j) + N(c, 4, K - j);
@@ -351,6 +355,11 @@ void pvq_codec_free(pvq_codec *c)
     free(c->class_base);
     free_fast(c->fast);
     memset(c, 0, sizeof *c);
+}
+
+void pvq_codec_set_gather_halves(pvq_codec *c, int gather)
+{
+    if (c->fast) c->fast->gather_halves = gather && lut4_gathers(c->fast);
 }
 
 size_t pvq_row_bytes(const pvq_codec *c, int64_t n)

@@ -80,6 +80,11 @@ typedef struct pvq_fast8 {
     uint8_t pair_sel[64], lo_sel[64], hi_sel[64];
     uint32_t k_pair[32];
     uint16_t binom3_next[32], binom3[32], binom2_next[32], binom2[32];
+    /* The AVX2 and AVX-512 kernels take the halves' points from lut4 (one gather per half) instead of their
+     * closed form where lut4 is at most 128 KB (K <= 14) and the CPU is an Intel core: there the AVX-512 kernel
+     * decodes 3.25 at 1.5x the speed (docs/benchmarks.md); AMD cores keep the closed form (gathers were the v1
+     * decoder's wall on Zen). */
+    int gather_halves;
 } pvq_fast8;
 
 typedef struct pvq_codec {
@@ -104,6 +109,9 @@ int pvq_type_params(uint32_t type_id, int *D, int *K, int *gain_bits, char *err,
 int pvq_codec_init(pvq_codec *c, uint32_t type_id, const float *levels, size_t n_levels,
                    char *err, size_t errlen);
 void pvq_codec_free(pvq_codec *c);
+/* Forces the SIMD kernels' halves decoder (gathered from lut4 or closed form; pvq_fast8.gather_halves) so that
+ * tests and benchmarks run both on any CPU; no effect without a fast path or where lut4 is larger. */
+void pvq_codec_set_gather_halves(pvq_codec *c, int gather);
 
 /* Bytes of a row of n weights, or 0 when n is not a positive multiple of the block. */
 size_t pvq_row_bytes(const pvq_codec *c, int64_t n);
