@@ -82,7 +82,7 @@ typedef struct pvq_fast8 {
     uint16_t binom3_next[32], binom3[32], binom2_next[32], binom2[32];
     /* The AVX2 and AVX-512 kernels take the halves' points from lut4 (one gather per half) instead of their
      * closed form where lut4 is at most 128 KB (K <= 14) and the CPU is an Intel core: there the AVX-512 kernel
-     * decodes 3.25 at 1.5x the speed (docs/benchmarks.md); AMD cores keep the closed form (gathers were the v1
+     * decodes 3.25 at 1.6x the speed (docs/benchmarks.md); AMD cores keep the closed form (gathers were the v1
      * decoder's wall on Zen). */
     int gather_halves;
 } pvq_fast8;
