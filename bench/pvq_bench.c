@@ -40,6 +40,10 @@ int main(int argc, char **argv)
     int64_t n = atoll(argv[4]), rows = atoll(argv[5]);
     char kind[16];
     const char *op = argv[7], *suffix = strchr(argv[6], '-');
+    if (suffix && strcmp(suffix, "-gather") && strcmp(suffix, "-closed")) {
+        fprintf(stderr, "unknown halves decoder '%s' (choose -gather or -closed)\n", suffix);
+        return 2;
+    }
     snprintf(kind, sizeof kind, "%.*s", suffix ? (int)(suffix - argv[6]) : 15, argv[6]);
     float levels[256];
     for (int i = 0; i < (1 << b); i++) levels[i] = 0.05f + 0.01f * i;

@@ -14,7 +14,7 @@ typedef enum { ISA_SCALAR, ISA_AVX2, ISA_AVX512, ISA_COUNT } isa_id;
 const char *isa_name(isa_id isa);
 /* 1 when this CPU (and its operating system) runs every instruction of the set. */
 int isa_cpu_supports(isa_id isa);
-/* 1 on Intel cores, whose AVX-512 gathers of 16 dwords run at about their loads' speed (pvq_fast8.gather_halves). */
+/* 1 on Intel cores, whose AVX2 and AVX-512 gathers run at about their loads' speed (pvq_fast8.gather_halves). */
 int isa_fast_gathers(void);
 /* The best set this CPU runs. */
 isa_id isa_best(void);

@@ -213,7 +213,7 @@ static void build_halves16(const pvq_codec *c, pvq_fast8 *f)
     }
 }
 
-/* Whether the AVX-512 kernel may gather the halves from lut4: at most 128 KB, which stays in L2 beside the rows. */
+/* Whether the SIMD kernels may gather the halves from lut4: at most 128 KB, which stays in L2 beside the rows. */
 static int lut4_gathers(const pvq_fast8 *f) { return f->lut4_len * sizeof(uint32_t) <= (128 << 10); }
 
 /* Fast path for D == 8: halves of 4, indices below 2^31 (signed 32-bit compares), |y_i| <= 127. */
