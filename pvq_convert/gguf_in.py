@@ -204,7 +204,8 @@ def file_model(path: Path, hf_dir: Path):
     from .pvq_format import SCALE_SUFFIX, read_pvq_tensors
     from .torch_model import Config, Model
 
-    cfg = Config.from_hf(open_model(hf_dir))
+    hf = open_model(hf_dir)
+    cfg = Config.from_hf(hf)
     reader = gguf.GGUFReader(path)
     pvq = read_pvq_tensors(path)
     glob, blocks = {}, [{} for _ in range(cfg.n_layers)]
@@ -214,7 +215,7 @@ def file_model(path: Path, hf_dir: Path):
         w = dequantize_matrix(pvq[t.name].quantized()).numpy() if t.name in pvq else \
             gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
         name = hf_tensor_name(t.name)
-        if name.endswith(("q_proj.weight", "k_proj.weight")):
+        if hf.arch.permute_qk and name.endswith(("q_proj.weight", "k_proj.weight")):
             w = unpermute_qk(w, cfg.n_heads if "q_proj" in name else cfg.n_kv_heads)
         w = torch.from_numpy(np.ascontiguousarray(w, np.float32))
         if name.startswith("model.layers."):

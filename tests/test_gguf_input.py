@@ -49,6 +49,15 @@ def test_gguf_reads_back_as_the_checkpoint(model, qwen2_dir, smollm2, eval_text,
     assert r.returncode == 0, r.stderr
     b = assert_reads_back(hf_dir, f32, eval_text[:20000] + code_text()[:20000])
     assert b.name == "m" and "chat_template" in (b.dir / "tokenizer_config.json").read_text()
+    # file_model (what the runtime's --pvq-f32-act is compared with) reads the same file as the same model
+    import torch
+
+    from pvq_convert.gguf_in import file_model
+    from pvq_convert.torch_model import load_model
+    ids = list(range(100, 132))
+    with torch.no_grad():
+        want, got = load_model(hf_dir)(ids), file_model(f32, hf_dir)(ids)
+    assert torch.allclose(got, want, rtol=0, atol=1e-4 * want.abs().max()), (got - want).abs().max()
 
 
 def test_converting_a_gguf_equals_converting_its_checkpoint(qwen2_dir, tmp_path):
