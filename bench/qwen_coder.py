@@ -241,8 +241,6 @@ SPEED_PEER = ("q2_k", "q3_k_m", "q4_k_m")
 
 def speed_once(path: Path) -> dict:
     """One repetition in this process: pp512 and tg128 (bench.bench_runtime.one_rep) and the peak RSS."""
-    import resource
-
     from models import EVAL_TEXT
 
     from bench import bench_runtime as br
@@ -251,7 +249,10 @@ def speed_once(path: Path) -> dict:
     tokenize = engine.m.tokenize if hasattr(engine, "m") else lambda t: engine.p.tokenize(t.encode())
     prompt = tokenize(EVAL_TEXT.read_text()[:20000])[:br.N_PREFILL]
     pp, tg = br.one_rep(engine, prompt)
-    return {"pp512": pp, "tg128": tg, "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+    # VmHWM, not getrusage's ru_maxrss: Linux carries the parent's peak into that across fork and exec, and the
+    # parent (speed) has just quantized the peer's files in-process
+    hwm = re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)
+    return {"pp512": pp, "tg128": tg, "peak_rss_kib": int(hwm)}
 
 
 def speed(reps: int) -> dict:
