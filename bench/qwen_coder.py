@@ -67,7 +67,7 @@ def convert(bits: float) -> dict:
         proc = subprocess.Popen(cmd, stdout=log, stderr=err, text=True)   # the progress bars go to the .log
         while proc.poll() is None:
             try:
-                hwm = int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{proc.pid}/status").read_text()).group(1))
+                hwm = peak_rss_kib(proc.pid)
             except (OSError, AttributeError):
                 hwm = 0
             seg |= {"wall_s": round(time.time() - t), "peak_rss_kib": max(seg["peak_rss_kib"], hwm),
@@ -239,6 +239,11 @@ def pvqrun_continuation(path: Path) -> dict:
 SPEED_PEER = ("q2_k", "q3_k_m", "q4_k_m")
 
 
+def peak_rss_kib(pid) -> int:
+    """A process's peak RSS so far (VmHWM, what /usr/bin/time -v reports), in KiB; pid may be "self"."""
+    return int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1))
+
+
 def speed_once(path: Path) -> dict:
     """One repetition in this process: pp512 and tg128 (bench.bench_runtime.one_rep) and the peak RSS."""
     from models import EVAL_TEXT
@@ -251,8 +256,7 @@ def speed_once(path: Path) -> dict:
     pp, tg = br.one_rep(engine, prompt)
     # VmHWM, not getrusage's ru_maxrss: Linux carries the parent's peak into that across fork and exec, and the
     # parent (speed) has just quantized the peer's files in-process
-    hwm = re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)
-    return {"pp512": pp, "tg128": tg, "peak_rss_kib": int(hwm)}
+    return {"pp512": pp, "tg128": tg, "peak_rss_kib": peak_rss_kib("self")}
 
 
 def speed(reps: int) -> dict:
